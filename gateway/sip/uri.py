@@ -1,0 +1,341 @@
+"""SIP URIs and addresses (RFC 3261 sections 19.1 and 25.1, 20.10 / 20.20 / 20.39).
+
+Pure value types with parse and serialise. Nothing here touches the network.
+The raw (still %-escaped) user part is kept so that a URI serialises exactly as
+received; comparisons use the unescaped form (section 19.1.4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from urllib.parse import unquote
+
+# RFC 3261 section 25.1 character classes.
+_TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
+TOKEN_RE = re.compile(rf"[{_TOKEN_CHARS}]+")
+_TOKEN_FULL = re.compile(rf"^[{_TOKEN_CHARS}]+$")
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+\-.]*$")
+# user = 1*( unreserved / escaped / user-unreserved ); we accept ';' too since
+# semiuri-style users must survive, but never whitespace, '<', '>', '"' or '@'.
+_USER_RE = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+_PARAM_CHARS_RE = re.compile(r"^[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]*$")
+_ESCAPE_BAD_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+class UriError(ValueError):
+    """A URI or address that does not follow the RFC 3261 grammar."""
+
+
+def is_token(value: str) -> bool:
+    return bool(_TOKEN_FULL.match(value))
+
+
+def _check_escapes(value: str, what: str) -> None:
+    if _ESCAPE_BAD_RE.search(value):
+        raise UriError(f"bad %-escape in {what}")
+
+
+def parse_host(hostport: str) -> tuple[str, int | None]:
+    """Split ``host[:port]`` where host may be a ``[v6]`` reference."""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise UriError("unterminated IPv6 reference")
+        host = hostport[: end + 1]
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError as exc:
+            raise UriError("bad IPv6 address") from exc
+        rest = hostport[end + 1 :]
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise UriError("junk after IPv6 reference")
+        return host, _parse_port(rest[1:])
+    host, sep, port = hostport.partition(":")
+    if not host or not _HOSTNAME_RE.match(host):
+        raise UriError("bad host")
+    return host, (_parse_port(port) if sep else None)
+
+
+def _parse_port(text: str) -> int:
+    if not text.isdigit() or len(text) > 5 or not 0 < int(text) < 65536:
+        raise UriError("bad port")
+    return int(text)
+
+
+def _parse_params(text: str, what: str) -> tuple[tuple[str, str | None], ...]:
+    """``;a=b;c`` (text without the first ';') into ordered pairs."""
+    out: list[tuple[str, str | None]] = []
+    for part in text.split(";"):
+        if not part:
+            raise UriError(f"empty {what} parameter")
+        name, eq, value = part.partition("=")
+        if not name or not _PARAM_CHARS_RE.match(name) or not _PARAM_CHARS_RE.match(value):
+            raise UriError(f"bad {what} parameter")
+        _check_escapes(part, f"{what} parameter")
+        out.append((name, value if eq else None))
+    return tuple(out)
+
+
+def format_params(params: tuple[tuple[str, str | None], ...]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+
+
+@dataclass(frozen=True, slots=True)
+class SipUri:
+    """``sip:`` / ``sips:`` URI. ``user`` is kept %-escaped as received."""
+
+    scheme: str = "sip"
+    user: str | None = None
+    host: str = ""
+    port: int | None = None
+    password: str | None = None
+    params: tuple[tuple[str, str | None], ...] = ()
+    headers: str | None = None
+
+    def param(self, name: str) -> str | None:
+        """Value of a URI parameter (``""`` for a flag), None when absent."""
+        lname = name.lower()
+        for k, v in self.params:
+            if k.lower() == lname:
+                return "" if v is None else v
+        return None
+
+    def has_param(self, name: str) -> bool:
+        return self.param(name) is not None
+
+    @property
+    def user_unescaped(self) -> str | None:
+        return None if self.user is None else unquote(self.user)
+
+    @property
+    def user_number(self) -> str | None:
+        """The user part before any ``;`` user parameters (``+1555;tgrp=x`` -> ``+1555``)."""
+        u = self.user_unescaped
+        return None if u is None else u.split(";", 1)[0]
+
+    @property
+    def transport(self) -> str | None:
+        t = self.param("transport")
+        return t.lower() if t else None
+
+    def with_params(self, **changes: str | None) -> SipUri:
+        params = [p for p in self.params if p[0].lower() not in changes]
+        params += [(k, v) for k, v in changes.items()]
+        return replace(self, params=tuple(params))
+
+    def without_params(self, *names: str) -> SipUri:
+        drop = {n.lower() for n in names}
+        return replace(self, params=tuple(p for p in self.params if p[0].lower() not in drop))
+
+    def __str__(self) -> str:
+        out = [self.scheme, ":"]
+        if self.user is not None:
+            out.append(self.user)
+            if self.password is not None:
+                out += [":", self.password]
+            out.append("@")
+        out.append(self.host)
+        if self.port is not None:
+            out.append(f":{self.port}")
+        out.append(format_params(self.params))
+        if self.headers is not None:
+            out += ["?", self.headers]
+        return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class AbsoluteUri:
+    """Any other URI scheme (tel:, http:, urn:...): kept opaque (RFC 3261 19.1.6)."""
+
+    scheme: str
+    rest: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.rest}"
+
+    def param(self, name: str) -> str | None:
+        return None
+
+    @property
+    def user_number(self) -> str | None:
+        return None
+
+
+Uri = SipUri | AbsoluteUri
+
+
+def parse_uri(text: str) -> Uri:
+    """Parse a Request-URI or the URI of a name-addr (no surrounding ``<>``)."""
+    if not text or any(c in text for c in " \t\r\n<>\""):
+        raise UriError("URI contains whitespace, '<', '>' or '\"'")
+    scheme, colon, rest = text.partition(":")
+    if not colon or not _SCHEME_RE.match(scheme):
+        raise UriError("URI has no scheme")
+    if scheme.lower() not in ("sip", "sips"):
+        if not rest:
+            raise UriError("empty URI")
+        return AbsoluteUri(scheme, rest)
+    user: str | None = None
+    password: str | None = None
+    if "@" in rest:
+        # userinfo cannot hold an unescaped '@' but may hold '?' and ';' (intmeth).
+        userinfo, _, rest = rest.partition("@")
+        user, psep, pw = userinfo.partition(":")
+        if psep:
+            password = pw
+        if not _USER_RE.match(user) or (password is not None and not _USER_RE.match(password)):
+            raise UriError("bad user part")
+        _check_escapes(userinfo, "user part")
+    headers: str | None = None
+    if "?" in rest:
+        rest, _, headers = rest.partition("?")
+        _check_escapes(headers, "URI headers")
+    hostport, semi, ptext = rest.partition(";")
+    host, port = parse_host(hostport)
+    params = _parse_params(ptext, "URI") if semi else ()
+    return SipUri(scheme.lower(), user, host, port, password, params, headers)
+
+
+def _split_quoted(text: str) -> tuple[str, str]:
+    """``"display" rest`` -> (display unescaped, rest). text starts with '"'."""
+    out: list[str] = []
+    i = 1
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            if i + 1 >= len(text):
+                break
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if c == '"':
+            return "".join(out), text[i + 1 :]
+        out.append(c)
+        i += 1
+    raise UriError("unterminated quoted string")
+
+
+def quote_display(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """name-addr / addr-spec with header parameters (From, To, Contact, Route...)."""
+
+    uri: Uri
+    display: str | None = None
+    params: tuple[tuple[str, str | None], ...] = field(default=())
+
+    def param(self, name: str) -> str | None:
+        lname = name.lower()
+        for k, v in self.params:
+            if k.lower() == lname:
+                return "" if v is None else v
+        return None
+
+    @property
+    def tag(self) -> str | None:
+        return self.param("tag")
+
+    def with_param(self, name: str, value: str | None) -> Address:
+        params = tuple(p for p in self.params if p[0].lower() != name.lower())
+        return replace(self, params=(*params, (name, value)))
+
+    def __str__(self) -> str:
+        disp = f"{quote_display(self.display)} " if self.display is not None else ""
+        return f"{disp}<{self.uri}>{format_params(self.params)}"
+
+
+def _parse_header_params(text: str) -> tuple[tuple[str, str | None], ...]:
+    """Header parameters after an address: ``;tag=x;expires=3`` (generic-param)."""
+    text = text.strip()
+    if not text:
+        return ()
+    if not text.startswith(";"):
+        raise UriError("junk after address")
+    out: list[tuple[str, str | None]] = []
+    for part in _split_outside_quotes(text[1:], ";"):
+        name, eq, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not is_token(name):
+            raise UriError("bad header parameter")
+        if eq:
+            if value.startswith('"'):
+                _, tail = _split_quoted(value)
+                if tail.strip():
+                    raise UriError("junk after quoted parameter")
+            elif not is_token(value) and not _looks_like_host(value):
+                raise UriError("bad header parameter value")
+        out.append((name, value if eq else None))
+    return tuple(out)
+
+
+def _looks_like_host(value: str) -> bool:
+    try:
+        parse_host(value)
+    except UriError:
+        return False
+    return True
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    parts: list[str] = []
+    buf: list[str] = []
+    quoted = escaped = False
+    for c in text:
+        if escaped:
+            escaped = False
+        elif quoted and c == "\\":
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif c == sep and not quoted:
+            parts.append("".join(buf))
+            buf = []
+            continue
+        buf.append(c)
+    if quoted:
+        raise UriError("unterminated quoted string")
+    parts.append("".join(buf))
+    return parts
+
+
+def parse_address(text: str) -> Address:
+    """Parse a From/To/Contact/Route/Record-Route value (one element)."""
+    text = text.strip()
+    if not text:
+        raise UriError("empty address")
+    display: str | None = None
+    if text.startswith('"'):
+        display, text = _split_quoted(text)
+        text = text.lstrip()
+        if not text.startswith("<"):
+            raise UriError("quoted display name without <URI>")
+    lt = text.find("<")
+    if lt >= 0:
+        if lt > 0:
+            # display-name = *(token LWS) (section 25.1); lwsdisp allows no LWS before '<'.
+            words = text[:lt].split()
+            if not all(is_token(w) for w in words):
+                raise UriError("display name must be quoted")
+            display = " ".join(words)
+        gt = text.find(">", lt)
+        if gt < 0:
+            raise UriError("missing '>'")
+        uri = parse_uri(text[lt + 1 : gt])
+        params = _parse_header_params(text[gt + 1 :])
+        return Address(uri, display, params)
+    # addr-spec: the URI cannot carry ';' params or '?' headers here (section 20).
+    uri_text, semi, ptext = text.partition(";")
+    if "?" in uri_text or "," in uri_text:
+        raise UriError("URI with '?' or ',' must be enclosed in <>")
+    uri = parse_uri(uri_text.strip())
+    params = _parse_header_params(semi + ptext)
+    return Address(uri, None, params)
