@@ -1,0 +1,647 @@
+"""Gateway configuration: one YAML file validated with pydantic v2.
+
+Entry points: :func:`load_config` (raises :class:`ConfigError` listing every
+problem as ``key.path: what is wrong``), :func:`check_files` (run-time checks
+of referenced files) and :func:`summary` (a one-line description).
+
+Representation choices (downstream code relies on them):
+
+* ``"host:port"`` keys are parsed into :class:`HostPort`, a ``NamedTuple``
+  ``(host, port)``: use ``cfg.pbx.address.host`` / ``.port`` or unpack
+  ``host, port = cfg.pbx.address``.  ``str()`` gives back ``host:port``
+  (``[v6]:port`` for IPv6).  ``host`` is an IP literal (IPv6 without brackets,
+  normalised) or a lower-cased DNS name.
+* Networks are ``ipaddress.IPv4Network`` / ``IPv6Network`` objects in tuples.
+* Single IP addresses (``media.address``) are normalised strings.
+* File paths are absolute :class:`~pathlib.Path` objects; relative paths in
+  the file are resolved against the directory holding the config file.
+* Lists are tuples and every model is frozen, so a ``Config`` is immutable.
+
+Problem texts are built from the key path and a fixed message only; input
+values are never echoed, so a secret pasted into the wrong key cannot leak
+into logs or terminal output.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from gateway import __version__
+
+__all__ = [
+    "META_NETWORKS",
+    "Config",
+    "ConfigError",
+    "FileCheck",
+    "HostPort",
+    "HttpConfig",
+    "LimitsConfig",
+    "LoggingConfig",
+    "MediaConfig",
+    "NumberConfig",
+    "PbxConfig",
+    "SipConfig",
+    "TlsConfig",
+    "WhatsAppConfig",
+    "check_files",
+    "load_config",
+    "parse_hostport",
+    "summary",
+]
+
+IPNetwork = IPv4Network | IPv6Network
+
+#: Meta's published WhatsApp Business Calling signalling/media networks.
+META_NETWORKS: tuple[str, ...] = (
+    "31.13.24.0/21", "31.13.64.0/18", "45.64.40.0/22", "57.141.0.0/21",
+    "57.141.8.0/22", "57.141.12.0/23", "57.144.0.0/14", "66.220.144.0/20",
+    "69.63.176.0/20", "69.171.224.0/19", "74.119.76.0/22", "102.132.96.0/20",
+    "103.4.96.0/22", "129.134.0.0/16", "147.75.208.0/20", "157.240.0.0/16",
+    "163.70.128.0/17", "163.77.128.0/17", "173.252.64.0/18", "179.60.192.0/22",
+    "185.60.216.0/22", "185.89.216.0/22", "204.15.20.0/22", "2a03:2880::/32",
+)  # fmt: skip
+
+_E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_URI_PARAMS = re.compile(r"^(;[A-Za-z0-9\-_.!~*'()%]+(=[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]*)?)*$")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable.
+
+    ``problems`` holds one ``key.path: what is wrong`` string per problem;
+    ``str()`` lists them one per line.  File-level problems (missing file,
+    YAML syntax) use the file name as the key path.
+    """
+
+    def __init__(self, problems: list[str], path: Path | None = None) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+        self.path = path
+
+
+class HostPort(NamedTuple):
+    """A parsed ``host:port``; ``str()`` renders it back (brackets for IPv6)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def _is_dns_name(name: str) -> bool:
+    name = name.lower().removesuffix(".")
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    return all(_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
+
+
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def _port(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError("port must be a number from 1 to 65535")
+    return int(text)
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> HostPort:
+    """Parse ``host:port``, ``[v6]:port`` or (with ``default_port``) a bare host.
+
+    The host must be an IP literal or a DNS name.  Returns a :class:`HostPort`
+    (a ``tuple[str, int]``); IPv6 hosts are returned without brackets.  Raises
+    ``ValueError`` with a message that does not repeat ``value``.
+    """
+    value = value.strip()
+    host: str
+    port: int | None = default_port
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError("missing ']' after IPv6 address")
+        host, rest = value[1:end], value[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("expected ':port' after ']'")
+            port = _port(rest[1:])
+        address = _ip(host)
+        if address is None or address.version != 6:
+            raise ValueError("brackets must contain an IPv6 address")
+        host = str(address)
+    elif value.count(":") > 1:
+        address = _ip(value)
+        if address is None or default_port is None:
+            raise ValueError("IPv6 addresses must be in brackets, e.g. [::1]:5060")
+        host = str(address)
+    else:
+        host, sep, port_text = value.partition(":")
+        if sep:
+            port = _port(port_text)
+        address = _ip(host)
+        if address is not None:
+            host = str(address)
+        elif _is_dns_name(host):
+            host = host.lower().removesuffix(".")
+        else:
+            raise ValueError("host must be an IP address or a DNS name")
+    if port is None:
+        raise ValueError("must be host:port (port missing)")
+    return HostPort(host, port)
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _fail(kind: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, message)
+
+
+def _need_str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise _fail("type_error", f"must be a string ({what})")
+    return value
+
+
+def _v_hostport(value: object) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    try:
+        return parse_hostport(_need_str(value, '"host:port"'))
+    except ValueError as exc:
+        raise _fail("hostport", str(exc)) from None
+
+
+def _v_network(value: object) -> IPNetwork:
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    text = _need_str(value, 'a CIDR such as "10.0.0.0/8"')
+    try:
+        return ipaddress.ip_network(text.strip())
+    except ValueError:
+        raise _fail("network", "must be a CIDR network such as 10.0.0.0/8 or 2001:db8::/32"
+                    " (no host bits set)") from None  # fmt: skip
+
+
+def _v_ip(value: object) -> str:
+    address = _ip(_need_str(value, "an IP address").strip())
+    if address is None:
+        raise _fail("ip", "must be an IPv4 or IPv6 address")
+    return str(address)
+
+
+def _v_dns_name(value: object) -> str:
+    text = _need_str(value, "a DNS name").strip()
+    if _ip(text) is not None or not _is_dns_name(text):
+        raise _fail("dns_name", "must be a DNS name such as sip.example.com (not an IP)")
+    return text.lower().removesuffix(".")
+
+
+def _v_e164(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise _fail("e164", 'must be a quoted string such as "+15550001111" (YAML reads an'
+                    " unquoted +number as an integer)")  # fmt: skip
+    text = _need_str(value, '"+E.164"').strip()
+    if not _E164.match(text):
+        raise _fail("e164", "must be +E.164 (a '+' and 8-15 digits)")
+    return text
+
+
+def _v_env_name(value: object) -> str:
+    if not _ENV_NAME.match(_need_str(value, "an environment variable name")):
+        raise _fail("env_name", "must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    return str(value)
+
+
+def _v_path(value: object, info: ValidationInfo) -> Path:
+    if isinstance(value, Path):
+        path = value
+    else:
+        text = _need_str(value, "a file path")
+        if not text.strip():
+            raise _fail("path", "must not be empty")
+        path = Path(text).expanduser()
+    context = info.context if isinstance(info.context, dict) else {}
+    base = Path(context.get("base_dir") or os.getcwd())
+    return Path(os.path.abspath(base / path))
+
+
+def _v_port_range(value: object) -> tuple[int, int]:
+    items: list[object] = list(value) if isinstance(value, list | tuple) else []
+    ints = [v for v in items if isinstance(v, int) and not isinstance(v, bool)]
+    if len(items) != 2 or len(ints) != 2:
+        raise _fail("port_range", "must be a list of two integers [low, high]")
+    low, high = ints
+    if not 1024 <= low < high <= 65535:
+        raise _fail("port_range", "must satisfy 1024 <= low < high <= 65535")
+    if low % 2:
+        raise _fail("port_range", "low must be even (RTP uses even ports)")
+    return (low, high)
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _nonempty_line(value: object) -> str:
+    text = _need_str(value, "text")
+    if not text.strip() or any(c in text for c in "\r\n\0"):
+        raise _fail("text", "must be a non-empty single line")
+    return text
+
+
+_to_str = PlainSerializer(str, return_type=str)
+HostPortField = Annotated[HostPort, PlainValidator(_v_hostport), _to_str]
+NetworkField = Annotated[IPNetwork, PlainValidator(_v_network), _to_str]
+IPField = Annotated[str, PlainValidator(_v_ip)]
+PathField = Annotated[Path, PlainValidator(_v_path), _to_str]
+E164Field = Annotated[str, PlainValidator(_v_e164)]
+StrictInt = Annotated[int, Field(strict=True)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _path_problem(path: str, message: str) -> PydanticCustomError:
+    """An error reported at ``<model location>.<path>`` (see ``_format``)."""
+    return PydanticCustomError("config_path", message, {"path": path})
+
+
+# --------------------------------------------------------------------------- models
+
+
+class TlsConfig(_Model):
+    """``whatsapp.tls``: certificate presented to Meta, and Meta's CA."""
+
+    cert_file: PathField
+    key_file: PathField
+    ca_file: PathField | None = None  # None: verify Meta with the system roots
+
+
+class NumberConfig(_Model):
+    """One ``whatsapp.numbers`` entry.  Holds no password: see :meth:`read_password`."""
+
+    number: E164Field
+    sip_password_file: PathField | None = None
+    sip_password_env: Annotated[str, PlainValidator(_v_env_name)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> NumberConfig:
+        if (self.sip_password_file is None) == (self.sip_password_env is None):
+            message = "exactly one of sip_password_file or sip_password_env is required"
+            raise _fail("password_source", message)
+        return self
+
+    def read_password(self) -> str | None:
+        """The SIP digest password, read now; None if missing, unreadable or empty."""
+        if self.sip_password_file is not None:
+            try:
+                secret = self.sip_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError):
+                return None
+        else:
+            secret = os.environ.get(self.sip_password_env or "", "")
+        return secret or None
+
+
+class WhatsAppConfig(_Model):
+    """``whatsapp``: the SIP/TLS side facing Meta."""
+
+    listen: HostPortField = HostPort("0.0.0.0", 5061)
+    hostname: Annotated[str, PlainValidator(_v_dns_name)]
+    tls: TlsConfig
+    meta_proxy: HostPortField = HostPort("wa.meta.vc", 5061)
+    allowed_networks: Annotated[tuple[NetworkField, ...], Field(min_length=1)] = tuple(
+        ipaddress.ip_network(n) for n in META_NETWORKS
+    )
+    numbers: Annotated[tuple[NumberConfig, ...], Field(min_length=1)]
+    request_uri_user_params: str = ""
+
+    @field_validator("request_uri_user_params")
+    @classmethod
+    def _uri_params(cls, value: str) -> str:
+        if not _URI_PARAMS.match(value):
+            raise _fail("uri_params", 'must be empty or ";name=value" parameters, e.g. ";tgrp=x"')
+        return value
+
+    @model_validator(mode="after")
+    def _unique_numbers(self) -> WhatsAppConfig:
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(self.numbers):
+            if entry.number in seen:
+                first = f"whatsapp.numbers.{seen[entry.number]}.number"
+                raise _path_problem(f"numbers.{index}.number", f"duplicate of {first}")
+            seen[entry.number] = index
+        return self
+
+    def number(self, e164: str) -> NumberConfig | None:
+        """The configured entry for ``e164``, or None."""
+        return next((n for n in self.numbers if n.number == e164), None)
+
+
+class PbxConfig(_Model):
+    """``pbx``: the plain SIP side facing Asterisk/FreeSWITCH."""
+
+    address: HostPortField = HostPort("127.0.0.1", 5080)
+    transport: Literal["udp", "tcp"] = "udp"
+    listen: HostPortField = HostPort("127.0.0.1", 5090)
+    trusted_networks: Annotated[tuple[NetworkField, ...], Field(min_length=1)] = (
+        IPv4Network("127.0.0.0/8"),
+        IPv6Network("::1/128"),
+    )
+    probe_interval: Annotated[float, Field(strict=True, gt=0)] = 30.0
+
+
+def _is_wildcard(host: str) -> bool:
+    address = _ip(host)
+    return address is not None and address.is_unspecified
+
+
+class MediaConfig(_Model):
+    """``media``: RTP/SRTP sockets.  ``sdp_address`` is the address put in SDP."""
+
+    address: IPField = "127.0.0.1"
+    advertise_address: IPField | None = None
+    port_range: Annotated[tuple[int, int], PlainValidator(_v_port_range)] = (20000, 29999)
+
+    @model_validator(mode="after")
+    def _advertise(self) -> MediaConfig:
+        if self.advertise_address is None and _is_wildcard(self.address):
+            raise _path_problem("advertise_address",
+                                "required when media.address is a wildcard address")  # fmt: skip
+        if self.advertise_address is not None and _is_wildcard(self.advertise_address):
+            raise _path_problem("advertise_address", "must not be a wildcard address")
+        return self
+
+    @property
+    def sdp_address(self) -> str:
+        """``advertise_address`` if set, else ``address``."""
+        return self.advertise_address or self.address
+
+
+class HttpConfig(_Model):
+    """``http``: health and Prometheus metrics endpoint."""
+
+    listen: HostPortField = HostPort("127.0.0.1", 9465)
+
+
+class LoggingConfig(_Model):
+    """``logging``: level (lower-cased) and output format."""
+
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class LimitsConfig(_Model):
+    """``limits``: capacity limits."""
+
+    max_calls: Annotated[int, Field(strict=True, ge=1)] = 200
+
+
+class SipConfig(_Model):
+    """``sip``: protocol settings.  See :attr:`Config.sip_advertise` for the effective advertise."""
+
+    user_agent: Annotated[str, PlainValidator(_nonempty_line)] = f"wa-sip-gateway/{__version__}"
+    max_message_size: Annotated[int, Field(strict=True, ge=1024, le=1_048_576)] = 65535
+    advertise: HostPortField | None = None
+
+
+class Config(_Model):
+    """The whole configuration file."""
+
+    mode: Literal["development", "production"] = "production"
+    whatsapp: WhatsAppConfig
+    pbx: PbxConfig = Field(default_factory=PbxConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    sip: SipConfig = Field(default_factory=SipConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: object) -> object:
+        """A section whose keys are all commented out (YAML null) means "all defaults"."""
+        if isinstance(data, dict):
+            optional = ("pbx", "media", "http", "logging", "limits", "sip")
+            return {k: v for k, v in data.items() if not (k in optional and v is None)}
+        return data
+
+    @model_validator(mode="after")
+    def _advertise(self) -> Config:
+        if self.sip.advertise is None and _is_wildcard(self.pbx.listen.host):
+            raise _path_problem("sip.advertise", "required when pbx.listen is a wildcard address")
+        return self
+
+    @property
+    def sip_advertise(self) -> HostPort:
+        """Host/port for Via and Contact on the PBX side: ``sip.advertise`` or ``pbx.listen``."""
+        return self.sip.advertise or self.pbx.listen
+
+    @property
+    def development(self) -> bool:
+        return self.mode == "development"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Hashable, Any]:
+    loader.flatten_mapping(node)
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if isinstance(key, Hashable) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unknown key",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys",
+    "dict_type": "must be a mapping of keys",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "string_too_short": "must not be empty",
+}
+
+
+def _message(err: Any) -> str:
+    kind: str = err["type"]
+    ctx: dict[str, Any] = err.get("ctx") or {}
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    if kind == "literal_error":
+        return "must be one of " + str(ctx["expected"]).replace("'", "").replace(" or ", ", ")
+    if kind == "too_short":
+        n = ctx.get("min_length", 1)
+        return "must not be empty" if n == 1 else f"must have at least {n} items"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} items"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+              "less_than_equal": "<="}  # fmt: skip
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit}"
+    return str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def _format(err: Any) -> str:
+    loc = [str(part) for part in err["loc"]]
+    if err["type"] == "config_path":
+        loc += str(err["ctx"]["path"]).split(".")
+    return f"{'.'.join(loc) or '(top level)'}: {_message(err)}"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, parse and validate the YAML file at ``path``; raise :class:`ConfigError`."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{file}: file not found"], file) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{file}: not valid UTF-8 text"], file) from None
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read ({exc.strerror})"], file) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        what = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError([f"{file}{where}: YAML syntax error: {what}"], file) from None
+    except yaml.YAMLError:
+        raise ConfigError([f"{file}: YAML syntax error"], file) from None
+    if data is None:
+        raise ConfigError([f"{file}: file is empty"], file)
+    base_dir = Path(os.path.abspath(file)).parent
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems = [_format(err) for err in exc.errors(include_url=False, include_input=False)]
+        raise ConfigError(problems, file) from None
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+@dataclass
+class FileCheck:
+    """Result of :func:`check_files`: ``errors`` block startup, ``warnings`` do not."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _file_problem(path: Path) -> str | None:
+    if not path.exists():
+        return f"file not found: {path}"
+    if not path.is_file():
+        return f"not a regular file: {path}"
+    if not os.access(path, os.R_OK):
+        return f"not readable: {path}"
+    return None
+
+
+def check_files(cfg: Config) -> FileCheck:
+    """Check the files the config refers to, as the daemon would need them now.
+
+    Errors: TLS cert/key/CA missing or unreadable (a missing cert/key is fine in
+    development mode, where one is generated).  Warnings: a number whose
+    password cannot be read (the daemon starts and reports it as unhealthy),
+    and certificate problems such as expiry or a hostname mismatch.
+    """
+    from gateway.ops.certs import certificate_problems
+
+    result = FileCheck()
+    tls = cfg.whatsapp.tls
+    for key, path in (("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+        problem = _file_problem(path)
+        if problem and not (cfg.development and not path.exists()):
+            result.errors.append(f"whatsapp.tls.{key}: {problem}")
+    if tls.ca_file is not None and (problem := _file_problem(tls.ca_file)):
+        result.errors.append(f"whatsapp.tls.ca_file: {problem}")
+    if tls.cert_file.is_file() and os.access(tls.cert_file, os.R_OK):
+        for problem in certificate_problems(tls.cert_file, cfg.whatsapp.hostname):
+            result.warnings.append(f"whatsapp.tls.cert_file: {problem}")
+    for index, entry in enumerate(cfg.whatsapp.numbers):
+        if entry.read_password() is not None:
+            continue
+        if entry.sip_password_file is not None:
+            problem = _file_problem(entry.sip_password_file) or "empty or not UTF-8 text"
+            result.warnings.append(f"whatsapp.numbers.{index}.sip_password_file: {problem}")
+        else:
+            key = f"whatsapp.numbers.{index}.sip_password_env"
+            name = entry.sip_password_env
+            result.warnings.append(f"{key}: environment variable {name} is not set or empty")
+    return result
+
+
+def summary(cfg: Config) -> str:
+    """One line describing the configuration, for ``check-config`` and startup logs."""
+    count = len(cfg.whatsapp.numbers)
+    text = (
+        f"config OK: {count} number{'s' if count != 1 else ''},"
+        f" TLS {cfg.whatsapp.listen} ({cfg.whatsapp.hostname}),"
+        f" PBX {cfg.pbx.transport} {cfg.pbx.address}, listen {cfg.pbx.listen},"
+        f" http {cfg.http.listen}"
+    )
+    return text + (", development mode" if cfg.development else "")
