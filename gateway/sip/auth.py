@@ -68,9 +68,8 @@ def _h(hash_name: str, data: str | bytes) -> str:
         # MD5 is mandated by the protocol, not used as a security primitive of ours.
         return hashlib.new(hash_name, raw, usedforsecurity=False).hexdigest()
     except ValueError as exc:  # e.g. OpenSSL built without SHA-512/256
-        raise UnsupportedAlgorithm(
-            f"hash {hash_name!r} is not available from this Python/OpenSSL build"
-        ) from exc
+        msg = f"hash {hash_name!r} is not available from this Python/OpenSSL build"
+        raise UnsupportedAlgorithm(msg) from exc
 
 
 def compute_userhash(algorithm: str, username: str, realm: str) -> str:
@@ -79,17 +78,8 @@ def compute_userhash(algorithm: str, username: str, realm: str) -> str:
 
 
 def compute_response(
-    algorithm: str,
-    username: str,
-    realm: str,
-    password: str,
-    method: str,
-    uri: str,
-    nonce: str,
-    nc: int | None,
-    cnonce: str | None,
-    qop: str | None,
-    body: bytes = b"",
+    algorithm: str, username: str, realm: str, password: str, method: str, uri: str,
+    nonce: str, nc: int | None, cnonce: str | None, qop: str | None, body: bytes = b"",
 ) -> str:
     """The ``response`` value of RFC 7616 section 3.4.1 (strings hashed as UTF-8).
 
@@ -124,6 +114,7 @@ def compute_response(
 
 _WS = " \t\r\n"
 _TCHAR = "!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits
+_TOKEN_END = _WS + ',"'
 _NC_RE = re.compile(r"[0-9a-fA-F]{8}")
 
 
@@ -183,7 +174,7 @@ def _parse_digest(value: str) -> dict[str, str]:
             val, i = _read_quoted(s, i)
         else:  # token; lenient: anything up to whitespace, comma or quote
             start = i
-            while i < len(s) and s[i] not in _WS + ',"' and not _is_ctl(s[i]):
+            while i < len(s) and s[i] not in _TOKEN_END and not _is_ctl(s[i]):
                 i += 1
             if i == start:
                 raise AuthParseError(f"empty value for parameter {name!r}")
@@ -208,6 +199,8 @@ def _token(v: str) -> str:
 
 
 def _join(parts: list[tuple[str, str | None]], extra: dict[str, str]) -> str:
+    if any(not k or any(c not in _TCHAR for c in k) for k in extra):
+        raise ValueError("extra parameter names must be tokens")
     items = [f"{k}={v}" for k, v in parts if v is not None]
     return "Digest " + ", ".join(items + [f"{k}={_quote(v)}" for k, v in extra.items()])
 
@@ -281,17 +274,11 @@ def parse_challenge(value: str) -> Challenge:
     """
     p = _parse_digest(value)
     realm, nonce = _required(p, "realm"), _required(p, "nonce")
+    qop = tuple(q.lower() for q in re.split(r"[\s,]+", p.pop("qop", "")) if q)
     return Challenge(
-        realm=realm,
-        nonce=nonce,
-        opaque=p.pop("opaque", None),
-        algorithm=_canon_alg(p),
-        qop=tuple(q.lower() for q in re.split(r"[\s,]+", p.pop("qop", "")) if q),
-        stale=_flag(p, "stale"),
-        domain=tuple(p.pop("domain", "").split()),
-        charset=p.pop("charset", None),
-        userhash=_flag(p, "userhash"),
-        params=p,
+        realm, nonce, opaque=p.pop("opaque", None), algorithm=_canon_alg(p), qop=qop,
+        stale=_flag(p, "stale"), domain=tuple(p.pop("domain", "").split()),
+        charset=p.pop("charset", None), userhash=_flag(p, "userhash"), params=p,
     )
 
 
@@ -372,18 +359,9 @@ def parse_credentials(value: str) -> Credentials:
     realm, nonce = _required(p, "realm"), _required(p, "nonce")
     uri, response = _required(p, "uri"), _required(p, "response")
     creds = Credentials(
-        username=username,
-        realm=realm,
-        nonce=nonce,
-        uri=uri,
-        response=response,
-        algorithm=_canon_alg(p),
-        cnonce=p.pop("cnonce", None),
-        opaque=p.pop("opaque", None),
-        qop=p.pop("qop", None),
-        nc=nc,
-        userhash=_flag(p, "userhash"),
-        params=p,
+        username, realm, nonce, uri, response, algorithm=_canon_alg(p),
+        cnonce=p.pop("cnonce", None), opaque=p.pop("opaque", None), qop=p.pop("qop", None),
+        nc=nc, userhash=_flag(p, "userhash"), params=p,
     )
     if creds.qop is not None and (creds.nc is None or creds.cnonce is None):
         raise AuthParseError("qop present without nc and cnonce")
@@ -394,10 +372,12 @@ def parse_credentials(value: str) -> Credentials:
 # Client side
 
 
-def _supported(ch: Challenge) -> bool:
-    return ch.algorithm in _CANONICAL.values() and (
-        not ch.qop or "auth" in ch.qop or "auth-int" in ch.qop
-    )
+def _strength(ch: Challenge) -> int | None:
+    """Rank in ALGORITHMS (0 = strongest), None if algorithm or qop is unsupported."""
+    if ch.qop and "auth" not in ch.qop and "auth-int" not in ch.qop:
+        return None
+    canon = _CANONICAL.get(ch.algorithm.upper())
+    return None if canon is None else ALGORITHMS.index(canon)
 
 
 def select_challenge(challenges: Sequence[Challenge], *, strongest: bool = True) -> Challenge:
@@ -408,24 +388,15 @@ def select_challenge(challenges: Sequence[Challenge], *, strongest: bool = True)
     wording). Raises UnsupportedChallenge when none is usable. Callers facing
     several realms should group by ``realm`` first and answer each.
     """
-    usable = [c for c in challenges if _supported(c)]
+    usable = [(rank, i, c) for i, c in enumerate(challenges) if (rank := _strength(c)) is not None]
     if not usable:
         raise UnsupportedChallenge("no challenge with a supported algorithm and qop")
-    if not strongest:
-        return usable[0]
-    return min(usable, key=lambda c: ALGORITHMS.index(c.algorithm))  # min() is stable
+    return min(usable)[2] if strongest else usable[0][2]
 
 
 def answer_challenge(
-    challenge: Challenge,
-    method: str,
-    uri: str,
-    username: str,
-    password: str,
-    *,
-    cnonce: str | None = None,
-    nc: int = 1,
-    body: bytes = b"",
+    challenge: Challenge, method: str, uri: str, username: str, password: str, *,
+    cnonce: str | None = None, nc: int = 1, body: bytes = b"",
 ) -> Credentials:
     """Build the credentials answering ``challenge`` for a request.
 
@@ -529,22 +500,12 @@ class DigestServer:
     """
 
     def __init__(
-        self,
-        secret: bytes,
-        realm: str,
-        *,
-        algorithms: Sequence[str] = ("SHA-256", "MD5"),
-        nonce_ttl: float = 300.0,
-        opaque: str | None = None,
-        clock_skew: float = 30.0,
+        self, secret: bytes, realm: str, *, algorithms: Sequence[str] = ("SHA-256", "MD5"),
+        nonce_ttl: float = 300.0, opaque: str | None = None, clock_skew: float = 30.0,
         max_tracked_nonces: int = 100_000,
     ) -> None:
-        if len(secret) < 16:
-            raise ValueError("secret must be at least 16 bytes")
-        if not algorithms:
-            raise ValueError("at least one algorithm is required")
-        if nonce_ttl <= 0 or max_tracked_nonces < 1:
-            raise ValueError("nonce_ttl and max_tracked_nonces must be positive")
+        if len(secret) < 16 or not algorithms or nonce_ttl <= 0 or max_tracked_nonces < 1:
+            raise ValueError("need a secret of 16+ bytes, an algorithm, positive ttl and cap")
         canon = []
         for alg in algorithms:
             hname, _ = _algorithm(alg)
@@ -561,15 +522,11 @@ class DigestServer:
         self._evicted_upto = float("-inf")  # newest issue time evicted for lack of room
 
     def __repr__(self) -> str:  # never shows the secret
-        return (
-            f"DigestServer(realm={self.realm!r}, algorithms={self.algorithms!r}, "
-            f"nonce_ttl={self.nonce_ttl!r}, tracked={len(self._seen)})"
-        )
+        return f"DigestServer(realm={self.realm!r}, algorithms={self.algorithms!r})"
 
     def _mac(self, head: bytes) -> bytes:
-        return hmac.new(
-            self._secret, _NONCE_TAG + head + self.realm.encode("utf-8"), hashlib.sha256
-        ).digest()
+        msg = _NONCE_TAG + head + self.realm.encode("utf-8")
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()
 
     def make_nonce(self, now: float) -> str:
         """A fresh nonce issued at ``now``."""
@@ -596,22 +553,13 @@ class DigestServer:
         """
         nonce = self.make_nonce(now)
         return [
-            Challenge(
-                realm=self.realm, nonce=nonce, opaque=self.opaque, algorithm=alg,
-                qop=("auth",), stale=stale,
-            )
+            Challenge(self.realm, nonce, self.opaque, alg, qop=("auth",), stale=stale)
             for alg in self.algorithms
         ]
 
     def verify(
-        self,
-        credentials: Credentials,
-        method: str,
-        request_uri: str,
-        password: str | None,
-        now: float,
-        *,
-        username: str | None = None,
+        self, credentials: Credentials, method: str, request_uri: str, password: str | None,
+        now: float, *, username: str | None = None,
     ) -> VerifyResult:
         """Check credentials for a request; see VerifyResult for the outcomes.
 

@@ -294,6 +294,12 @@ def test_auth_parse_error_is_value_error() -> None:
 def test_to_header_rejects_control_characters() -> None:
     with pytest.raises(ValueError):
         Challenge(realm="r\r\nX-Injected: 1", nonce="n").to_header()
+    with pytest.raises(ValueError):
+        Challenge(realm="r", nonce="n", params={"x\r\nVia": "v"}).to_header()
+    with pytest.raises(ValueError):
+        Credentials("u", "r", "n", "sip:x", "resp", params={"a=b": "v"}).to_header()
+    with pytest.raises(ValueError):
+        Credentials("u", "r", "n", "sip:x", "resp", nc=2**32).to_header()
 
 
 @given(st.text())
@@ -362,6 +368,7 @@ def test_select_challenge() -> None:
     assert select_challenge(chs, strongest=False).algorithm == "MD5"
     assert select_challenge([_ch("MD5"), _ch("SHA-512-256")]).algorithm == "SHA-512-256"
     assert select_challenge([_ch("MD5-sess"), _ch("MD5")]).algorithm == "MD5"
+    assert select_challenge([_ch("MD5"), _ch("sha-256")]).algorithm == "sha-256"
     with pytest.raises(UnsupportedChallenge):
         select_challenge([_ch("SHA-1"), _ch("MD5", qop=("auth-conf",))])
     with pytest.raises(UnsupportedChallenge):
