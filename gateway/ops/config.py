@@ -31,10 +31,11 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -72,6 +73,7 @@ __all__ = [
 ]
 
 IPNetwork = IPv4Network | IPv6Network
+_T = TypeVar("_T")
 
 #: Meta's published WhatsApp Business Calling signalling/media networks.
 META_NETWORKS: tuple[str, ...] = (
@@ -287,7 +289,16 @@ NetworkField = Annotated[IPNetwork, PlainValidator(_v_network), _to_str]
 IPField = Annotated[str, PlainValidator(_v_ip)]
 PathField = Annotated[Path, PlainValidator(_v_path), _to_str]
 E164Field = Annotated[str, PlainValidator(_v_e164)]
-StrictInt = Annotated[int, Field(strict=True)]
+
+
+def _nonempty(value: tuple[_T, ...]) -> tuple[_T, ...]:
+    # Field(min_length=1) would also complain when an item is invalid (pydantic drops it).
+    if not value:
+        raise _fail("too_short", "must not be empty")
+    return value
+
+
+NetworksField = Annotated[tuple[NetworkField, ...], AfterValidator(_nonempty)]
 
 
 class _Model(BaseModel):
@@ -343,10 +354,10 @@ class WhatsAppConfig(_Model):
     hostname: Annotated[str, PlainValidator(_v_dns_name)]
     tls: TlsConfig
     meta_proxy: HostPortField = HostPort("wa.meta.vc", 5061)
-    allowed_networks: Annotated[tuple[NetworkField, ...], Field(min_length=1)] = tuple(
+    allowed_networks: NetworksField = tuple(
         ipaddress.ip_network(n) for n in META_NETWORKS
     )
-    numbers: Annotated[tuple[NumberConfig, ...], Field(min_length=1)]
+    numbers: Annotated[tuple[NumberConfig, ...], AfterValidator(_nonempty)]
     request_uri_user_params: str = ""
 
     @field_validator("request_uri_user_params")
@@ -377,7 +388,7 @@ class PbxConfig(_Model):
     address: HostPortField = HostPort("127.0.0.1", 5080)
     transport: Literal["udp", "tcp"] = "udp"
     listen: HostPortField = HostPort("127.0.0.1", 5090)
-    trusted_networks: Annotated[tuple[NetworkField, ...], Field(min_length=1)] = (
+    trusted_networks: NetworksField = (
         IPv4Network("127.0.0.0/8"),
         IPv6Network("::1/128"),
     )
