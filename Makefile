@@ -1,0 +1,55 @@
+# wa-sip-gateway: the two commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/gateway.example.yaml
+APT_PACKAGES := sip-tester openssl
+
+.PHONY: run test lint typecheck unit integration bench deps apt-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+deps: $(VENV)/.installed
+
+## run: start the gateway in the foreground on loopback with the example config
+run: deps
+	$(BIN)/python scripts/dev_setup.py $(CONFIG)
+	$(BIN)/wa-sip-gateway run -c $(CONFIG)
+
+## apt-deps: system packages the integration tests drive (SIPp)
+apt-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null; }; \
+	fi
+
+lint: deps
+	$(BIN)/ruff check gateway tests bench scripts
+
+typecheck: deps
+	$(BIN)/mypy gateway
+
+unit: deps
+	$(BIN)/pytest -q tests/unit
+
+integration: deps apt-deps
+	$(BIN)/pytest -q tests/integration
+
+## test: install everything the tests need, then lint, type-check and run the whole suite
+test: deps apt-deps lint typecheck
+	$(BIN)/pytest -q
+
+bench: deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache .hypothesis

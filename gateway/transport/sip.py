@@ -1,0 +1,429 @@
+"""asyncio adapter for SIP over UDP, TCP and TLS.
+
+This is the thin layer between sockets and the sans-IO core: it receives bytes,
+checks the source against the listener's access list before parsing anything,
+frames and parses messages, hands them to the :class:`TransactionManager`,
+passes the resulting events to the application, sends what the core queued,
+and arms the core's single timer. It holds no SIP logic of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import ssl
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from gateway.ops.logging import get_logger
+from gateway.sip.framing import FramingError, Ping, StreamFramer
+from gateway.sip.message import (
+    MAX_MESSAGE_SIZE,
+    Request,
+    Response,
+    SipParseError,
+    make_response,
+)
+from gateway.sip.message import (
+    parse_message as _parse_message,
+)
+from gateway.sip.transaction import Event, Outgoing, Target, TransactionManager, response_target
+
+log = get_logger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IDLE_TIMEOUT = 300.0  # close inbound stream connections silent this long (RFC 5626 keeps them alive)
+
+
+@dataclass
+class SipStats:
+    """Plain counters read by the metrics collector at scrape time (no metrics import here)."""
+
+    parse_errors: Counter[str] = field(default_factory=Counter)
+    rejected_sources: Counter[str] = field(default_factory=Counter)
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    responses: Counter[tuple[str, int]] = field(default_factory=Counter)
+
+
+class AccessList:
+    """Source-address allow list, checked before any parsing (cheap, no allocation per hit)."""
+
+    def __init__(self, networks: Iterable[Network]) -> None:
+        self._networks = tuple(networks)
+        self._cache: dict[str, bool] = {}
+
+    def allows(self, host: str) -> bool:
+        hit = self._cache.get(host)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(host.split("%", 1)[0])
+            except ValueError:
+                hit = False
+            else:
+                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+                    addr = addr.ipv4_mapped
+                hit = any(addr in net for net in self._networks)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[host] = hit
+        return hit
+
+
+EventHandler = Callable[[Event, str], None]
+"""Called with each core event and the leg name of the listener it came in on."""
+
+
+class SipStack:
+    """Owns the listeners, the connections and the transaction manager's timer."""
+
+    def __init__(
+        self,
+        manager: TransactionManager,
+        handler: EventHandler,
+        *,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        client_ssl: ssl.SSLContext | None = None,
+        stats: SipStats | None = None,
+    ) -> None:
+        self.manager = manager
+        self._handler = handler
+        self._max = max_message_size
+        self._client_ssl = client_ssl
+        self.stats = stats or SipStats()
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._udp: dict[str, _UdpProtocol] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._conns: dict[int, _StreamProtocol] = {}
+        self._by_peer: dict[tuple[str, str, int], int] = {}
+        self._connecting: dict[tuple[str, str, int], asyncio.Task[None]] = {}
+        self._pending: dict[tuple[str, str, int], list[bytes]] = {}
+        self._ids = itertools.count(1)
+        self.local: dict[str, tuple[str, str, int]] = {}  # leg -> (transport, host, port)
+        self._leg_of_peer: dict[tuple[str, str, int], str] = {}
+
+    # -- listeners ---------------------------------------------------------
+    async def listen_udp(self, leg: str, host: str, port: int, acl: AccessList) -> tuple[str, int]:
+        transport, proto = await self._loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self, leg, acl), local_addr=(host, port)
+        )
+        self._udp[leg] = proto
+        sockname = transport.get_extra_info("sockname")
+        self.local.setdefault(leg, ("udp", host, sockname[1]))
+        return host, int(sockname[1])
+
+    async def listen_stream(
+        self,
+        leg: str,
+        host: str,
+        port: int,
+        acl: AccessList,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> tuple[str, int]:
+        kind = "tls" if ssl_context else "tcp"
+        server = await self._loop.create_server(
+            lambda: _StreamProtocol(self, leg, kind, acl, inbound=True),
+            host,
+            port,
+            ssl=ssl_context,
+            reuse_address=True,
+            ssl_handshake_timeout=10.0 if ssl_context else None,
+        )
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()[1]
+        self.local.setdefault(leg, (kind, host, int(bound)))
+        return host, int(bound)
+
+    def set_peer_leg(self, transport: str, host: str, port: int, leg: str) -> None:
+        """Name the leg of outbound connections to a peer (for metrics and logs)."""
+        self._leg_of_peer[(transport, host, port)] = leg
+
+    async def close(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+        for server in self._servers:
+            server.close()
+        for conn in list(self._conns.values()):
+            conn.close()
+        for udp in self._udp.values():
+            udp.close()
+        for task in self._connecting.values():
+            task.cancel()
+        for server in self._servers:
+            await server.wait_closed()
+
+    # -- inbound -----------------------------------------------------------
+    def _on_bytes(self, data: bytes, source: Target, leg: str, datagram: bool) -> None:
+        try:
+            msg = _parse_message(data, max_size=self._max, datagram=datagram)
+        except SipParseError as exc:
+            self._on_parse_error(exc, source, leg)
+            return
+        self._dispatch(msg, source, leg)
+
+    def _on_parse_error(self, exc: SipParseError, source: Target, leg: str) -> None:
+        self.stats.parse_errors[leg] += 1
+        log.info("sip_parse_error", leg=leg, peer=f"{source.host}:{source.port}", reason=exc.reason)
+        req = exc.partial
+        if req is None or req.method == "ACK":
+            return  # section 17.1.3 / 18: nothing we can answer
+        try:
+            resp = make_response(req, exc.status, exc.reason if exc.status == 400 else None)
+            target = response_target(req, source)
+        except Exception:  # noqa: BLE001 - headers too broken to route a response: drop
+            return
+        self.send(Outgoing(resp, target))
+
+    def _dispatch(self, msg: Request | Response, source: Target, leg: str) -> None:
+        if isinstance(msg, Request):
+            self.stats.requests[(leg, msg.method)] += 1
+        else:
+            self.stats.responses[(leg, msg.status)] += 1
+        now = self._loop.time()
+        try:
+            events = self.manager.receive(msg, source, now)
+        except Exception:  # noqa: BLE001 - one bad message must never stop the stack
+            log.exception("sip_core_error", leg=leg, call_id=msg.call_id)
+            events = []
+        self._deliver(events, leg)
+
+    def _deliver(self, events: Sequence[Event], leg: str) -> None:
+        for event in events:
+            try:
+                self._handler(event, leg)
+            except Exception:  # noqa: BLE001 - an application bug ends one request, not the daemon
+                log.exception("sip_handler_error", leg=leg, event=type(event).__name__)
+        self.flush()
+
+    # -- outbound ----------------------------------------------------------
+    def flush(self) -> None:
+        """Send everything the core queued and re-arm its timer."""
+        for out in self.manager.pop_outgoing():
+            self.send(out)
+        self._arm_timer()
+
+    def send(self, out: Outgoing) -> None:
+        data = out.message.to_bytes()
+        target = out.target
+        if target.transport == "udp":
+            udp = self._udp_for(target)
+            if udp is None:
+                log.warning("sip_no_udp_socket", peer=f"{target.host}:{target.port}")
+                return
+            udp.sendto(data, (target.host, target.port))
+            return
+        conn = self._conns.get(target.conn_id) if target.conn_id is not None else None
+        if conn is None or conn.closing:
+            key = (target.transport, target.host, target.port)
+            cid = self._by_peer.get(key)
+            conn = self._conns.get(cid) if cid is not None else None
+        if conn is not None and not conn.closing:
+            conn.write(data)
+            return
+        self._connect_and_send(target, data)
+
+    def _udp_for(self, target: Target) -> _UdpProtocol | None:
+        leg = self._leg_of_peer.get(("udp", target.host, target.port))
+        if leg and leg in self._udp:
+            return self._udp[leg]
+        return next(iter(self._udp.values()), None)
+
+    def _connect_and_send(self, target: Target, data: bytes) -> None:
+        key = (target.transport, target.host, target.port)
+        self._pending.setdefault(key, []).append(data)
+        if key not in self._connecting:
+            self._connecting[key] = self._loop.create_task(self._connect(key))
+
+    async def _connect(self, key: tuple[str, str, int]) -> None:
+        transport_kind, host, port = key
+        leg = self._leg_of_peer.get(key, "pbx" if transport_kind == "tcp" else "whatsapp")
+        ctx = self._client_ssl if transport_kind == "tls" else None
+        try:
+            if transport_kind == "tls" and ctx is None:
+                raise ConnectionError("no TLS client context configured")
+            _, proto = await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: _StreamProtocol(self, leg, transport_kind, None, inbound=False),
+                    host,
+                    port,
+                    ssl=ctx,
+                    server_hostname=host if ctx else None,
+                ),
+                timeout=10.0,
+            )
+        except (OSError, asyncio.TimeoutError, ssl.SSLError, ConnectionError) as exc:
+            log.warning("sip_connect_failed", leg=leg, peer=f"{host}:{port}", error=str(exc))
+            self._pending.pop(key, None)
+            self._connecting.pop(key, None)
+            events = self.manager.transport_error(Target(transport_kind, host, port), self._loop.time())
+            self._deliver(events, leg)
+            return
+        self._connecting.pop(key, None)
+        self._by_peer[key] = proto.conn_id
+        for data in self._pending.pop(key, []):
+            proto.write(data)
+
+    # -- timer -------------------------------------------------------------
+    def _arm_timer(self) -> None:
+        deadline = self.manager.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            events = self.manager.handle_timer(self._loop.time())
+        except Exception:  # noqa: BLE001
+            log.exception("sip_timer_error")
+            events = []
+        self._deliver(events, "timer")
+
+    # -- connection registry -------------------------------------------------
+    def _register(self, conn: _StreamProtocol) -> int:
+        cid = next(self._ids)
+        self._conns[cid] = conn
+        return cid
+
+    def _unregister(self, conn: _StreamProtocol) -> None:
+        self._conns.pop(conn.conn_id, None)
+        if conn.peer is not None:
+            key = (conn.kind, conn.peer[0], conn.peer[1])
+            if self._by_peer.get(key) == conn.conn_id:
+                del self._by_peer[key]
+            if not conn.inbound:
+                return
+        # Inbound connections that die fail transactions using them only when a send fails later.
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, stack: SipStack, leg: str, acl: AccessList) -> None:
+        self._stack = stack
+        self._leg = leg
+        self._acl = acl
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        host, port = str(addr[0]), int(addr[1])  # type: ignore[call-overload]
+        if not self._acl.allows(host):
+            self._stack.stats.rejected_sources[self._leg] += 1
+            return
+        if data.strip(b"\r\n") == b"":
+            return  # keep-alive (RFC 5626 STUN-less CRLF on UDP): ignore
+        self._stack._on_bytes(data, Target("udp", host, port), self._leg, datagram=True)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp_error", leg=self._leg, error=str(exc))
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._transport is not None:
+            self._transport.sendto(data, addr)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class _StreamProtocol(asyncio.Protocol):
+    def __init__(
+        self, stack: SipStack, leg: str, kind: str, acl: AccessList | None, *, inbound: bool
+    ) -> None:
+        self._stack = stack
+        self.leg = leg
+        self.kind = kind
+        self._acl = acl
+        self.inbound = inbound
+        self._framer = StreamFramer(stack._max)
+        self._transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] | None = None
+        self.conn_id = 0
+        self.closing = False
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (str(peer[0]), int(peer[1])) if peer else None
+        if self._acl is not None and (self.peer is None or not self._acl.allows(self.peer[0])):
+            self._stack.stats.rejected_sources[self.leg] += 1
+            self.closing = True
+            transport.abort()
+            return
+        self.conn_id = self._stack._register(self)
+        if self.inbound and self.peer is not None:
+            # Responses and requests toward this peer may reuse the connection.
+            self._stack._by_peer.setdefault((self.kind, *self.peer), self.conn_id)
+        self._touch()
+
+    def _touch(self) -> None:
+        if not self.inbound:
+            return
+        if self._idle:
+            self._idle.cancel()
+        self._idle = self._stack._loop.call_later(IDLE_TIMEOUT, self.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self.peer is None:
+            return
+        self._touch()
+        source = Target(self.kind, self.peer[0], self.peer[1], self.conn_id)
+        for frame in self._framer.feed(data):
+            if isinstance(frame, Ping):
+                self.write(b"\r\n")  # RFC 5626 section 3.5.1 pong
+            elif isinstance(frame, FramingError):
+                self._on_framing_error(frame, source)
+                return
+            else:
+                self._stack._on_bytes(frame, source, self.leg, datagram=False)
+
+    def _on_framing_error(self, err: FramingError, source: Target) -> None:
+        stack = self._stack
+        partial: Request | None = None
+        if err.head:
+            # Answer from the header section when it parses (the body is what is wrong).
+            try:
+                parsed = _parse_message(err.head, datagram=True)
+            except SipParseError as inner:
+                partial = inner.partial
+            else:
+                partial = parsed if isinstance(parsed, Request) else None
+        status = 513 if "large" in err.reason else 400
+        stack._on_parse_error(SipParseError(err.reason, status=status, partial=partial), source, self.leg)
+        # The stream cannot be resynchronised: close after the answer is written.
+        self.closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self._idle:
+            self._idle.cancel()
+        if self.conn_id:
+            self._stack._unregister(self)
