@@ -52,25 +52,10 @@ from pydantic_core import PydanticCustomError
 from gateway import __version__
 
 __all__ = [
-    "META_NETWORKS",
-    "Config",
-    "ConfigError",
-    "FileCheck",
-    "HostPort",
-    "HttpConfig",
-    "LimitsConfig",
-    "LoggingConfig",
-    "MediaConfig",
-    "NumberConfig",
-    "PbxConfig",
-    "SipConfig",
-    "TlsConfig",
-    "WhatsAppConfig",
-    "check_files",
-    "load_config",
-    "parse_hostport",
-    "summary",
-]
+    "META_NETWORKS", "Config", "ConfigError", "FileCheck", "HostPort", "HttpConfig",
+    "LimitsConfig", "LoggingConfig", "MediaConfig", "NumberConfig", "PbxConfig", "SipConfig",
+    "TlsConfig", "WhatsAppConfig", "check_files", "load_config", "parse_hostport", "summary",
+]  # fmt: skip
 
 IPNetwork = IPv4Network | IPv6Network
 _T = TypeVar("_T")
@@ -354,9 +339,7 @@ class WhatsAppConfig(_Model):
     hostname: Annotated[str, PlainValidator(_v_dns_name)]
     tls: TlsConfig
     meta_proxy: HostPortField = HostPort("wa.meta.vc", 5061)
-    allowed_networks: NetworksField = tuple(
-        ipaddress.ip_network(n) for n in META_NETWORKS
-    )
+    allowed_networks: NetworksField = tuple(ipaddress.ip_network(n) for n in META_NETWORKS)
     numbers: Annotated[tuple[NumberConfig, ...], AfterValidator(_nonempty)]
     request_uri_user_params: str = ""
 
@@ -388,10 +371,7 @@ class PbxConfig(_Model):
     address: HostPortField = HostPort("127.0.0.1", 5080)
     transport: Literal["udp", "tcp"] = "udp"
     listen: HostPortField = HostPort("127.0.0.1", 5090)
-    trusted_networks: NetworksField = (
-        IPv4Network("127.0.0.0/8"),
-        IPv6Network("::1/128"),
-    )
+    trusted_networks: NetworksField = (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))
     probe_interval: Annotated[float, Field(strict=True, gt=0)] = 30.0
 
 
@@ -494,40 +474,31 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Hashable, Any]:
-    loader.flatten_mapping(node)
-    seen: set[object] = set()
+    seen: set[Hashable] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # "<<: *anchor" may legitimately be overridden by explicit keys
         key = loader.construct_object(key_node)
         if isinstance(key, Hashable) and key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
-            )
-        seen.add(key)
+            message = f"duplicate key {key_node.value!r}"
+            raise yaml.constructor.ConstructorError(None, None, message, key_node.start_mark)
+        if isinstance(key, Hashable):
+            seen.add(key)
     return loader.construct_mapping(node)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 _MESSAGES = {
-    "missing": "required",
-    "extra_forbidden": "unknown key",
-    "string_type": "must be a string",
-    "int_type": "must be an integer",
-    "int_parsing": "must be an integer",
-    "int_from_float": "must be an integer",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "bool_type": "must be true or false",
-    "model_type": "must be a mapping of keys",
-    "model_attributes_type": "must be a mapping of keys",
-    "dict_type": "must be a mapping of keys",
-    "list_type": "must be a list",
-    "tuple_type": "must be a list",
-    "string_too_short": "must not be empty",
-}
+    "missing": "required", "extra_forbidden": "unknown key", "string_type": "must be a string",
+    "int_type": "must be an integer", "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer", "float_type": "must be a number",
+    "float_parsing": "must be a number", "bool_type": "must be true or false",
+    "model_type": "must be a mapping of keys", "model_attributes_type": "must be a mapping of keys",
+    "dict_type": "must be a mapping of keys", "list_type": "must be a list",
+    "tuple_type": "must be a list", "string_too_short": "must not be empty",
+    "invalid_key": "keys must be strings",
+}  # fmt: skip
 
 
 def _message(err: Any) -> str:

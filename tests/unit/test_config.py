@@ -352,6 +352,20 @@ def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
     assert problem.startswith(f"{path}:7:1: YAML syntax error: duplicate key 'pbx'")
 
 
+def test_yaml_merge_key_may_be_overridden(tmp_path: Path) -> None:
+    text = MINIMAL + "x-pbx: &pbx {transport: tcp, address: 127.0.0.1:5080}\n"
+    text += "pbx:\n  <<: *pbx\n  transport: udp\n"
+    assert keys_of(problems_of(write(tmp_path, text))) == ["x-pbx"]
+    cfg = load_config(write(tmp_path, MINIMAL + "pbx:\n  <<: {transport: tcp}\n  transport: udp\n"))
+    assert cfg.pbx.transport == "udp"
+
+
+def test_non_string_key(tmp_path: Path) -> None:
+    assert problems_of(write(tmp_path, MINIMAL + "pbx: {1: x}\n")) == [
+        "pbx.1: keys must be strings"
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"), [("", "file is empty"), ("# nothing\n", "file is empty")]
 )
