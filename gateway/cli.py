@@ -125,7 +125,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 1
     log.info("starting", version=__version__, config=str(args.config), summary=summary(cfg))
 
-    from gateway import app
+    import gateway.app as app
 
     try:
         return app.run(cfg)
