@@ -75,6 +75,18 @@ _METHOD_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _STATUS_LINE_RE = re.compile(r"^SIP/(\d+\.\d+) (\d{3})(?: (.*))?$")
 _VIA_SENT_BY_RE = re.compile(r"^SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(.+)$", re.I)
 _MAX_CSEQ = 2**31 - 1  # section 8.1.1.5: less than 2**31
+_DIGITS_RE = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() accepts e.g. "²"
+
+
+def _ascii_int(text: str, max_digits: int = 18) -> int | None:
+    """``1*DIGIT`` as an int, None when not ASCII digits or longer than ``max_digits``
+    significant digits (which also keeps int() clear of its 4300-digit limit)."""
+    if not _DIGITS_RE.fullmatch(text):
+        return None
+    significant = text.lstrip("0")
+    if len(significant) > max_digits:
+        return None
+    return int(significant or "0")
 
 
 class SipParseError(ValueError):
@@ -247,7 +259,7 @@ class Via:
     @property
     def rport(self) -> int | None:
         v = self.param("rport")
-        return int(v) if v and v.isdigit() else None
+        return _ascii_int(v, 5) if v else None
 
     def with_params(self, **changes: str | None) -> Via:
         params = [p for p in self.params if p[0].lower() not in changes]
@@ -293,10 +305,10 @@ class CSeq:
 
 def parse_cseq(value: str) -> CSeq:
     parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit() or not _METHOD_RE.match(parts[1]):
+    if len(parts) != 2 or not _DIGITS_RE.fullmatch(parts[0]) or not _METHOD_RE.match(parts[1]):
         raise UriError("bad CSeq")
-    seq = int(parts[0])
-    if seq > _MAX_CSEQ:
+    seq = _ascii_int(parts[0])
+    if seq is None or seq > _MAX_CSEQ:
         raise UriError("CSeq number out of range")
     return CSeq(seq, parts[1])
 
@@ -516,10 +528,10 @@ def _frame_body(headers: Headers, body: bytes, datagram: bool, msg: Message) -> 
     if len(values) > 1:
         raise SipParseError("multiple Content-Length", partial=_partial(msg, headers))
     text = values[0].strip()
-    if not text.isdigit() or len(text) > 9:
+    if not _DIGITS_RE.fullmatch(text):
         raise SipParseError("bad Content-Length", partial=_partial(msg, headers))
-    length = int(text)
-    if length > len(body):
+    length = _ascii_int(text, 9)
+    if length is None or length > len(body):
         raise SipParseError("Content-Length larger than message", partial=_partial(msg, headers))
     return body[:length]
 
@@ -546,7 +558,8 @@ def _validate(msg: Request | Response) -> None:
     except UriError as exc:
         raise SipParseError(f"bad header: {exc}", partial=partial) from exc
     mf = h.get("Max-Forwards")
-    if mf is not None and (not mf.isdigit() or int(mf) > 255):
+    mf_value = None if mf is None else _ascii_int(mf, 3)
+    if mf is not None and (mf_value is None or mf_value > 255):
         raise SipParseError("bad Max-Forwards", partial=partial)
     if isinstance(msg, Request):
         if cseq.method != msg.method:

@@ -62,8 +62,11 @@ def parse_host(hostport: str) -> tuple[str, int | None]:
     return host, (_parse_port(port) if sep else None)
 
 
+_PORT_RE = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit() also accepts "²"
+
+
 def _parse_port(text: str) -> int:
-    if not text.isdigit() or len(text) > 5 or not 0 < int(text) < 65536:
+    if not _PORT_RE.fullmatch(text) or not 0 < int(text) < 65536:
         raise UriError("bad port")
     return int(text)
 
