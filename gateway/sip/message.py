@@ -72,7 +72,9 @@ SINGLE_HEADERS = frozenset(
 )  # fmt: skip
 
 _METHOD_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
-_STATUS_LINE_RE = re.compile(r"^SIP/(\d+\.\d+) (\d{3})(?: (.*))?$")
+# SIP-Version is case-insensitive (section 7.1); digits are ASCII only.
+_STATUS_LINE_RE = re.compile(r"SIP/([0-9]+\.[0-9]+) ([0-9]{3})(?: (.*))?", re.I)
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
 _VIA_SENT_BY_RE = re.compile(r"^SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(.+)$", re.I)
 _MAX_CSEQ = 2**31 - 1  # section 8.1.1.5: less than 2**31
 _DIGITS_RE = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() accepts e.g. "²"
@@ -414,14 +416,18 @@ class Response(Message):
 # Parsing
 
 
+_BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
+_LINE_END_RE = re.compile(r"\r?\n")
+
+
 def _split_head(data: bytes, datagram: bool) -> tuple[bytes, bytes]:
-    idx = data.find(b"\r\n\r\n")
-    if idx >= 0:
-        return data[:idx], data[idx + 4 :]
-    # Tolerate bare LF line ends from sloppy peers (section 7.5 says CRLF).
-    idx = data.find(b"\n\n")
-    if idx >= 0:
-        return data[:idx], data[idx + 2 :]
+    # The first empty line ends the header section. Bare LF line ends from sloppy
+    # peers are tolerated (section 7.5 says CRLF), also mixed with CRLF; the
+    # earliest blank line wins so a CRLFCRLF inside an LF-only message's body
+    # cannot move the split.
+    m = _BLANK_LINE_RE.search(data)
+    if m:
+        return data[: m.start()], data[m.end() :]
     if datagram:
         # A datagram whose sender dropped the final empty line: all of it is head.
         return data.rstrip(b"\r\n"), b""
@@ -429,19 +435,30 @@ def _split_head(data: bytes, datagram: bool) -> tuple[bytes, bytes]:
 
 
 def _unfold(head: str) -> list[str]:
-    """Split the header section into logical lines, joining folded ones (section 7.3.1)."""
-    raw = re.split(r"\r?\n", head)
-    lines: list[str] = []
-    for line in raw:
+    """Split the header section into logical lines, joining folded ones (section 7.3.1).
+
+    A continuation line (starting with SP or HTAB) and the line break before it
+    are replaced by one SP. Linear in the header size however many lines are folded.
+    """
+    if "\r" in head.replace("\r\n", ""):
+        # A CR not followed by LF is neither a line end nor allowed in a value;
+        # passing it on could let a peer smuggle a line into a message we forward.
+        raise SipParseError("bare CR in header section")
+    lines: list[list[str]] = []
+    for line in _LINE_END_RE.split(head):
         if len(line) > MAX_LINE_LENGTH:
             raise SipParseError("header line too long")
         if line[:1] in (" ", "\t"):
             if not lines:
                 raise SipParseError("continuation line before first line")
-            lines[-1] = lines[-1].rstrip(" \t") + " " + line.strip(" \t")
+            last = lines[-1]
+            last[-1] = last[-1].rstrip(" \t")
+            part = line.strip(" \t")
+            if part:
+                last.append(part)
             continue
-        lines.append(line)
-    return lines
+        lines.append([line])
+    return [" ".join(parts) for parts in lines]
 
 
 def parse_message(
@@ -468,39 +485,57 @@ def parse_message(
         raise SipParseError("too many header fields")
     start = lines[0].rstrip(" \t")  # trailing SP: trws, RFC 4475 3.1.2.10 allows accepting
     msg: Request | Response
-    if start.startswith("SIP/"):
-        m = _STATUS_LINE_RE.match(start)
+    line_error: tuple[str, int] | None = None
+    if start[:4].upper() == "SIP/":
+        m = _STATUS_LINE_RE.fullmatch(start)
         if not m:
-            raise SipParseError("bad status line")
+            raise SipParseError("bad status line")  # responses are never answered: dropped
         if m.group(1) != "2.0":
             raise SipParseError("unsupported SIP version", status=505)
         code = int(m.group(2))
         if not 100 <= code <= 699:
             raise SipParseError("bad status code")
         msg = Response(status=code, reason=m.group(3) or "")
-        version_ok = True
     else:
-        msg, version_ok = _parse_request_line(start)
+        msg, line_error = _parse_request_line(start)
     headers = _parse_header_lines(lines[1:], msg)
     msg.headers = headers
-    if not version_ok:
-        raise SipParseError("Version Not Supported", status=505, partial=_partial(msg, headers))
+    if line_error:
+        reason, status = line_error
+        raise SipParseError(reason, status=status, partial=_partial(msg, headers))
     msg.body = _frame_body(headers, body, datagram, msg)
     _validate(msg)
     return msg
 
 
-def _parse_request_line(start: str) -> tuple[Request, bool]:
-    # Request-Line = Method SP Request-URI SP SIP-Version CRLF (exactly one SP each; lwsstart).
+def _parse_request_line(start: str) -> tuple[Request, tuple[str, int] | None]:
+    """The Request-Line, plus the error to answer with when it is recognisably a SIP
+    request but not well formed (the header section is still parsed for a response).
+
+    Request-Line = Method SP Request-URI SP SIP-Version CRLF, exactly one SP each
+    (section 25.1). Extra or tab separators (lwsstart) and LWS inside the URI
+    (lwsruri) get a 400 that can be answered; a line with no recognisable method
+    or SIP-Version (test.dat) cannot be answered and is dropped.
+    """
     parts = start.split(" ")
-    if len(parts) != 3 or not all(parts):
-        raise SipParseError("bad request line")
-    method, uri, version = parts
+    error: tuple[str, int] | None = None
+    if len(parts) == 3 and all(parts):
+        method, uri, version = parts
+    else:
+        words = start.split()
+        if len(words) < 3:
+            raise SipParseError("bad request line")
+        method, version = words[0], words[-1]
+        uri = start.strip()[len(method) :].strip()[: -len(version)].strip()
+        error = ("bad request line: elements must be separated by single SP", 400)
     if not _METHOD_RE.match(method):
         raise SipParseError("bad method")
-    if not version.upper().startswith("SIP/"):
-        raise SipParseError("bad request line")
-    return Request(method=method, uri=uri), version == "SIP/2.0"
+    if not _VERSION_RE.fullmatch(version):
+        raise SipParseError("bad request line: no SIP-Version")
+    if version.upper() != "SIP/2.0":
+        # Section 8.2 / 21.5.6: a version we do not speak is answered with 505.
+        error = ("Version Not Supported", 505)
+    return Request(method=method, uri=uri), error
 
 
 def _parse_header_lines(lines: list[str], msg: Message) -> Headers:
@@ -543,7 +578,7 @@ def _validate(msg: Request | Response) -> None:
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         if not h.get(name):
             raise SipParseError(f"missing {name}", partial=partial)
-    for name in SINGLE_HEADERS:
+    for name in sorted(SINGLE_HEADERS):  # deterministic error reason
         if len(h.lines(name)) > 1:
             raise SipParseError(f"multiple {canonical_name(name)} values", partial=partial)
     try:
