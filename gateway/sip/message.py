@@ -10,6 +10,7 @@ the headers every message must carry.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from gateway.sip.uri import (
     parse_address,
     parse_host,
     parse_uri,
+    split_outside_quotes,
+    split_quoted,
 )
 
 MAX_MESSAGE_SIZE = 65535
@@ -274,26 +277,53 @@ class Via:
 
 
 def parse_via(value: str) -> Via:
+    """One via-parm (section 25.1): sent-protocol LWS sent-by *( SEMI via-params ).
+
+    LWS is allowed around the '/' of sent-protocol, around the ':' of sent-by and
+    around ';' and '='. Parameter values are gen-value (token / host /
+    quoted-string); ``received`` may also be a bare IPv6 address (via-received).
+    """
     m = _VIA_SENT_BY_RE.match(value.strip())
     if not m:
         raise UriError("bad Via")
     transport, rest = m.group(1).upper(), m.group(2)
-    parts = [p.strip() for p in rest.split(";")]
-    host, port = parse_host(parts[0].replace(" ", ""))
+    parts = split_outside_quotes(rest, ";")
+    sent_by = _COLON_LWS_RE.sub(":", parts[0].strip())
+    if any(c.isspace() for c in sent_by):
+        raise UriError("bad Via sent-by")
+    host, port = parse_host(sent_by)
     params: list[tuple[str, str | None]] = []
     for p in parts[1:]:
         name, eq, v = p.partition("=")
         name, v = name.strip(), v.strip()
         if not is_token(name) or (eq and not v):
             raise UriError("bad Via parameter")
-        if eq and not is_token(v) and not v.startswith("["):
-            # received may be an IPv6 address, branch a token (badbranch is fine).
-            if v.startswith('"') and v.endswith('"') and len(v) >= 2:
-                pass
-            else:
-                raise UriError("bad Via parameter value")
+        if eq and not _is_gen_value(v):
+            raise UriError("bad Via parameter value")
         params.append((name, v if eq else None))
     return Via(transport, host, port, tuple(params))
+
+
+_COLON_LWS_RE = re.compile(r"\s*:\s*")
+
+
+def _is_gen_value(value: str) -> bool:
+    """gen-value = token / host / quoted-string, or a bare IPv6address (via-received)."""
+    if is_token(value):  # also every hostname and IPv4 address
+        return True
+    if value.startswith('"'):
+        try:
+            _, tail = split_quoted(value)
+        except UriError:
+            return False
+        return not tail
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

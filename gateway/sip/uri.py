@@ -224,6 +224,9 @@ def _split_quoted(text: str) -> tuple[str, str]:
     raise UriError("unterminated quoted string")
 
 
+split_quoted = _split_quoted
+
+
 def quote_display(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -308,6 +311,9 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
         raise UriError("unterminated quoted string")
     parts.append("".join(buf))
     return parts
+
+
+split_outside_quotes = _split_outside_quotes
 
 
 def parse_address(text: str) -> Address:
