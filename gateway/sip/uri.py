@@ -20,8 +20,11 @@ _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+\-.]*$")
 # user = 1*( unreserved / escaped / user-unreserved ); we accept ';' too since
 # semiuri-style users must survive, but never whitespace, '<', '>', '"' or '@'.
 _USER_RE = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]*$")
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?"
-_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+# hostname = *( domainlabel "." ) toplabel [ "." ]; toplabel starts with ALPHA.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_TOPLABEL = r"[A-Za-z](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"(?:{_LABEL}\.)*{_TOPLABEL}\.?")
+_IPV4_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _PARAM_CHARS_RE = re.compile(r"^[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]*$")
 _ESCAPE_BAD_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
@@ -31,7 +34,14 @@ class UriError(ValueError):
 
 
 def is_token(value: str) -> bool:
-    return bool(_TOKEN_FULL.match(value))
+    return bool(_TOKEN_FULL.fullmatch(value))  # fullmatch: '$' would allow a final '\n'
+
+
+def _is_host(host: str) -> bool:
+    """hostname / IPv4address (section 25.1); a dotted number must be a real IPv4."""
+    if _IPV4_RE.fullmatch(host):
+        return all(int(octet) <= 255 for octet in host.split("."))
+    return bool(_HOSTNAME_RE.fullmatch(host))
 
 
 def _check_escapes(value: str, what: str) -> None:
@@ -57,7 +67,7 @@ def parse_host(hostport: str) -> tuple[str, int | None]:
             raise UriError("junk after IPv6 reference")
         return host, _parse_port(rest[1:])
     host, sep, port = hostport.partition(":")
-    if not host or not _HOSTNAME_RE.match(host):
+    if not _is_host(host):
         raise UriError("bad host")
     return host, (_parse_port(port) if sep else None)
 
@@ -85,6 +95,10 @@ def _parse_params(text: str, what: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(out)
 
 
+def _param_name(name: str) -> str:
+    return (unquote(name) if "%" in name else name).lower()
+
+
 def format_params(params: tuple[tuple[str, str | None], ...]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
 
@@ -102,10 +116,14 @@ class SipUri:
     headers: str | None = None
 
     def param(self, name: str) -> str | None:
-        """Value of a URI parameter (``""`` for a flag), None when absent."""
+        """Value of a URI parameter (``""`` for a flag), None when absent.
+
+        Names compare case-insensitively and unescaped (section 19.1.4: ``;%6C%72``
+        is ``;lr``); the value is returned as received.
+        """
         lname = name.lower()
         for k, v in self.params:
-            if k.lower() == lname:
+            if _param_name(k) == lname:
                 return "" if v is None else v
         return None
 
@@ -128,13 +146,14 @@ class SipUri:
         return t.lower() if t else None
 
     def with_params(self, **changes: str | None) -> SipUri:
-        params = [p for p in self.params if p[0].lower() not in changes]
+        drop = {n.lower() for n in changes}
+        params = [p for p in self.params if _param_name(p[0]) not in drop]
         params += [(k, v) for k, v in changes.items()]
         return replace(self, params=tuple(params))
 
     def without_params(self, *names: str) -> SipUri:
         drop = {n.lower() for n in names}
-        return replace(self, params=tuple(p for p in self.params if p[0].lower() not in drop))
+        return replace(self, params=tuple(p for p in self.params if _param_name(p[0]) not in drop))
 
     def __str__(self) -> str:
         out = [self.scheme, ":"]
@@ -192,6 +211,8 @@ def parse_uri(text: str) -> Uri:
         user, psep, pw = userinfo.partition(":")
         if psep:
             password = pw
+        if not user:
+            raise UriError("empty user part")  # user = 1*( unreserved / escaped / ... )
         if not _USER_RE.match(user) or (password is not None and not _USER_RE.match(password)):
             raise UriError("bad user part")
         _check_escapes(userinfo, "user part")
@@ -328,7 +349,9 @@ def parse_address(text: str) -> Address:
         if not text.startswith("<"):
             raise UriError("quoted display name without <URI>")
     lt = text.find("<")
-    if lt >= 0:
+    first_semi = text.find(";")
+    # In an addr-spec a '<' can only sit in a quoted header parameter, after ';'.
+    if lt >= 0 and (first_semi < 0 or lt < first_semi):
         if lt > 0:
             # display-name = *(token LWS) (section 25.1); lwsdisp allows no LWS before '<'.
             words = text[:lt].split()
