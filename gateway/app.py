@@ -51,7 +51,9 @@ class Gateway:
         wa = cfg.whatsapp
         meta_acl = AccessList(wa.allowed_networks)
         pbx_acl = AccessList(cfg.pbx.trusted_networks)
-        host, port = await stack.listen_stream("whatsapp", wa.listen.host, wa.listen.port, meta_acl, tls_server)
+        host, port = await stack.listen_stream(
+            "whatsapp", wa.listen.host, wa.listen.port, meta_acl, tls_server
+        )
         log.info("listening", leg="whatsapp", transport="tls", address=f"{host}:{port}")
         pbx = cfg.pbx.listen
         await stack.listen_udp("pbx", pbx.host, pbx.port, pbx_acl)

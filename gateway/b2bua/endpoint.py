@@ -52,7 +52,7 @@ class Endpoint:
             # The INVITE was already answered (503): the CANCEL changes nothing (section 9.2).
             log.debug("sip_cancel", leg=leg, call_id=event.cancel.call_id)
         else:
-            log.debug("sip_event", leg=leg, event=type(event).__name__)
+            log.debug("sip_event", leg=leg, kind=type(event).__name__)
 
     def reply(
         self,

@@ -16,6 +16,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from gateway.ops.logging import get_logger
 from gateway.sip.framing import FramingError, Ping, StreamFramer
@@ -34,7 +35,9 @@ from gateway.sip.transaction import Event, Outgoing, Target, TransactionManager,
 log = get_logger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-IDLE_TIMEOUT = 300.0  # close inbound stream connections silent this long (RFC 5626 keeps them alive)
+IDLE_TIMEOUT = (
+    300.0  # close inbound stream connections silent this long (RFC 5626 keeps them alive)
+)
 
 
 @dataclass
@@ -173,7 +176,7 @@ class SipStack:
         try:
             resp = make_response(req, exc.status, exc.reason if exc.status == 400 else None)
             target = response_target(req, source)
-        except Exception:  # noqa: BLE001 - headers too broken to route a response: drop
+        except Exception:
             return
         self.send(Outgoing(resp, target))
 
@@ -185,7 +188,7 @@ class SipStack:
         now = self._loop.time()
         try:
             events = self.manager.receive(msg, source, now)
-        except Exception:  # noqa: BLE001 - one bad message must never stop the stack
+        except Exception:
             log.exception("sip_core_error", leg=leg, call_id=msg.call_id)
             events = []
         self._deliver(events, leg)
@@ -194,8 +197,8 @@ class SipStack:
         for event in events:
             try:
                 self._handler(event, leg)
-            except Exception:  # noqa: BLE001 - an application bug ends one request, not the daemon
-                log.exception("sip_handler_error", leg=leg, event=type(event).__name__)
+            except Exception:
+                log.exception("sip_handler_error", leg=leg, sip_event=type(event).__name__)
         self.flush()
 
     # -- outbound ----------------------------------------------------------
@@ -254,11 +257,13 @@ class SipStack:
                 ),
                 timeout=10.0,
             )
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             log.warning("sip_connect_failed", leg=leg, peer=f"{host}:{port}", error=str(exc))
             self._pending.pop(key, None)
             self._connecting.pop(key, None)
-            events = self.manager.transport_error(Target(transport_kind, host, port), self._loop.time())
+            events = self.manager.transport_error(
+                Target(transport_kind, host, port), self._loop.time()
+            )
             self._deliver(events, leg)
             return
         self._connecting.pop(key, None)
@@ -283,7 +288,7 @@ class SipStack:
         self._timer_at = None
         try:
             events = self.manager.handle_timer(self._loop.time())
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("sip_timer_error")
             events = []
         self._deliver(events, "timer")
@@ -317,11 +322,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        host, port = str(addr[0]), int(addr[1])  # type: ignore[call-overload]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
+        host, port = str(addr[0]), int(addr[1])
         if not self._acl.allows(host):
             self._stack.stats.rejected_sources[self._leg] += 1
             return
@@ -406,7 +410,9 @@ class _StreamProtocol(asyncio.Protocol):
             else:
                 partial = parsed if isinstance(parsed, Request) else None
         status = 513 if "large" in err.reason else 400
-        stack._on_parse_error(SipParseError(err.reason, status=status, partial=partial), source, self.leg)
+        stack._on_parse_error(
+            SipParseError(err.reason, status=status, partial=partial), source, self.leg
+        )
         # The stream cannot be resynchronised: close after the answer is written.
         self.closing = True
         if self._transport is not None:
