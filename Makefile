@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.example.yaml
 APT_PACKAGES := sip-tester openssl
 
-.PHONY: run test lint typecheck unit integration bench deps apt-deps clean
+.PHONY: run test lint typecheck unit integration bench deps apt-deps asterisk-chroot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,13 @@ unit: deps
 integration: deps apt-deps
 	$(BIN)/pytest -q tests/integration
 
+## asterisk-chroot: Debian sid chroot with a real Asterisk 22 for the integration tests
+## (root, Debian mirror; about 40 s once, then a stamp check; WAGW_ASTERISK_ROOT moves it)
+asterisk-chroot:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) scripts/setup-asterisk-chroot.sh $${WAGW_ASTERISK_ROOT:-.cache/asterisk-root}
+
 ## test: install everything the tests need, then lint, type-check and run the whole suite
-test: deps apt-deps lint typecheck
+test: deps apt-deps asterisk-chroot lint typecheck
 	$(BIN)/pytest -q
 
 bench: deps
