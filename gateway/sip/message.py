@@ -180,20 +180,20 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         """First line's value for ``name`` (the whole line, not split)."""
-        cname = canonical_name(name)
+        key = _key(name)
         for n, v in self._items:
-            if n == cname:
+            if n.lower() == key:
                 return v
         return None
 
     def lines(self, name: str) -> list[str]:
-        cname = canonical_name(name)
-        return [v for n, v in self._items if n == cname]
+        key = _key(name)
+        return [v for n, v in self._items if n.lower() == key]
 
     def get_all(self, name: str) -> list[str]:
         """All values of ``name``, list headers split at top-level commas."""
         values = self.lines(name)
-        if canonical_name(name).lower() not in LIST_HEADERS:
+        if _key(name) not in LIST_HEADERS:
             return values
         out: list[str] = []
         for v in values:
@@ -209,32 +209,39 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of ``name`` by one (in the first line's place)."""
-        cname = canonical_name(name)
+        key = _key(name)
         for i, (n, _) in enumerate(self._items):
-            if n == cname:
-                self._items[i] = (cname, value)
+            if n.lower() == key:
+                self._items[i] = (n, value)
                 self._items = [
-                    it for j, it in enumerate(self._items) if j <= i or it[0] != cname
+                    it for j, it in enumerate(self._items) if j <= i or it[0].lower() != key
                 ]
                 return
-        self._items.append((cname, value))
+        self._items.append((canonical_name(name), value))
 
     def remove(self, name: str) -> None:
-        cname = canonical_name(name)
-        self._items = [it for it in self._items if it[0] != cname]
+        key = _key(name)
+        self._items = [it for it in self._items if it[0].lower() != key]
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first value of a list header (e.g. the top Via)."""
-        cname = canonical_name(name)
+        key = _key(name)
         for i, (n, v) in enumerate(self._items):
-            if n == cname:
+            if n.lower() == key:
                 values = split_header_values(v)
                 if len(values) <= 1:
                     del self._items[i]
                 else:
-                    self._items[i] = (cname, ", ".join(values[1:]))
+                    self._items[i] = (n, ", ".join(values[1:]))
                 return values[0] if values else None
         return None
+
+
+def _key(name: str) -> str:
+    """Comparison key of a header name: case-insensitive (section 7.3.1), compact
+    forms mapped to their long names. Names are stored canonical for known
+    headers and as spelled (first letters capitalised) for unknown ones."""
+    return canonical_name(name).lower()
 
 
 @dataclass(frozen=True, slots=True)
