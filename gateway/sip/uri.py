@@ -136,9 +136,11 @@ class SipUri:
 
     @property
     def user_number(self) -> str | None:
-        """The user part before any ``;`` user parameters (``+1555;tgrp=x`` -> ``+1555``)."""
-        u = self.user_unescaped
-        return None if u is None else u.split(";", 1)[0]
+        """The user part before any ``;`` user parameters (``+1555;tgrp=x`` -> ``+1555``).
+
+        Split before unescaping: an escaped ``%3B`` is part of the user, not a separator.
+        """
+        return None if self.user is None else unquote(self.user.split(";", 1)[0])
 
     @property
     def transport(self) -> str | None:
