@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from gateway.sip.ids import MAGIC_COOKIE, new_branch
-from gateway.sip.message import Headers, Request, Response, make_response, split_header_values
+from gateway.sip.message import Headers, Request, Response, make_response
 from gateway.sip.uri import UriError
 
 TIMER_D = 32.0  # section 17.1.1.2: "at least 32 seconds" on unreliable transports
@@ -177,10 +177,6 @@ def add_via(request: Request, transport: str, host: str, port: int, *, rport: bo
     return branch
 
 
-def _default_port(transport: str) -> int:
-    return 5061 if transport.lower() in ("tls", "wss") else 5060
-
-
 def _bare_host(host: str) -> str:
     host = host.strip("[]").lower()
     try:
@@ -200,7 +196,7 @@ def response_target(request: Request, source: Target) -> Target:
     if via.param("rport") is not None:
         port = source.port  # RFC 3581 section 4: back to the source port
     else:
-        port = via.port or _default_port(via.transport)
+        port = via.port or (5061 if via.transport.upper() == "TLS" else 5060)
     return Target(transport, host, port)
 
 
@@ -217,20 +213,8 @@ def _stamp_via(request: Request, source: Target) -> None:
         changes["rport"] = str(source.port)
     if not changes:
         return
-    new_top = str(via.with_params(**changes))
-    headers = Headers()
-    done = False
-    for name, value in request.headers:
-        if name == "Via" and not done:
-            values = split_header_values(value)
-            value = ", ".join([new_top, *values[1:]])
-            done = True
-        headers.add(name, value)
-    request.headers = headers
-
-
-def _top_via_raw(msg: Request | Response) -> str:
-    return msg.headers.get_all("Via")[0]
+    request.headers.pop_first_value("Via")
+    request.headers.add("Via", str(via.with_params(**changes)), first=True)
 
 
 def _tag(value: str | None) -> str:
@@ -264,41 +248,33 @@ def _ack_key(msg: Request | Response) -> tuple[str, str, str, str]:
     return (msg.call_id, str(msg.cseq.seq), _tag(msg.from_.tag), _tag(msg.to.tag))
 
 
-def _build_ack(request: Request, response: Response) -> Request:
-    """ACK for a non-2xx final response, section 17.1.1.3."""
+def _hop_request(invite: Request, method: str, to: str) -> Request:
+    """The ACK for a non-2xx final (17.1.1.3) or the CANCEL (9.1) of ``invite``.
+
+    Same Request-URI, Call-ID, From and CSeq number; only the top Via (branch
+    included); the Route headers of the INVITE. ``to``: the INVITE's To for a
+    CANCEL, the response's (with its tag) for an ACK.
+    """
     h = Headers()
-    h.add("Via", _top_via_raw(request))  # only the top Via, branch included
-    for route in request.headers.lines("Route"):
+    h.add("Via", invite.headers.get_all("Via")[0])
+    for route in invite.headers.lines("Route"):
         h.add("Route", route)
     h.add("Max-Forwards", "70")
-    h.add("From", request.headers.get("From") or "")
-    h.add("To", response.headers.get("To") or "")  # with the response's tag
-    h.add("Call-ID", request.call_id)
-    h.add("CSeq", f"{request.cseq.seq} ACK")
-    return Request(headers=h, method="ACK", uri=request.uri)
+    h.add("From", invite.headers.get("From") or "")
+    h.add("To", to)
+    h.add("Call-ID", invite.call_id)
+    h.add("CSeq", f"{invite.cseq.seq} {method}")
+    return Request(headers=h, method=method, uri=invite.uri)
 
 
-def _build_cancel(request: Request) -> Request:
-    """CANCEL for a pending INVITE, section 9.1."""
-    h = Headers()
-    h.add("Via", _top_via_raw(request))
-    for route in request.headers.lines("Route"):
-        h.add("Route", route)
-    h.add("Max-Forwards", "70")
-    for name in ("From", "To", "Call-ID"):
-        h.add(name, request.headers.get(name) or "")
-    h.add("CSeq", f"{request.cseq.seq} CANCEL")
-    return Request(headers=h, method="CANCEL", uri=request.uri)
+def _address(t: Target) -> tuple[str, str, int]:
+    return (t.transport.lower(), _bare_host(t.host), t.port)
 
 
 def _same_path(used: Target, failed: Target) -> bool:
     if failed.conn_id is not None and used.conn_id is not None:
         return used.conn_id == failed.conn_id
-    return (used.transport.lower(), _bare_host(used.host), used.port) == (
-        failed.transport.lower(),
-        _bare_host(failed.host),
-        failed.port,
-    )
+    return _address(used) == _address(failed)
 
 
 # ---------------------------------------------------------------------------
@@ -423,16 +399,11 @@ class TransactionManager:
             raise ValueError(f"branch {branch} already in use for {tx.method}")
         self._client[tx._key] = tx
         self._send(request, target)
-        reliable = target.reliable
         tx._interval = self.t1
-        if tx.method == "INVITE":
-            if not reliable:
-                self._arm(tx, "A", self.t1, now)  # 17.1.1.2
-            self._arm(tx, "B", 64 * self.t1, now)
-        else:
-            if not reliable:
-                self._arm(tx, "E", self.t1, now)  # 17.1.2.2
-            self._arm(tx, "F", 64 * self.t1, now)
+        invite = tx.method == "INVITE"
+        if not target.reliable:  # 17.1.1.2 / 17.1.2.2: retransmit on unreliable only
+            self._arm(tx, "A" if invite else "E", self.t1, now)
+        self._arm(tx, "B" if invite else "F", 64 * self.t1, now)
         return tx
 
     def cancel(self, tx: ClientTransaction, now: float) -> ClientTransaction | None:
@@ -455,7 +426,8 @@ class TransactionManager:
 
     def _send_cancel(self, tx: ClientTransaction, now: float) -> ClientTransaction:
         tx._cancel_pending = False
-        tx.cancel_tx = self.send_request(_build_cancel(tx.request), tx.target, now)
+        cancel = _hop_request(tx.request, "CANCEL", tx.request.headers.get("To") or "")
+        tx.cancel_tx = self.send_request(cancel, tx.target, now)
         # 9.1: no final response 64*T1 after the CANCEL: destroy the INVITE transaction.
         self._arm(tx, "cancel", 64 * self.t1, now)
         return tx.cancel_tx
@@ -500,7 +472,7 @@ class TransactionManager:
                 tx._ok_tags.add(_tag(resp.to.tag))
                 self._arm(tx, "M", 64 * self.t1, now)
                 return [ResponseReceived(resp, tx)]
-            tx._ack = _build_ack(tx.request, resp)  # 17.1.1.3
+            tx._ack = _hop_request(tx.request, "ACK", resp.headers.get("To") or "")
             self._send(tx._ack, tx.target)
             tx.state = TxState.COMPLETED
             self._finish(tx, "D", 0 if tx.target.reliable else TIMER_D, now)
@@ -548,10 +520,8 @@ class TransactionManager:
             return self._receive_ack(msg, source, tx, now)
         if tx is not None:
             # 17.2.1 / 17.2.2: a retransmission; re-send the last response if any.
-            if tx.last_response is not None and tx.state in (
-                TxState.PROCEEDING,
-                TxState.COMPLETED,
-            ):
+            resend = tx.state in (TxState.PROCEEDING, TxState.COMPLETED)
+            if resend and tx.last_response is not None:
                 self._send(tx.last_response, tx.response_target)
             return []  # RFC 6026: absorbed in Accepted, Confirmed; Trying: discarded
         tx = self._new_server(msg, source, key)

@@ -754,3 +754,20 @@ def test_property_everything_terminates(
     provisional_only = bool(codes) and max(codes) < 200 and method == "INVITE"
     assert len(mgr) == (1 if provisional_only else 0)
     assert mgr.next_deadline() is None
+
+
+def test_stamping_keeps_via_order_in_combined_line(mgr: TransactionManager) -> None:
+    proxied = req(
+        "OPTIONS",
+        via="SIP/2.0/UDP proxy.example.com:5060",
+        via_params=";rport, SIP/2.0/UDP 10.1.1.1:5062;branch=z9hG4bKuac",
+    )
+    mgr.receive(proxied, PBX, 0.0)
+    vias = proxied.vias
+    assert [v.host for v in vias] == ["proxy.example.com", "10.1.1.1"]
+    assert vias[0].received == "192.0.2.10" and vias[0].rport == 5060
+    assert vias[1].received is None
+    ok = make_response(proxied, 200, to_tag="gw-1")
+    assert [v.host for v in ok.vias] == ["proxy.example.com", "10.1.1.1"]
+    mgr.send_response(ok, 0.1)
+    assert mgr.pop_outgoing()[0].target == PBX
