@@ -55,6 +55,7 @@ class Dialog:
     route_set: list[str] = field(default_factory=list)  # '<uri;lr>' values, in use order
     secure: bool = False
     local_contact: str = ""
+    early: bool = False  # UAC dialog created by a 1xx (12.1.2); a 2xx confirms it
 
     @property
     def id(self) -> tuple[str, str, str]:
@@ -81,6 +82,7 @@ class Dialog:
             route_set=rr[::-1],  # 12.1.2: Record-Route in reverse order
             secure=_secure(request),
             local_contact=request.headers.get("Contact") or "",
+            early=response.status < 200,
         )
 
     @classmethod
@@ -165,10 +167,9 @@ class Dialog:
         headers: Iterable[tuple[str, str]] = (),
     ) -> Request:
         """A new in-dialog request (12.2.1.1), without Via. Not for ACK or CANCEL."""
-        method = method.upper()
-        if method == "ACK":
+        if method.upper() == "ACK":
             raise ValueError("use create_ack for an ACK")
-        if method == "CANCEL":
+        if method.upper() == "CANCEL":
             raise ValueError("CANCEL is built from the INVITE (TransactionManager.cancel)")
         self.local_seq += 1  # 12.2.1.1: one higher for each new request
         return self._build(method, self.local_seq, body, content_type, headers)
@@ -207,11 +208,18 @@ class Dialog:
         return True
 
     def update_from_response(self, response: Response) -> None:
-        """Target refresh from a 2xx to a target refresh request we sent (12.2.1.2)."""
+        """Target refresh from a 2xx to a target refresh request we sent (12.2.1.2).
+
+        A 2xx that confirms an early dialog also replaces its route set (13.2.2.4).
+        """
         if not 200 <= response.status < 300:
             return
         if response.cseq.method not in TARGET_REFRESH_METHODS:
             return
+        if self.early and response.cseq.method == "INVITE":
+            rr = [_name_addr(v) for v in response.headers.get_all("Record-Route")]
+            self.route_set = rr[::-1]
+            self.early = False
         target = _contact_uri(response)
         if target:
             self.remote_target = target

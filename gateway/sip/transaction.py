@@ -529,7 +529,10 @@ class TransactionManager:
             return self._receive_cancel(tx, key, now)
         events: list[Event] = [RequestReceived(msg, source, tx)]
         if msg.method == "INVITE" and self.auto_trying:
-            self._respond(tx, make_response(msg, 100), now)  # 17.2.1
+            trying = make_response(msg, 100)  # 17.2.1
+            for stamp in msg.headers.lines("Timestamp"):
+                trying.headers.add("Timestamp", stamp)  # 8.2.6.1
+            self._respond(tx, trying, now)
         return events
 
     def _match(self, req: Request, key: tuple[str, ...]) -> ServerTransaction | None:

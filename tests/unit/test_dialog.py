@@ -316,3 +316,22 @@ def test_target_refresh_by_response() -> None:
     d.update_from_response(ok)
     assert d.remote_target == "sip:new@edge9.meta.vc;transport=tls"
     assert d.create_ack(reinvite.cseq.seq).uri == "sip:new@edge9.meta.vc;transport=tls"
+
+
+def test_early_dialog_confirmed_by_2xx_takes_its_route_set() -> None:
+    invite = gw_invite_to_meta()
+    ok = meta_200(invite)
+    progress = make_response(invite, 183, to_tag="meta-to-9")
+    progress.headers.add("Record-Route", META_RR_1)
+    progress.headers.add("Contact", "<sip:early@wa.meta.vc;transport=tls>")
+    d = Dialog.uac(invite, progress)
+    assert d.early and d.route_set == [META_RR_1]
+    assert d.remote_target == "sip:early@wa.meta.vc;transport=tls"
+    d.update_from_response(ok)
+    assert not d.early and d.route_set == [META_RR_1, META_RR_2]
+    assert d.remote_target == META_CONTACT_URI
+    # a confirmed dialog never changes its route set (12.2.1.2)
+    reinvite_ok = meta_200(invite)
+    reinvite_ok.headers.set("Record-Route", "<sip:elsewhere.example.com;lr>")
+    d.update_from_response(reinvite_ok)
+    assert d.route_set == [META_RR_1, META_RR_2]

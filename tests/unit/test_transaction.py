@@ -337,6 +337,11 @@ def test_new_invite_auto_trying_and_retransmissions(mgr: TransactionManager) -> 
     assert len(mgr) == 1 and mgr.next_deadline() is None
 
 
+def test_auto_trying_copies_timestamp(mgr: TransactionManager) -> None:
+    mgr.receive(req(extra="Timestamp: 54.3\r\n"), PBX, 0.0)
+    assert mgr.pop_outgoing()[0].message.headers.get("Timestamp") == "54.3"  # 8.2.6.1
+
+
 def test_auto_trying_off() -> None:
     mgr = TransactionManager(auto_trying=False)
     mgr.receive(req(), PBX, 0.0)
