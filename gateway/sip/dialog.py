@@ -54,7 +54,7 @@ class Dialog:
     remote_target: str  # URI string
     route_set: list[str] = field(default_factory=list)  # '<uri;lr>' values, in use order
     secure: bool = False
-    local_contact: str = ""
+    local_contact: str = ""  # our Contact: a URI (wrapped in <> when sent) or a name-addr
     early: bool = False  # UAC dialog created by a 1xx (12.1.2); a 2xx confirms it
 
     @property
@@ -81,7 +81,7 @@ class Dialog:
             remote_target=_contact_uri(response) or request.uri,
             route_set=rr[::-1],  # 12.1.2: Record-Route in reverse order
             secure=_secure(request),
-            local_contact=request.headers.get("Contact") or "",
+            local_contact=_contact_uri(request) or "",
             early=response.status < 200,
         )
 

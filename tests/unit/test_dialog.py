@@ -126,6 +126,8 @@ def test_uas_bye_toward_meta_keeps_route_order() -> None:
 
 
 def test_uas_reinvite_carries_contact_and_sdp() -> None:
+    bare = Dialog.uas(meta_invite(), "gw-tag-1", "sip:gw@gw.example.com:5061;transport=tls")
+    assert bare.create_request("INVITE").headers.get("Contact") == GW_CONTACT
     d = Dialog.uas(meta_invite(), "gw-tag-1", GW_CONTACT)
     reinvite = d.create_request("INVITE", body=SDP, content_type="application/sdp")
     assert reinvite.headers.get("Contact") == GW_CONTACT
@@ -152,7 +154,9 @@ def test_uac_dialog_toward_meta_reverses_record_route() -> None:
     assert d.route_set == [META_RR_1, META_RR_2]  # the 200's pair, reversed
     assert d.remote_target == META_CONTACT_URI
     assert d.local_seq == 101 and d.remote_seq is None
-    assert d.local_contact == GW_CONTACT
+    assert d.local_contact == "sip:gw@gw.example.com:5061;transport=tls"  # the URI
+    assert d.create_request("INVITE").headers.get("Contact") == GW_CONTACT
+    d.local_seq = 101
     assert d.local_uri.display == "Acme Support" and d.local_uri.tag is None
     assert d.remote_uri.tag is None
     bye = d.create_request("BYE")
