@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import ssl
+from collections.abc import Callable
 
 from gateway import __version__
+from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
+from gateway.b2bua.legs import SipPort
+from gateway.media.bridge import BridgeFactory
 from gateway.ops.config import Config
 from gateway.ops.http import HttpServer
 from gateway.ops.logging import get_logger
 from gateway.ops.metrics import Metrics
+from gateway.sip.auth import DigestServer
 from gateway.sip.transaction import TransactionManager
+from gateway.transport.rtp import MediaClock, PortAllocator
 from gateway.transport.sip import AccessList, SipStack
 from gateway.transport.tls import client_context, server_context
 
 log = get_logger(__name__)
+
+
+class _LoopScheduler:
+    """The event loop as a :class:`gateway.b2bua.legs.Scheduler`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        return self._loop.call_later(delay, callback)
 
 
 class Gateway:
@@ -28,6 +48,8 @@ class Gateway:
         self.stopped = asyncio.Event()
         self.stack: SipStack | None = None
         self.http: HttpServer | None = None
+        self.calls: CallManager | None = None
+        self.media_clock: MediaClock | None = None
         self.metrics = Metrics()
 
     async def start(self) -> None:
@@ -43,11 +65,18 @@ class Gateway:
             tls_client = None
         stack = SipStack(
             manager,
-            endpoint.handle,
+            lambda event, leg: calls.handle(event, leg),
             max_message_size=cfg.sip.max_message_size,
             client_ssl=tls_client,
         )
         self.stack = stack
+        self.ports = PortAllocator(cfg.media.address, *cfg.media.port_range)
+        self.media_clock = MediaClock(loop)
+        sip = SipPort(manager, _LoopScheduler(loop), stack.flush, cfg.sip.user_agent)
+        digest = DigestServer(secrets.token_bytes(32), cfg.whatsapp.hostname, algorithms=("MD5",))
+        bridges = BridgeFactory(loop, self.ports, self.media_clock, cfg.media)
+        calls = CallManager(cfg, sip, endpoint, bridges, digest)
+        self.calls = calls
         wa = cfg.whatsapp
         meta_acl = AccessList(wa.allowed_networks)
         pbx_acl = AccessList(cfg.pbx.trusted_networks)
@@ -67,6 +96,11 @@ class Gateway:
         log.info("ready", version=__version__)
 
     async def stop(self) -> None:
+        if self.calls is not None:
+            self.calls.hangup_all("gateway shutting down")
+            await asyncio.sleep(0.2)  # let the BYEs go out
+        if self.media_clock is not None:
+            self.media_clock.close()
         if self.http is not None:
             await self.http.stop()
         if self.stack is not None:

@@ -257,6 +257,16 @@ def _v_port_range(value: object) -> tuple[int, int]:
     return (low, high)
 
 
+def _v_uri_template(value: str) -> str:
+    try:
+        rendered = value.format(number="+15550001111", digits="15550001111", user="+1")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise _fail("uri_template", "unknown placeholder; use {number}, {digits} or {user}") from exc
+    if not rendered or any(c in rendered for c in " \t<>@\"\r\n"):
+        raise _fail("uri_template", "must render to a SIP user part (no spaces, <, >, @)")
+    return value
+
+
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
@@ -312,6 +322,8 @@ class NumberConfig(_Model):
     number: E164Field
     sip_password_file: PathField | None = None
     sip_password_env: Annotated[str, PlainValidator(_v_env_name)] | None = None
+    # Challenge Meta's INVITEs with 407 and verify them with the SIP password.
+    challenge: bool = True
 
     @model_validator(mode="after")
     def _one_source(self) -> NumberConfig:
@@ -373,6 +385,19 @@ class PbxConfig(_Model):
     listen: HostPortField = HostPort("127.0.0.1", 5090)
     trusted_networks: NetworksField = (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))
     probe_interval: Annotated[float, Field(strict=True, gt=0)] = 30.0
+    # Seconds to wait for a provisional response before giving up on the PBX.
+    invite_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # User part of the Request-URI of calls sent to the PBX; {number} is the
+    # business number (+E.164), {digits} the same without '+', {user} the
+    # WhatsApp user as Meta sent it.
+    request_uri_user: Annotated[str, AfterValidator(_v_uri_template)] = "{number}"
+    # G.711 codecs offered to the PBX, in order of preference.
+    codecs: Annotated[tuple[Literal["PCMU", "PCMA"], ...], AfterValidator(_nonempty)] = (
+        "PCMU",
+        "PCMA",
+    )
+    # RTP payload type for telephone-event/8000 in offers to the PBX.
+    dtmf_payload_type: Annotated[int, Field(strict=True, ge=96, le=127)] = 101
 
 
 def _is_wildcard(host: str) -> bool:
@@ -386,6 +411,12 @@ class MediaConfig(_Model):
     address: IPField = "127.0.0.1"
     advertise_address: IPField | None = None
     port_range: Annotated[tuple[int, int], PlainValidator(_v_port_range)] = (20000, 29999)
+    # When Meta offers PCMA/PCMU, pick it and relay without transcoding.
+    g711_passthrough: bool = False
+    # End the call (BYE both legs) after this many seconds without media from a leg.
+    no_media_timeout: Annotated[float, Field(gt=0)] = 30.0
+    # libopus encoder complexity 0-10 (3 costs ~26 us per frame here; 10 ~70 us).
+    opus_complexity: Annotated[int, Field(strict=True, ge=0, le=10)] = 3
 
     @model_validator(mode="after")
     def _advertise(self) -> MediaConfig:

@@ -1,0 +1,434 @@
+"""The per-call media bridge: WhatsApp leg (SRTP, Opus or G.711) <-> PBX leg (RTP, G.711).
+
+Packet by packet on the event loop: receive, (decrypt), parse, reorder,
+decode, encode, (encrypt), send. No thread hop, no per-frame queue. Where both
+legs share a codec (G.711 passthrough) the payload is only re-framed and
+re-keyed. A shared 20 ms media clock calls :meth:`Bridge.tick` for what is not
+driven by arriving packets: the first packet toward Meta and silence while
+the PBX sends nothing (Meta drops calls after 20 s without media from the
+business side), RTCP reports, and the no-media timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from gateway.media.codecs import AudioCodec, codec_for
+from gateway.media.dtmf import DtmfRelay
+from gateway.media.jitter import Lost, ReorderBuffer
+from gateway.media.rtcp import ReceiveStats, RtcpSenderReport, build_report, parse_rtcp
+from gateway.media.rtp import RtpError, RtpSender, is_rtcp, parse_rtp
+from gateway.media.srtp import SrtpAuthError, SrtpContext
+from gateway.ops.config import MediaConfig
+from gateway.ops.logging import get_logger
+from gateway.sdp.negotiate import MediaParams
+from gateway.transport.rtp import MediaClock, PortAllocator, PortsExhausted, RtpSocket
+
+log = get_logger(__name__)
+
+FRAME_SECONDS = 0.020
+SILENCE_AFTER = 0.060  # PBX quiet this long: fill toward Meta with silence frames
+EARLY_AUDIO_FRAMES = 25  # PBX audio kept (500 ms) until the WhatsApp leg can send
+RTCP_INTERVAL = 5.0
+OPUS_DEFAULT_BITRATE = 20000
+
+
+class Leg:
+    """One side of the bridge: socket, peer, codec, RTP/RTCP state and counters."""
+
+    __slots__ = (
+        "codec", "dtmf_pt", "media", "name", "pt", "remote", "remote_ip", "rtcp_remote", "rx",
+        "rx_auth_failures", "rx_bad", "rx_foreign", "rx_octets", "rx_packets", "last_rx",
+        "sender", "sock", "srtp", "reorder", "samples", "latch", "tx_packets", "receiving",
+    )  # fmt: skip
+
+    def __init__(self, name: str, sock: RtpSocket, *, latch: bool) -> None:
+        self.name = name
+        self.sock = sock
+        self.latch = latch
+        self.media: MediaParams | None = None
+        self.codec: AudioCodec | None = None
+        self.pt = -1
+        self.dtmf_pt: int | None = None
+        self.remote: tuple[str, int] | None = None
+        self.remote_ip = ""
+        self.rtcp_remote: tuple[str, int] | None = None
+        self.srtp: SrtpContext | None = None
+        self.sender: RtpSender | None = None
+        self.rx: ReceiveStats | None = None
+        self.reorder: ReorderBuffer[bytes] = ReorderBuffer(3)
+        self.samples = 160
+        self.rx_packets = self.rx_octets = self.rx_bad = self.rx_foreign = 0
+        self.rx_auth_failures = self.tx_packets = 0
+        self.last_rx = 0.0
+        self.receiving = True  # the peer is expected to send (not on hold/inactive)
+
+    def configure(self, media: MediaParams, complexity: int) -> None:
+        same_codec = self.media is not None and self.media.codec == media.codec
+        self.media = media
+        self.pt = media.payload_type
+        self.dtmf_pt = media.dtmf_payload_type
+        self.remote = (media.remote_address, media.remote_port)
+        self.remote_ip = media.remote_address
+        self.rtcp_remote = (media.remote_address, media.rtcp_port)
+        self.receiving = media.direction in ("sendrecv", "sendonly")
+        if not same_codec or self.codec is None:
+            fmtp = media.fmtp
+            if media.codec.lower() == "opus":
+                bitrate = _int(fmtp.get("maxaveragebitrate"), OPUS_DEFAULT_BITRATE)
+                self.codec = codec_for(
+                    "opus",
+                    bitrate=min(bitrate, 40000),
+                    complexity=complexity,
+                    fec=fmtp.get("useinbandfec", "1") != "0",
+                )
+            else:
+                self.codec = codec_for(media.codec)
+            self.samples = self.codec.samples_per_frame
+        if self.sender is None:
+            self.sender = RtpSender(media.clock_rate)
+            self.rx = ReceiveStats(media.clock_rate)
+        if media.srtp is not None and self.srtp is None:
+            srtp = media.srtp
+            self.srtp = SrtpContext(srtp.suite, srtp.local_key, srtp.remote_key)
+
+    def send(self, data: bytes) -> None:
+        if self.remote is None:
+            return
+        if self.srtp is not None:
+            data = self.srtp.protect(data)
+        self.sock.sendto(data, self.remote)
+        self.tx_packets += 1
+
+    def stats(self) -> dict[str, object]:
+        rx = self.rx
+        return {
+            "codec": self.media.codec if self.media else None,
+            "rx_packets": self.rx_packets,
+            "rx_octets": self.rx_octets,
+            "tx_packets": self.tx_packets,
+            "lost": rx.lost if rx else 0,
+            "jitter_seconds": round(rx.jitter_seconds, 6) if rx else 0.0,
+            "bad_packets": self.rx_bad,
+            "foreign_packets": self.rx_foreign,
+            "srtp_auth_failures": self.rx_auth_failures,
+            "reorder_late": self.reorder.late,
+        }
+
+
+class Bridge:
+    """One call's media. Created with both sockets bound; configured as SDP arrives."""
+
+    def __init__(
+        self,
+        key: str,
+        wa_sock: RtpSocket,
+        pbx_sock: RtpSocket,
+        clock: MediaClock,
+        loop_time: Callable[[], float],
+        on_no_media: Callable[[str], None],
+        *,
+        no_media_timeout: float = 30.0,
+        opus_complexity: int = 3,
+    ) -> None:
+        self.key = key
+        self.wa = Leg("whatsapp", wa_sock, latch=False)
+        self.pbx = Leg("pbx", pbx_sock, latch=True)
+        wa_sock.handler = self.on_whatsapp_packet
+        pbx_sock.handler = self.on_pbx_packet
+        self._time = loop_time
+        self._on_no_media = on_no_media
+        self._timeout = no_media_timeout
+        self._complexity = opus_complexity
+        self._clock = clock
+        self._tick_token = clock.subscribe(self.tick)
+        self._wa_ready = False
+        self._passthrough = False
+        self._early: deque[bytes] = deque(maxlen=EARLY_AUDIO_FRAMES)
+        self._last_to_wa = 0.0
+        self._last_pbx_audio = 0.0
+        self._next_rtcp = loop_time() + RTCP_INTERVAL
+        self._no_media_reported = False
+        self._wa_src_ts: int | None = None
+        self._to_pbx_dtmf = DtmfRelay()
+        self._to_wa_dtmf = DtmfRelay()
+        self.dtmf_to_pbx = 0
+        self.dtmf_to_wa = 0
+        self._closed = False
+
+    # -- MediaBridge interface ---------------------------------------------
+    @property
+    def whatsapp_port(self) -> int:
+        return self.wa.sock.port
+
+    @property
+    def pbx_port(self) -> int:
+        return self.pbx.sock.port
+
+    def set_whatsapp(self, params: MediaParams) -> None:
+        self.wa.configure(params, self._complexity)
+        self._update_passthrough()
+        now = self._time()
+        self.wa.last_rx = now
+        if not self._wa_ready:
+            self._wa_ready = True
+            # Meta expects the business side to send first: early PBX audio, else silence.
+            if self._early:
+                while self._early:
+                    self._pcm_to_whatsapp(self._early.popleft())
+            else:
+                self._silence_to_whatsapp()
+            self._last_to_wa = now
+
+    def set_pbx(self, params: MediaParams) -> None:
+        self.pbx.configure(params, self._complexity)
+        self._update_passthrough()
+        self.pbx.last_rx = self._time()
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "whatsapp": self.wa.stats(),
+            "pbx": self.pbx.stats(),
+            "passthrough": self._passthrough,
+            "dtmf_to_pbx": self.dtmf_to_pbx,
+            "dtmf_to_whatsapp": self.dtmf_to_wa,
+        }
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._clock.unsubscribe(self._tick_token)
+        self.wa.sock.close()
+        self.pbx.sock.close()
+
+    def _update_passthrough(self) -> None:
+        wa, pbx = self.wa.media, self.pbx.media
+        self._passthrough = (
+            wa is not None and pbx is not None and wa.codec.upper() == pbx.codec.upper()
+        )
+
+    # -- WhatsApp -> PBX ----------------------------------------------------
+    def on_whatsapp_packet(self, data: bytes, addr: tuple[str, int]) -> None:
+        wa = self.wa
+        if wa.srtp is None or addr[0] != wa.remote_ip:
+            wa.rx_foreign += 1
+            return
+        now = self._time()
+        if is_rtcp(data):
+            try:
+                self._on_rtcp(wa, wa.srtp.unprotect_rtcp(data), now)
+            except SrtpAuthError:
+                wa.rx_auth_failures += 1
+            return
+        try:
+            packet = parse_rtp(wa.srtp.unprotect(data))
+        except SrtpAuthError:
+            wa.rx_auth_failures += 1
+            return
+        except RtpError:
+            wa.rx_bad += 1
+            return
+        wa.rx_packets += 1
+        wa.rx_octets += len(packet.payload)
+        wa.last_rx = now
+        assert wa.rx is not None
+        wa.rx.received(packet.sequence, packet.timestamp, now)
+        pbx = self.pbx
+        sender = pbx.sender
+        if sender is None:
+            return  # PBX side not answered yet: nothing to send to
+        pt = packet.payload_type
+        if pt == wa.dtmf_pt:
+            if pbx.dtmf_pt is not None:
+                for payload, ts, marker in self._to_pbx_dtmf.process(packet, sender.timestamp):
+                    pbx.send(sender.packet_at(pbx.dtmf_pt, payload, ts, marker))
+                    self.dtmf_to_pbx += 1
+            return
+        if pt != wa.pt:
+            wa.rx_bad += 1
+            return
+        self._follow_source_clock(packet.timestamp)
+        if self._passthrough:
+            pbx.send(sender.next_packet(pbx.pt, packet.payload, len(packet.payload)))
+            return
+        codec_in = wa.codec
+        codec_out = pbx.codec
+        assert codec_in is not None and codec_out is not None
+        for item in wa.reorder.push(packet.sequence, packet.payload):
+            if isinstance(item, Lost):
+                nxt = wa.reorder.peek()
+                for _ in range(min(item.count, 5)):
+                    pcm = codec_in.conceal(nxt)
+                    pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
+                continue
+            pcm = codec_in.decode(item)
+            pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
+
+    def _follow_source_clock(self, ts: int) -> None:
+        """Carry gaps of the WhatsApp stream (DTX) into the PBX stream's timestamps."""
+        last = self._wa_src_ts
+        self._wa_src_ts = ts
+        if last is None or self.pbx.sender is None:
+            return
+        per_frame = self.wa.samples
+        delta = (ts - last) & 0xFFFFFFFF
+        if per_frame < delta < per_frame * 250:
+            missing = delta - per_frame
+            rate_ratio = (self.wa.media.clock_rate if self.wa.media else 48000) // 8000
+            self.pbx.sender.skip(missing // max(rate_ratio, 1))
+
+    # -- PBX -> WhatsApp ----------------------------------------------------
+    def on_pbx_packet(self, data: bytes, addr: tuple[str, int]) -> None:
+        pbx = self.pbx
+        if pbx.media is None or addr[0] != pbx.remote_ip:
+            pbx.rx_foreign += 1
+            return
+        if pbx.latch and addr != pbx.remote:
+            pbx.remote = addr  # symmetric RTP: answer where the PBX really sends from
+        now = self._time()
+        if is_rtcp(data):
+            self._on_rtcp(pbx, data, now)
+            return
+        try:
+            packet = parse_rtp(data)
+        except RtpError:
+            pbx.rx_bad += 1
+            return
+        pbx.rx_packets += 1
+        pbx.rx_octets += len(packet.payload)
+        pbx.last_rx = now
+        assert pbx.rx is not None
+        pbx.rx.received(packet.sequence, packet.timestamp, now)
+        wa = self.wa
+        pt = packet.payload_type
+        if pt == pbx.dtmf_pt:
+            sender = wa.sender
+            if self._wa_ready and sender is not None and wa.dtmf_pt is not None:
+                for payload, ts, marker in self._to_wa_dtmf.process(packet, sender.timestamp):
+                    wa.send(sender.packet_at(wa.dtmf_pt, payload, ts, marker))
+                    self.dtmf_to_wa += 1
+            return
+        if pt != pbx.pt:
+            pbx.rx_bad += 1
+            return
+        self._last_pbx_audio = now
+        if self._passthrough and self._wa_ready and wa.sender is not None:
+            wa.send(wa.sender.next_packet(wa.pt, packet.payload, len(packet.payload)))
+            self._last_to_wa = now
+            return
+        codec_in = pbx.codec
+        assert codec_in is not None
+        pcm = codec_in.decode(packet.payload)
+        if not self._wa_ready:
+            self._early.append(pcm)
+            return
+        self._pcm_to_whatsapp(pcm)
+        self._last_to_wa = now
+
+    def _pcm_to_whatsapp(self, pcm: bytes) -> None:
+        wa = self.wa
+        codec = wa.codec
+        sender = wa.sender
+        if codec is None or sender is None:
+            return
+        wa.send(sender.next_packet(wa.pt, codec.encode(pcm), wa.samples))
+
+    def _silence_to_whatsapp(self) -> None:
+        wa = self.wa
+        codec = wa.codec
+        sender = wa.sender
+        if codec is None or sender is None:
+            return
+        wa.send(sender.next_packet(wa.pt, codec.silence(), wa.samples))
+
+    # -- RTCP and the clock -------------------------------------------------
+    def _on_rtcp(self, leg: Leg, data: bytes, now: float) -> None:
+        try:
+            packets = parse_rtcp(data)
+        except ValueError:
+            leg.rx_bad += 1
+            return
+        leg.last_rx = now
+        for p in packets:
+            if isinstance(p, RtcpSenderReport) and leg.rx is not None:
+                leg.rx.sender_report(p, now)
+
+    def tick(self, now: float) -> None:
+        if self._closed:
+            return
+        # Keep media flowing toward Meta whatever the PBX does (hold, silence, IVR pauses).
+        if self._wa_ready and now - self._last_to_wa >= SILENCE_AFTER - 0.001:
+            if now - self._last_pbx_audio >= SILENCE_AFTER:
+                self._silence_to_whatsapp()
+                self._last_to_wa = now - (SILENCE_AFTER - FRAME_SECONDS)
+        if now >= self._next_rtcp:
+            self._next_rtcp = now + RTCP_INTERVAL
+            self._send_rtcp(now)
+        self._check_no_media(now)
+
+    def _send_rtcp(self, now: float) -> None:
+        for leg in (self.wa, self.pbx):
+            if leg.sender is None or leg.rtcp_remote is None:
+                continue
+            report = build_report(leg.sender, leg.rx, now, f"wagw-{self.key[:32]}")
+            if leg.srtp is not None:
+                report = leg.srtp.protect_rtcp(report)
+                leg.sock.sendto(report, leg.remote or leg.rtcp_remote)
+            else:
+                leg.sock.sendto(report, leg.rtcp_remote)
+
+    def _check_no_media(self, now: float) -> None:
+        if self._no_media_reported:
+            return
+        for leg in (self.wa, self.pbx):
+            if leg.media is None or not leg.receiving:
+                continue
+            if now - leg.last_rx > self._timeout:
+                self._no_media_reported = True
+                self._on_no_media(leg.name)
+                return
+
+
+class BridgeFactory:
+    """Makes bridges with both sockets bound from the configured port range."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ports: PortAllocator,
+        clock: MediaClock,
+        cfg: MediaConfig,
+    ) -> None:
+        self._loop = loop
+        self._ports = ports
+        self._clock = clock
+        self._cfg = cfg
+
+    def __call__(self, key: str, on_no_media: Callable[[str], None]) -> Bridge:
+        """A bridge with both ports bound; raises PortsExhausted when the range is full."""
+        wa_sock = RtpSocket(self._loop, self._ports)  # PortsExhausted propagates
+        try:
+            pbx_sock = RtpSocket(self._loop, self._ports)
+        except PortsExhausted:
+            wa_sock.close()
+            raise
+        return Bridge(
+            key,
+            wa_sock,
+            pbx_sock,
+            self._clock,
+            self._loop.time,
+            on_no_media,
+            no_media_timeout=self._cfg.no_media_timeout,
+            opus_complexity=self._cfg.opus_complexity,
+        )
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
