@@ -207,8 +207,7 @@ def _stamp_via(request: Request, source: Target) -> None:
     changes: dict[str, str | None] = {}
     if rport is not None or _bare_host(via.host) != _bare_host(source.host):
         # RFC 3581 section 4: with rport, received is added even if equal to sent-by.
-        host = source.host.strip("[]")
-        changes["received"] = f"[{host}]" if ":" in host else host
+        changes["received"] = source.host.strip("[]")  # 25.1: IPv6 without brackets
     if rport == "":
         changes["rport"] = str(source.port)
     if not changes:

@@ -776,3 +776,16 @@ def test_stamping_keeps_via_order_in_combined_line(mgr: TransactionManager) -> N
     assert [v.host for v in ok.vias] == ["proxy.example.com", "10.1.1.1"]
     mgr.send_response(ok, 0.1)
     assert mgr.pop_outgoing()[0].target == PBX
+
+
+def test_ipv6_source_stamped_without_brackets(mgr: TransactionManager) -> None:
+    v6 = Target("udp", "2001:db8::7", 5062)
+    invite = req(via="SIP/2.0/UDP [2001:db8::7]:5062", via_params=";rport")
+    mgr.receive(invite, v6, 0.0)
+    assert invite.top_via.received == "2001:db8::7" and invite.top_via.rport == 5062
+    reparsed = parse_message(make_response(invite, 100).to_bytes())
+    assert reparsed.top_via.received == "2001:db8::7"
+    assert mgr.pop_outgoing()[0].target == v6
+    other = req("OPTIONS", via="SIP/2.0/UDP [2001:DB8:0::7]:5062")  # same host, other spelling
+    mgr.receive(other, v6, 0.0)
+    assert other.top_via.received is None
