@@ -301,23 +301,28 @@ _OPUS_MIN_BITRATE = 6000
 _OPUS_MAX_BITRATE = 510000
 
 
-def _fmtp_int(params: dict[str, str | int], key: str) -> int | None:
+def _fmtp_int(params: dict[str, str | int | bool], key: str) -> int | None:
     value = params.get(key)
     if value is None:
         return None
+    if isinstance(value, bool):
+        return int(value)
     try:
         return int(str(value).strip())
     except ValueError:
         return None  # a peer's malformed fmtp value: fall back to the default
 
 
-def codec_for(name: str, **fmtp: str | int) -> AudioCodec:
+def codec_for(name: str, **fmtp: str | int | bool) -> AudioCodec:
     """A codec for an SDP encoding name, honouring the peer's fmtp parameters.
 
-    Opus: ``maxaveragebitrate`` (clamped to 6000-510000) sets the bitrate,
-    ``useinbandfec`` (default 0, RFC 7587 6.1) switches FEC; other
-    parameters are ignored (we send mono, never DTX).  Pass hyphenated keys
-    as ``**{"sprop-maxcapturerate": "16000"}``.
+    Opus: ``maxaveragebitrate`` (clamped to 6000-510000) sets the bitrate
+    (default 20000), ``useinbandfec`` (default 0, RFC 7587 6.1) switches
+    FEC; other fmtp parameters are ignored (we send mono, never DTX).  Our
+    own settings can be given too and take precedence: ``bitrate``,
+    ``complexity``, ``fec``, ``packet_loss_perc`` (the :class:`OpusCodec`
+    arguments).  Pass hyphenated keys as ``**{"sprop-maxcapturerate": "16000"}``.
+    Unknown names raise :class:`CodecError`.
     """
     key = name.strip().lower()
     if key == "pcmu":
@@ -326,9 +331,20 @@ def codec_for(name: str, **fmtp: str | int) -> AudioCodec:
         return PcmaCodec()
     if key == "opus":
         params = {k.lower(): v for k, v in fmtp.items()}
-        bitrate = _fmtp_int(params, "maxaveragebitrate")
+        bitrate = _fmtp_int(params, "bitrate")
+        if bitrate is None:
+            bitrate = _fmtp_int(params, "maxaveragebitrate")
         if bitrate is None:
             bitrate = 20000
-        bitrate = max(_OPUS_MIN_BITRATE, min(_OPUS_MAX_BITRATE, bitrate))
-        return OpusCodec(bitrate=bitrate, fec=_fmtp_int(params, "useinbandfec") == 1)
+        fec = _fmtp_int(params, "fec")
+        if fec is None:
+            fec = _fmtp_int(params, "useinbandfec")
+        complexity = _fmtp_int(params, "complexity")
+        loss = _fmtp_int(params, "packet_loss_perc")
+        return OpusCodec(
+            bitrate=max(_OPUS_MIN_BITRATE, min(_OPUS_MAX_BITRATE, bitrate)),
+            complexity=3 if complexity is None else max(0, min(10, complexity)),
+            fec=fec == 1,
+            packet_loss_perc=5 if loss is None else max(0, min(100, loss)),
+        )
     raise CodecError(f"unsupported codec {name!r}")
