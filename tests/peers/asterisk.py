@@ -334,15 +334,22 @@ class AsteriskPbx:
         rx = re.compile(pattern)
         return wait_until(lambda: rx.search(self.log_text()), timeout, what=f"log /{pattern}/")
 
+    def notices(self, tag: str) -> list[str]:
+        """The text after `tag` of the dialplan's Log(NOTICE,<tag> ...) lines
+        (not the VERBOSE "Executing ..." lines that echo them)."""
+        rx = re.compile(r"\] NOTICE\[.*?: " + re.escape(tag) + r" (.*)$")
+        return [m.group(1) for line in self.log_text().splitlines() if (m := rx.search(line))]
+
     def dtmf_results(self) -> list[DtmfResult]:
         """Every completed run of the `dtmf` extension so far, oldest first."""
+        rx = re.compile(
+            r"uniqueid=(?P<uniqueid>\S*) wacid=(?P<wacid>\S*) "
+            r"digits=(?P<digits>\S*) status=(?P<status>\S*)"
+        )
         return [
             DtmfResult(m["uniqueid"], m["wacid"], m["digits"], m["status"])
-            for m in re.finditer(
-                r"WAGW-DTMF uniqueid=(?P<uniqueid>\S*) wacid=(?P<wacid>\S*) "
-                r"digits=(?P<digits>\S*) status=(?P<status>\S*)",
-                self.log_text(),
-            )
+            for text in self.notices("WAGW-DTMF")
+            if (m := rx.match(text))
         ]
 
     def wait_dtmf(self, *, timeout: float = 20.0, wacid: str | None = None) -> DtmfResult:
@@ -357,9 +364,11 @@ class AsteriskPbx:
 
     def recordings(self) -> list[Path]:
         """Host paths of finished `record` extension recordings, oldest first."""
+        rx = re.compile(r"uniqueid=\S* file=(\S+)")
         return [
             self.host_path(m.group(1))
-            for m in re.finditer(r"WAGW-RECORDED uniqueid=\S* file=(\S+)", self.log_text())
+            for text in self.notices("WAGW-RECORDED")
+            if (m := rx.match(text))
         ]
 
     def wait_recording(self, *, timeout: float = 30.0, copy_to: Path | None = None) -> Path:

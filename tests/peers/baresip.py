@@ -1,0 +1,416 @@
+"""baresip 1.0 as a scripted SIP phone for the integration tests.
+
+    with Baresip(tmp_path / "wa", user="wa-test", tls=True, audio=440.0) as wa:
+        # TLS + SDES-SRTP (srtp-mand) + Opus/48000/1: the WhatsApp-like side
+        wa.dial(f"sip:tone@127.0.0.1:{pbx.ast_tls_port};transport=tls")
+        wa.wait_event("CALL_ESTABLISHED", timeout=10)
+        wa.send_dtmf("1234")
+        wa.hangup(); wa.wait_event("CALL_CLOSED")
+        wa.recordings()          # received audio, one WAV per call (sndfile)
+
+    Baresip(dir, user="phone")   # plain SIP/UDP + PCMU: a PBX-side phone
+
+The config folder is written like ../peers/baresip/mkcfg.sh does: sip_listen
+on a free port P (UDP/TCP on P, TLS on P+1), ctrl_tcp on another free port,
+the audio source an `aufile` WAV (made here: a tone, or silence), what is
+received recorded by the `sndfile` module into DIR/rec. Control is the
+ctrl_tcp module: netstring-framed JSON commands ({"command": "dial", "params":
+..., "token": ...}); its responses and the UA events (CALL_ESTABLISHED,
+CALL_CLOSED, CALL_DTMF_START, ...) arrive on the same connection, read here by
+a thread.
+
+Quirks: baresip answers only when the Request-URI user equals its account's
+user (others get 404); it does not verify the server certificate; when the
+aufile source ends the call ends (the generated source lasts `source_seconds`);
+`ausine` needs 2 channels, hence aufile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tests.peers import LOOPBACK, free_port, self_signed_cert, start_process, stop_process
+from tests.peers.audio import tone_wav
+
+MODULE_PATH = "/usr/lib/baresip/modules"
+OPUS = "opus/48000/1"
+PCMU = "PCMU/8000/1"
+PCMA = "PCMA/8000/1"
+
+
+class BaresipError(RuntimeError):
+    pass
+
+
+def _netstring(payload: bytes) -> bytes:
+    return str(len(payload)).encode() + b":" + payload + b","
+
+
+class Baresip:
+    """One baresip process (by PID) with its own config folder."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        user: str = "phone",
+        tls: bool = False,
+        srtp: bool | None = None,
+        codec: str | None = None,
+        audio: Path | float | None = None,
+        source_seconds: float = 120.0,
+        answermode: str = "auto",
+        sip_port: int | None = None,
+        ctrl_port: int | None = None,
+        rtp_ports: tuple[int, int] | None = None,
+        extra_account_params: str = "",
+        extra_config: str = "",
+        max_lifetime: int = 900,
+        binary: str = "baresip",
+    ) -> None:
+        """workdir: the config folder (created). user: the account's user
+        (what the Request-URI of calls to it must carry). tls: account and
+        calls over SIP/TLS. srtp: mediaenc=srtp-mand (default: same as tls).
+        codec: the only audio codec offered (default Opus for tls, else PCMU).
+        audio: what to send, a 48 kHz mono WAV path, a frequency in Hz for a
+        generated tone, or None for silence. max_lifetime: baresip quits by
+        itself after this many seconds (-t), in case the test runner dies."""
+        self.dir = Path(workdir)
+        self.user = user
+        self.tls = tls
+        self.srtp = tls if srtp is None else srtp
+        self.codec = codec or (OPUS if tls else PCMU)
+        self.audio = audio
+        self.source_seconds = source_seconds
+        self.answermode = answermode
+        self.sip_port = sip_port or free_port(2)
+        self.ctrl_port = ctrl_port or free_port(udp=False)
+        if rtp_ports is None:
+            start = free_port(40, tcp=False, low=20000, high=30000)
+            rtp_ports = (start, start + 39)
+        self.rtp_ports = rtp_ports
+        self.extra_account_params = extra_account_params
+        self.extra_config = extra_config
+        self.max_lifetime = max_lifetime
+        self.binary = binary
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.events: list[dict[str, Any]] = []
+        self._responses: dict[str, dict[str, Any]] = {}
+        self._taken: set[int] = set()
+        self._cond = threading.Condition()
+        self._sock: socket.socket | None = None
+        self._reader: threading.Thread | None = None
+        self._token = 0
+
+    # ------------------------------------------------------------ paths --
+    @property
+    def tls_port(self) -> int:
+        return self.sip_port + 1
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "baresip.log"
+
+    @property
+    def rec_dir(self) -> Path:
+        return self.dir / "rec"
+
+    @property
+    def uri(self) -> str:
+        """Where to reach this phone (Request-URI user = its account user)."""
+        if self.tls:
+            return f"sip:{self.user}@{LOOPBACK}:{self.tls_port};transport=tls"
+        return f"sip:{self.user}@{LOOPBACK}:{self.sip_port}"
+
+    def account_line(self) -> str:
+        aor = f"<sip:{self.user}@{LOOPBACK};transport=tls>" if self.tls else (
+            f"<sip:{self.user}@{LOOPBACK}>"
+        )
+        params = ["regint=0", f"answermode={self.answermode}"]
+        if self.srtp:
+            params.append("mediaenc=srtp-mand")
+        params.append(f"audio_codecs={self.codec}")
+        line = aor + ";" + ";".join(params)
+        if self.extra_account_params:
+            line += ";" + self.extra_account_params.lstrip(";")
+        return line
+
+    # ----------------------------------------------------------- config --
+    def write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rec_dir.mkdir(exist_ok=True)
+        certs = self.dir / "certs"
+        cert, key = self_signed_cert(certs)
+        bundle = certs / "baresip.pem"
+        bundle.write_bytes(cert.read_bytes() + key.read_bytes())
+        if isinstance(self.audio, (str, Path)):
+            source = Path(self.audio)
+        else:
+            source = tone_wav(self.dir / "source.wav", self.audio or 0.0, self.source_seconds)
+        config = f"""\
+poll_method\t\tepoll
+sip_listen\t\t{LOOPBACK}:{self.sip_port}
+sip_certificate\t\t{bundle}
+sip_cafile\t\t{cert}
+net_interface\t\t{LOOPBACK}
+dns_server\t\t{LOOPBACK}:53
+call_local_timeout\t30
+call_max_calls\t\t4
+audio_player\t\talsa,null
+audio_alert\t\talsa,null
+audio_source\t\taufile,{source}
+ausrc_srate\t\t48000
+auplay_srate\t\t48000
+ausrc_channels\t\t1
+auplay_channels\t\t1
+rtp_ports\t\t{self.rtp_ports[0]}-{self.rtp_ports[1]}
+rtp_timeout\t\t10
+module_path\t\t{MODULE_PATH}
+module\t\t\topus.so
+module\t\t\tg711.so
+module\t\t\tsrtp.so
+module\t\t\tsndfile.so
+module\t\t\talsa.so
+module\t\t\taufile.so
+module_tmp\t\tuuid.so
+module_tmp\t\taccount.so
+module_app\t\tmenu.so
+module_app\t\tctrl_tcp.so
+ctrl_tcp_listen\t\t{LOOPBACK}:{self.ctrl_port}
+opus_bitrate\t\t32000
+opus_stereo\t\tno
+opus_sprop_stereo\tno
+snd_path\t\t{self.rec_dir}
+statmode_default\toff
+{self.extra_config}
+"""
+        (self.dir / "config").write_text(config)
+        (self.dir / "accounts").write_text(self.account_line() + "\n")
+        (self.dir / "contacts").write_text("")
+
+    # --------------------------------------------------------- lifecycle --
+    def start(self, *, timeout: float = 10.0) -> Baresip:
+        self.write_config()
+        self.proc = start_process(
+            [self.binary, "-f", str(self.dir), "-t", str(self.max_lifetime)], self.log_path
+        )
+        deadline = time.monotonic() + timeout
+        while self._sock is None:
+            if self.proc.poll() is not None:
+                raise BaresipError(
+                    f"baresip exited with {self.proc.returncode} while starting:\n{self._tail()}"
+                )
+            try:
+                self._sock = socket.create_connection((LOOPBACK, self.ctrl_port), timeout=1)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BaresipError(
+                        f"baresip ctrl_tcp not listening on {self.ctrl_port}:\n{self._tail()}"
+                    ) from None
+                time.sleep(0.05)
+        self._sock.settimeout(None)
+        self._reader = threading.Thread(target=self._read_loop, name="baresip-ctrl", daemon=True)
+        self._reader.start()
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None and self._sock is not None:
+            with contextlib.suppress(OSError, BaresipError, TimeoutError):
+                self._send("quit", "", self._next_token())
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            self._sock = None
+        stop_process(proc, grace=3)
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+            self._reader = None
+
+    def __enter__(self) -> Baresip:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    # ------------------------------------------------------------ ctrl_tcp --
+    def _read_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        buf = b""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                with self._cond:
+                    self._cond.notify_all()
+                return
+            buf += data
+            while True:
+                colon = buf.find(b":")
+                if colon <= 0:
+                    break
+                size = int(buf[:colon])
+                end = colon + 1 + size
+                if len(buf) < end + 1:
+                    break
+                payload, buf = buf[colon + 1 : end], buf[end + 1 :]
+                try:
+                    msg = json.loads(payload)
+                except ValueError:
+                    continue
+                with self._cond:
+                    if msg.get("event"):
+                        msg["_time"] = time.monotonic()
+                        self.events.append(msg)
+                    elif msg.get("response"):
+                        self._responses[str(msg.get("token", ""))] = msg
+                    self._cond.notify_all()
+
+    def _next_token(self) -> str:
+        self._token += 1
+        return f"t{self._token}"
+
+    def _send(self, command: str, params: str, token: str) -> None:
+        if self._sock is None:
+            raise BaresipError("baresip is not running")
+        body = json.dumps({"command": command, "params": params, "token": token}).encode()
+        self._sock.sendall(_netstring(body))
+
+    def command(self, command: str, params: str = "", *, timeout: float = 5.0) -> dict[str, Any]:
+        """Run a baresip command (as the menu module knows them: dial, hangup,
+        accept, sndcode, listcalls, ...); returns the response
+        {"response": true, "ok": bool, "data": str, "token": str}."""
+        token = self._next_token()
+        self._send(command, params, token)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while token not in self._responses:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"baresip: no response to {command} {params!r}")
+                self._cond.wait(left)
+            return self._responses.pop(token)
+
+    def dial(self, uri: str) -> dict[str, Any]:
+        """Call `uri`. A TLS account adds ";transport=tls" itself."""
+        if self.tls:
+            uri = uri.replace(";transport=tls", "")
+        return self.command("dial", uri)
+
+    def accept(self) -> dict[str, Any]:
+        return self.command("accept")
+
+    def hangup(self) -> dict[str, Any]:
+        return self.command("hangup")
+
+    def send_dtmf(self, digits: str, *, gap: float = 0.3) -> None:
+        """Send digits as RFC 4733 telephone-events on the current call, one
+        `sndcode` command per digit, `gap` seconds apart (each digit is
+        pressed and released)."""
+        for i, digit in enumerate(digits):
+            if i:
+                time.sleep(gap)
+            res = self.command("sndcode", digit)
+            if not res.get("ok", False):
+                raise BaresipError(f"sndcode {digit!r} failed: {res}")
+
+    # -------------------------------------------------------------- events --
+    def wait_event(
+        self,
+        types: str | Iterable[str],
+        *,
+        timeout: float = 10.0,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        """The first event of one of `types` (e.g. "CALL_ESTABLISHED") that no
+        earlier wait_event returned; raises TimeoutError."""
+        wanted = {types} if isinstance(types, str) else set(types)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i, ev in enumerate(self.events):
+                    if i in self._taken or ev.get("type") not in wanted:
+                        continue
+                    if where is not None and not where(ev):
+                        continue
+                    self._taken.add(i)
+                    return ev
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = [e.get("type") for e in self.events]
+                    raise TimeoutError(
+                        f"baresip: no {sorted(wanted)} event within {timeout} s; seen {seen}"
+                    )
+                if self._reader is None or not self._reader.is_alive():
+                    raise BaresipError(f"baresip ctrl connection closed:\n{self._tail()}")
+                self._cond.wait(min(left, 0.5))
+
+    def event_types(self) -> list[str]:
+        with self._cond:
+            return [str(e.get("type")) for e in self.events]
+
+    def received_dtmf(self) -> str:
+        """Digits received so far (CALL_DTMF_START events), in order."""
+        with self._cond:
+            return "".join(
+                str(e.get("param", "")) for e in self.events if e.get("type") == "CALL_DTMF_START"
+            )
+
+    def wait_dtmf(self, count: int, *, timeout: float = 10.0) -> str:
+        """Wait until `count` digits have been received; return them."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                digits = "".join(
+                    str(e.get("param", ""))
+                    for e in self.events
+                    if e.get("type") == "CALL_DTMF_START"
+                )
+                if len(digits) >= count:
+                    return digits
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"baresip: {count} DTMF digits expected, got {digits!r}")
+                self._cond.wait(min(left, 0.5))
+
+    # ---------------------------------------------------------- recordings --
+    def recordings(self, direction: str = "dec") -> list[Path]:
+        """WAVs written by the sndfile module, oldest first: "dec" = audio
+        received (decoded), "enc" = audio sent."""
+        files = list(self.rec_dir.glob(f"dump-*-{direction}.wav"))
+        return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+
+    def _tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return f"({self.log_path} missing)"
+
+
+__all__ = ["OPUS", "PCMA", "PCMU", "Baresip", "BaresipError"]
