@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,125 @@ def test_asterisk_records_what_the_phone_sends(tmp_path: Path, pids: list[int]) 
         wav = pbx.wait_recording(timeout=15, copy_to=tmp_path / "asterisk-rec.wav")
         phone.wait_event("CALL_CLOSED", timeout=10)
     assert_tone(wav, 440, tolerance=0.02, min_dbfs=-30, skip_seconds=0.5)
+
+
+# ------------------------------------------------- operator example routing --
+# SIPp (UDP) stands in for the gateway: an INVITE carrying the X-WA-* headers
+# the gateway adds, to the business number, from 127.0.0.1 (endpoint wagw).
+_WA_INVITE_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="wa-headers">
+  <send retrans="500">
+    <![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:+4915112345678@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:wagw@[local_ip]:[local_port]>
+Max-Forwards: 70
+X-WA-Call-ID: wacid.TEST[call_number]
+X-WA-User: +4915112345678
+X-WA-User-Name: Ana Tester
+X-WA-Country: DE
+%(headers)sX-WA-Business-Number: [service]
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=- 1 1 IN IP4 [local_ip]
+s=-
+c=IN IP4 [local_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-16
+a=sendrecv
+]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+  <recv response="200" rtd="true"/>
+  <send>
+    <![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:+4915112345678@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Contact: <sip:wagw@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]>
+  </send>
+  <pause milliseconds="%(pause_ms)d"/>
+  <send retrans="500">
+    <![CDATA[
+BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:+4915112345678@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Contact: <sip:wagw@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]>
+  </send>
+  <recv response="200" crlf="true"/>
+</scenario>
+"""
+
+
+def _sipp_call(tmp_path: Path, pbx: AsteriskPbx, number: str, headers: dict[str, str],
+               pause_ms: int) -> None:
+    scenario = tmp_path / "wa-headers.xml"
+    extra = "".join(f"{k}: {v}\n" for k, v in headers.items())
+    scenario.write_text(_WA_INVITE_SCENARIO % {"headers": extra, "pause_ms": pause_ms})
+    cmd = [
+        "sipp", "-sf", str(scenario), "-s", number, "-m", "1", "-i", "127.0.0.1",
+        "-p", str(free_port()), "-mp", str(free_port(2, tcp=False)),
+        "-timeout", "30s", "-timeout_error", "-nostdin", "-trace_err",
+        "-error_file", str(tmp_path / "sipp-errors.log"), pbx.uri_host,
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    errors = tmp_path / "sipp-errors.log"
+    assert res.returncode == 0, (res.stdout[-2000:], errors.read_text() if errors.exists() else "")
+
+
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) not installed")
+@pytest.mark.parametrize(
+    ("headers", "routes"),
+    [
+        ({"X-WA-CTA-Payload": "sales"}, ["sales"]),
+        ({"X-WA-Deeplink-Payload": "sales"}, ["sales"]),
+        ({}, ["ivr", "support"]),
+    ],
+    ids=["cta-sales", "deeplink-sales", "ivr"],
+)
+def test_operator_dialplan_routes_on_wa_headers(
+    tmp_path: Path, headers: dict[str, str], routes: list[str]
+) -> None:
+    """config/asterisk/extensions.conf [from-whatsapp] reads the X-WA-*
+    headers into variables, logs them, and routes: CTA or deep link payload
+    "sales" to the sales queue, otherwise the IVR (which falls through to
+    support when no digit is pressed)."""
+    with AsteriskPbx(log_dir=tmp_path / "logs") as pbx:
+        pause_ms = 5000 if "ivr" in routes else 1000  # the IVR waits 3 s for a digit
+        _sipp_call(tmp_path, pbx, "+15550001111", headers, pause_ms)
+        calls = pbx.notices("WAGW-CALL")
+        got_routes = [n.split()[0].removeprefix("route=") for n in pbx.notices("WAGW-ROUTE")]
+    assert len(calls) == 1, calls
+    call = calls[0]
+    assert call.startswith("exten=+15550001111 wacid=wacid.TEST1 user=+4915112345678 ")
+    assert "name=Ana Tester country=DE" in call
+    assert f"cta={headers.get('X-WA-CTA-Payload', '')} " in call
+    assert f"deeplink={headers.get('X-WA-Deeplink-Payload', '')} " in call
+    assert call.endswith("business=+15550001111")
+    assert got_routes == routes
