@@ -399,7 +399,7 @@ def _join(kind: str, *fields: str) -> str:
 
 
 def _extra_lines(extra: list[tuple[str, str]], kinds: str) -> Iterator[str]:
-    return (_text(kind, value) for kind, value in extra if kind in kinds)
+    return (_text(k, value) for kind in kinds for k, value in extra if k == kind)
 
 
 def _connection_line(c: Connection) -> str:
@@ -606,4 +606,8 @@ def parse_sdp(data: str | bytes) -> SessionDescription:
         raise SdpError("missing s= line")
     if not session.timing:
         raise SdpError("missing t= line")
+    # Kept in the order they are written out (accepted in any order).
+    session.extra.sort(key=lambda e: "iuepzk".index(e[0]))
+    for m in session.media:
+        m.extra.sort(key=lambda e: "ik".index(e[0]))
     return session
