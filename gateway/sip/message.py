@@ -577,12 +577,18 @@ def _parse_request_line(start: str) -> tuple[Request, tuple[str, int] | None]:
 
 def _parse_header_lines(lines: list[str], msg: Message) -> Headers:
     headers = Headers()
+    malformed = False
     for line in lines:
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
         if not colon or not name or not is_token(name):
-            raise SipParseError("malformed header line", partial=_partial(msg, headers))
+            # Keep reading: the partial request needs the Via, From, To... that
+            # may come after the bad line to be answered.
+            malformed = True
+            continue
         headers.add(name, value.strip(" \t"))
+    if malformed:
+        raise SipParseError("malformed header line", partial=_partial(msg, headers))
     return headers
 
 

@@ -818,3 +818,13 @@ def test_round_trip_of_folded_message_is_a_fixed_point() -> None:
     again = parse_req(once)
     assert again.to_bytes() == once
     assert again.headers.get("Subject") == "a b" and again.body == b"xyz"
+
+
+def test_partial_after_malformed_header_line_has_all_good_headers() -> None:
+    # The bad line comes first; the answer still needs the Via, From, To... after it.
+    err = parse_error(raw(base=["Bad Line", *BASE]))
+    assert err.partial is not None
+    answer = make_response(err.partial, err.status)
+    assert answer.headers.lines("Via") == [BASE[0].split(": ", 1)[1]]
+    assert answer.call_id == "a84b4c76e66710@pc33.example.com"
+    assert "Bad Line" not in err.partial.to_bytes().decode()
