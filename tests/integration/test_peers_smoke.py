@@ -2,14 +2,14 @@
 baresip 1.0 (WhatsApp-like: SIP/TLS + SDES-SRTP + Opus, or a plain SIP/UDP
 PCMU phone) talking straight to Asterisk 22 with config/asterisk.
 
-Needs the Asterisk chroot (`make asterisk-chroot`, part of `make test`);
-WAGW_ALLOW_SKIP_ASTERISK=1 turns its absence into a skip.
+Needs the Asterisk chroot (`make asterisk-chroot`, part of `make test`),
+baresip (apt baresip-core) and SIPp (apt sip-tester); WAGW_ALLOW_SKIP_PEERS=1
+(or WAGW_ALLOW_SKIP_ASTERISK=1) turns a missing one into a skip.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,15 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import free_port
+from tests.peers import free_port, require_binary
 from tests.peers.asterisk import AsteriskPbx
 from tests.peers.audio import assert_tone
 from tests.peers.baresip import OPUS, PCMU, Baresip
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip not installed"),
-]
+pytestmark = pytest.mark.integration
 
 CALL_SECONDS = 4.0
 
@@ -236,7 +233,8 @@ def _sipp_call(tmp_path: Path, pbx: AsteriskPbx, number: str, headers: dict[str,
     extra = "".join(f"{k}: {v}\n" for k, v in headers.items())
     scenario.write_text(_WA_INVITE_SCENARIO % {"headers": extra, "pause_ms": pause_ms})
     cmd = [
-        "sipp", "-sf", str(scenario), "-s", number, "-m", "1", "-i", "127.0.0.1",
+        require_binary("sipp", "sip-tester"),
+        "-sf", str(scenario), "-s", number, "-m", "1", "-i", "127.0.0.1",
         "-p", str(free_port()), "-mp", str(free_port(2, tcp=False)),
         "-timeout", "30s", "-timeout_error", "-nostdin", "-trace_err",
         "-error_file", str(tmp_path / "sipp-errors.log"), pbx.uri_host,
@@ -246,7 +244,6 @@ def _sipp_call(tmp_path: Path, pbx: AsteriskPbx, number: str, headers: dict[str,
     assert res.returncode == 0, (res.stdout[-2000:], errors.read_text() if errors.exists() else "")
 
 
-@pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) not installed")
 @pytest.mark.parametrize(
     ("headers", "routes"),
     [

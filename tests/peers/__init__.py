@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,12 +39,13 @@ def _port_is_free(port: int, *, udp: bool, tcp: bool) -> bool:
 
 
 def free_port(
-    span: int = 1, *, udp: bool = True, tcp: bool = True, low: int = 10000, high: int = 60000
+    span: int = 1, *, udp: bool = True, tcp: bool = True, low: int = 10000, high: int = 20000
 ) -> int:
     """A port P such that P .. P+span-1 are free on 127.0.0.1 for UDP and/or
-    TCP right now, and not handed out before by this process. Ports below the
-    usual Linux ephemeral range (32768-60999) are preferred to keep clear of
-    the kernel's own choices: pass low/high to change that."""
+    TCP right now, and not handed out before by this process. Everything the
+    peers use stays below the Linux ephemeral range (32768-60999), clear of
+    the kernel's own choices: SIP/control ports 10000-20000 (this default),
+    baresip RTP 20000-30000, Asterisk RTP 30000-32700."""
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(2000):
         base = rng.randrange(low, high - span)
@@ -127,3 +129,25 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(interval)
+
+
+def skip_allowed() -> bool:
+    """Whether a missing peer may skip a test instead of failing it:
+    WAGW_ALLOW_SKIP_ASTERISK=1 or WAGW_ALLOW_SKIP_PEERS=1 in the environment.
+    `make test` installs every peer first, so there a missing one is an error."""
+    names = ("WAGW_ALLOW_SKIP_ASTERISK", "WAGW_ALLOW_SKIP_PEERS")
+    return any(os.environ.get(name) == "1" for name in names)
+
+
+def require_binary(name: str, package: str) -> str:
+    """The path of executable `name`; fails the test (skips it when
+    skip_allowed()) when it is missing."""
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} not found: apt-get install {package}"
+        if skip_allowed():
+            pytest.skip(msg)
+        pytest.fail(msg)
+    return path

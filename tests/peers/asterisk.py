@@ -16,8 +16,9 @@ transport and an endpoint "wa-test" with Opus + SDES-SRTP, so that Asterisk
 can face a WhatsApp-like peer directly.
 
 When the chroot is missing the test fails, or is skipped when the
-environment has WAGW_ALLOW_SKIP_ASTERISK=1. WAGW_ASTERISK_ROOT overrides the
-chroot location (default .cache/asterisk-root in the project).
+environment has WAGW_ALLOW_SKIP_ASTERISK=1 (or WAGW_ALLOW_SKIP_PEERS=1).
+WAGW_ASTERISK_ROOT overrides the chroot location (default
+.cache/asterisk-root in the project).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tests.peers import (
     PROJECT_DIR,
     free_port,
     self_signed_cert,
+    skip_allowed,
     start_process,
     stop_process,
     wait_until,
@@ -79,12 +81,12 @@ def require_asterisk_root(root: Path | None = None) -> Path:
             f"Asterisk chroot not found at {root}: run `make asterisk-chroot` "
             "(scripts/setup-asterisk-chroot.sh, needs root and a Debian mirror)"
         )
-        if os.environ.get("WAGW_ALLOW_SKIP_ASTERISK") == "1":
+        if skip_allowed():
             pytest.skip(msg)
         pytest.fail(msg)
     if os.geteuid() != 0:
         msg = "running Asterisk from its chroot needs root (chroot(2))"
-        if os.environ.get("WAGW_ALLOW_SKIP_ASTERISK") == "1":
+        if skip_allowed():
             pytest.skip(msg)
         pytest.fail(msg)
     return root
@@ -114,7 +116,7 @@ class AsteriskPbx:
         self.ast_port = ast_port or free_port()
         self.gw_port = gw_port or free_port()
         if rtp_ports is None:
-            start = free_port(202, tcp=False, low=30000, high=32000)
+            start = free_port(202, tcp=False, low=30000, high=32700)
             start += start % 2  # RTP on even ports, RTCP on the odd one above
             rtp_ports = (start, start + 199)
         self.rtp_ports = rtp_ports
@@ -183,7 +185,19 @@ class AsteriskPbx:
             raise AsteriskError(f"{name}: no value for {sorted(set(left))}")
         return text
 
+    def _remove_stale_runs(self) -> None:
+        """Remove the run dirs of test processes that are gone (killed before
+        their AsteriskPbx could clean up)."""
+        for d in self.host_path(RUNS_DIR).glob("run-*-*"):
+            try:
+                owner = int(d.name.split("-")[1])
+            except (IndexError, ValueError):
+                continue
+            if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
+                shutil.rmtree(d, ignore_errors=True)
+
     def write_config(self) -> None:
+        self._remove_stale_runs()
         etc = self.host_run_dir / "etc"
         for sub in ("etc/keys", "var/cache", "var/db", "var/lib/keys", "var/spool/wagw-rec",
                     "var/run", "var/log"):

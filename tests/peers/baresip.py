@@ -38,7 +38,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.peers import LOOPBACK, free_port, self_signed_cert, start_process, stop_process
+from tests.peers import (
+    LOOPBACK,
+    free_port,
+    require_binary,
+    self_signed_cert,
+    start_process,
+    stop_process,
+)
 from tests.peers.audio import tone_wav
 
 MODULE_PATH = "/usr/lib/baresip/modules"
@@ -199,9 +206,10 @@ statmode_default\toff
 
     # --------------------------------------------------------- lifecycle --
     def start(self, *, timeout: float = 10.0) -> Baresip:
+        binary = require_binary(self.binary, "baresip-core")
         self.write_config()
         self.proc = start_process(
-            [self.binary, "-f", str(self.dir), "-t", str(self.max_lifetime)], self.log_path
+            [binary, "-f", str(self.dir), "-t", str(self.max_lifetime)], self.log_path
         )
         deadline = time.monotonic() + timeout
         while self._sock is None:
