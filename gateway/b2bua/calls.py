@@ -205,8 +205,7 @@ class CallManager:
         user = (caller.uri.user_number if isinstance(caller.uri, SipUri) else None) or "anonymous"
         pbx = cfg.pbx.address
         ruser = cfg.pbx.request_uri_user.format(number=number, digits=number[1:], user=user)
-        wa_host = cfg.whatsapp.hostname
-        wa_port = cfg.whatsapp.listen.port
+        wa_host, wa_port = cfg.whatsapp.contact_hostport
         return InboundSetup(
             key=key,
             number=number,

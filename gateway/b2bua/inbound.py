@@ -265,7 +265,8 @@ class InboundCall:
         self.answered_at = self.sip.now()
         # Keys are known and the answer is on its way: the first SRTP packet goes now.
         self.bridge.set_whatsapp(self.s.wa_media)
-        log.info("call_answered", call=self.key, pbx_media=describe(self.pbx_media))
+        if self.pbx_media is not None:
+            log.info("call_answered", call=self.key, pbx_media=describe(self.pbx_media))
 
     def _on_pbx_failure(self, resp: Response) -> None:
         self._disarm()

@@ -28,20 +28,41 @@ from gateway.transport.rtp import MediaClock, PortAllocator, PortsExhausted, Rtp
 
 log = get_logger(__name__)
 
-FRAME_SECONDS = 0.020
 SILENCE_AFTER = 0.060  # PBX quiet this long: fill toward Meta with silence frames
 EARLY_AUDIO_FRAMES = 25  # PBX audio kept (500 ms) until the WhatsApp leg can send
 RTCP_INTERVAL = 5.0
-OPUS_DEFAULT_BITRATE = 20000
 
 
 class Leg:
     """One side of the bridge: socket, peer, codec, RTP/RTCP state and counters."""
 
     __slots__ = (
-        "codec", "dtmf_pt", "media", "name", "pt", "remote", "remote_ip", "rtcp_remote", "rx",
-        "rx_auth_failures", "rx_bad", "rx_foreign", "rx_octets", "rx_packets", "last_rx",
-        "sender", "sock", "srtp", "reorder", "samples", "latch", "tx_packets", "receiving",
+        "codec",
+        "dtmf_pt",
+        "last_rx",
+        "latch",
+        "media",
+        "name",
+        "pt",
+        "receiving",
+        "remote",
+        "remote_ip",
+        "reorder",
+        "rtcp_remote",
+        "rx",
+        "rx_auth_failures",
+        "rx_bad",
+        "rx_dtmf_pt",
+        "rx_foreign",
+        "rx_octets",
+        "rx_packets",
+        "rx_pt",
+        "samples",
+        "sender",
+        "sending",
+        "sock",
+        "srtp",
+        "tx_packets",
     )  # fmt: skip
 
     def __init__(self, name: str, sock: RtpSocket, *, latch: bool) -> None:
@@ -50,8 +71,10 @@ class Leg:
         self.latch = latch
         self.media: MediaParams | None = None
         self.codec: AudioCodec | None = None
-        self.pt = -1
+        self.pt = self.rx_pt = -1
         self.dtmf_pt: int | None = None
+        self.rx_dtmf_pt: int | None = None
+        self.sending = True
         self.remote: tuple[str, int] | None = None
         self.remote_ip = ""
         self.rtcp_remote: tuple[str, int] | None = None
@@ -68,22 +91,21 @@ class Leg:
     def configure(self, media: MediaParams, complexity: int) -> None:
         same_codec = self.media is not None and self.media.codec == media.codec
         self.media = media
-        self.pt = media.payload_type
+        self.pt = media.payload_type  # what we send with (the remote's number)
+        self.rx_pt = media.recv_payload_type or media.payload_type  # what we receive (ours)
         self.dtmf_pt = media.dtmf_payload_type
-        self.remote = (media.remote_address, media.remote_port)
+        self.rx_dtmf_pt = media.recv_dtmf_payload_type
+        if self.remote is None or not self.latch or media.remote_address != self.remote_ip:
+            self.remote = (media.remote_address, media.remote_port)
         self.remote_ip = media.remote_address
-        self.rtcp_remote = (media.remote_address, media.rtcp_port)
-        self.receiving = media.direction in ("sendrecv", "sendonly")
+        self.rtcp_remote = (
+            self.remote if media.rtcp_mux else (media.remote_address, media.remote_rtcp_port)
+        )
+        self.receiving = media.may_receive
+        self.sending = media.may_send
         if not same_codec or self.codec is None:
-            fmtp = media.fmtp
             if media.codec.lower() == "opus":
-                bitrate = _int(fmtp.get("maxaveragebitrate"), OPUS_DEFAULT_BITRATE)
-                self.codec = codec_for(
-                    "opus",
-                    bitrate=min(bitrate, 40000),
-                    complexity=complexity,
-                    fec=fmtp.get("useinbandfec", "1") != "0",
-                )
+                self.codec = codec_for("opus", **media.fmtp, complexity=complexity)
             else:
                 self.codec = codec_for(media.codec)
             self.samples = self.codec.samples_per_frame
@@ -95,7 +117,7 @@ class Leg:
             self.srtp = SrtpContext(srtp.suite, srtp.local_key, srtp.remote_key)
 
     def send(self, data: bytes) -> None:
-        if self.remote is None:
+        if self.remote is None or not self.sending:
             return
         if self.srtp is not None:
             data = self.srtp.protect(data)
@@ -147,7 +169,6 @@ class Bridge:
         self._wa_ready = False
         self._passthrough = False
         self._early: deque[bytes] = deque(maxlen=EARLY_AUDIO_FRAMES)
-        self._last_to_wa = 0.0
         self._last_pbx_audio = 0.0
         self._next_rtcp = loop_time() + RTCP_INTERVAL
         self._no_media_reported = False
@@ -180,7 +201,6 @@ class Bridge:
                     self._pcm_to_whatsapp(self._early.popleft())
             else:
                 self._silence_to_whatsapp()
-            self._last_to_wa = now
 
     def set_pbx(self, params: MediaParams) -> None:
         self.pbx.configure(params, self._complexity)
@@ -241,13 +261,13 @@ class Bridge:
         if sender is None:
             return  # PBX side not answered yet: nothing to send to
         pt = packet.payload_type
-        if pt == wa.dtmf_pt:
+        if pt == wa.rx_dtmf_pt:
             if pbx.dtmf_pt is not None:
                 for payload, ts, marker in self._to_pbx_dtmf.process(packet, sender.timestamp):
                     pbx.send(sender.packet_at(pbx.dtmf_pt, payload, ts, marker))
                     self.dtmf_to_pbx += 1
             return
-        if pt != wa.pt:
+        if pt != wa.rx_pt:
             wa.rx_bad += 1
             return
         self._follow_source_clock(packet.timestamp)
@@ -259,7 +279,7 @@ class Bridge:
         assert codec_in is not None and codec_out is not None
         for item in wa.reorder.push(packet.sequence, packet.payload):
             if isinstance(item, Lost):
-                nxt = wa.reorder.peek()
+                nxt = item.next  # Opus FEC: the packet after the gap carries the lost one
                 for _ in range(min(item.count, 5)):
                     pcm = codec_in.conceal(nxt)
                     pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
@@ -304,20 +324,19 @@ class Bridge:
         pbx.rx.received(packet.sequence, packet.timestamp, now)
         wa = self.wa
         pt = packet.payload_type
-        if pt == pbx.dtmf_pt:
+        if pt == pbx.rx_dtmf_pt:
             sender = wa.sender
             if self._wa_ready and sender is not None and wa.dtmf_pt is not None:
                 for payload, ts, marker in self._to_wa_dtmf.process(packet, sender.timestamp):
                     wa.send(sender.packet_at(wa.dtmf_pt, payload, ts, marker))
                     self.dtmf_to_wa += 1
             return
-        if pt != pbx.pt:
+        if pt != pbx.rx_pt:
             pbx.rx_bad += 1
             return
         self._last_pbx_audio = now
         if self._passthrough and self._wa_ready and wa.sender is not None:
             wa.send(wa.sender.next_packet(wa.pt, packet.payload, len(packet.payload)))
-            self._last_to_wa = now
             return
         codec_in = pbx.codec
         assert codec_in is not None
@@ -326,7 +345,6 @@ class Bridge:
             self._early.append(pcm)
             return
         self._pcm_to_whatsapp(pcm)
-        self._last_to_wa = now
 
     def _pcm_to_whatsapp(self, pcm: bytes) -> None:
         wa = self.wa
@@ -360,10 +378,8 @@ class Bridge:
         if self._closed:
             return
         # Keep media flowing toward Meta whatever the PBX does (hold, silence, IVR pauses).
-        if self._wa_ready and now - self._last_to_wa >= SILENCE_AFTER - 0.001:
-            if now - self._last_pbx_audio >= SILENCE_AFTER:
-                self._silence_to_whatsapp()
-                self._last_to_wa = now - (SILENCE_AFTER - FRAME_SECONDS)
+        if self._wa_ready and now - self._last_pbx_audio >= SILENCE_AFTER:
+            self._silence_to_whatsapp()
         if now >= self._next_rtcp:
             self._next_rtcp = now + RTCP_INTERVAL
             self._send_rtcp(now)
@@ -426,9 +442,3 @@ class BridgeFactory:
             opus_complexity=self._cfg.opus_complexity,
         )
 
-
-def _int(value: str | None, default: int) -> int:
-    try:
-        return int(value) if value is not None else default
-    except ValueError:
-        return default

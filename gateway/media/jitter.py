@@ -8,11 +8,14 @@ in-band FEC from the packet after the gap when that one has arrived.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["Lost", "ReorderBuffer"]
 
 T = TypeVar("T")
+
+# Held in place of an item for a sequence number consumed by something else.
+_SKIP: Any = object()
 
 
 class Lost(Generic[T]):
@@ -57,7 +60,9 @@ class ReorderBuffer(Generic[T]):
       (SSRC change, sender restart): held items are released, the buffer
       restarts at the new packet, no loss is reported (``resets``).
 
-    Sequence numbers wrap at 65535.
+    Sequence numbers wrap at 65535.  Packets of the same sequence space
+    that carry no item (RFC 4733 events sharing the audio SSRC) go to
+    :meth:`skip` so they are not taken for losses.
     """
 
     __slots__ = (
@@ -95,12 +100,16 @@ class ReorderBuffer(Generic[T]):
         return self._next
 
     def peek(self) -> T | None:
-        """The earliest held item, if any."""
-        pending = self._pending
-        if not pending or self._next is None:
+        """The earliest held item, if any.  (For the packet after a gap that
+        :meth:`push` reports, use ``Lost.next``: it has already been released.)"""
+        if self._next is None:
             return None
         ref = self._next
-        return pending[min(pending, key=lambda s: (s - ref) & 0xFFFF)]
+        for seq in sorted(self._pending, key=lambda s: (s - ref) & 0xFFFF):
+            held = self._pending[seq]
+            if held is not _SKIP:
+                return held
+        return None
 
     def push(self, seq: int, item: T) -> list[T | Lost[T]]:
         if seq == self._next and not self._pending:
@@ -108,17 +117,27 @@ class ReorderBuffer(Generic[T]):
             return [item]
         return self._push_slow(seq, item)
 
+    def skip(self, seq: int) -> list[T | Lost[T]]:
+        """Account ``seq`` without an item (it is never released); returns
+        what that makes releasable, like :meth:`push`."""
+        if seq == self._next and not self._pending:
+            self._next = (seq + 1) & 0xFFFF
+            return []
+        return self._push_slow(seq, _SKIP)
+
     def _push_slow(self, seq: int, item: T) -> list[T | Lost[T]]:
+        skipped = item is _SKIP
         if self._next is None:
             self._next = (seq + 1) & 0xFFFF
-            return [item]
+            return [] if skipped else [item]
         nxt: int = self._next
         delta = _delta(seq, nxt)
         pending = self._pending
         if delta > self.reset_threshold or delta < -self.reset_threshold:
             self.resets += 1
             released = self._release_all(report_gaps=False)
-            released.append(item)
+            if not skipped:
+                released.append(item)
             self._next = (seq + 1) & 0xFFFF
             return released
         if delta < 0:
@@ -127,11 +146,14 @@ class ReorderBuffer(Generic[T]):
         out: list[T | Lost[T]] = []
         if delta == 0:
             self.reordered += 1  # it was overtaken: something is held
-            out.append(item)
+            if not skipped:
+                out.append(item)
             nxt = (seq + 1) & 0xFFFF
         elif self.depth == 0:
             self.lost += delta
             self._next = (seq + 1) & 0xFFFF
+            if skipped:
+                return [Lost(delta)]
             return [Lost(delta, item), item]
         elif seq in pending:
             self.duplicates += 1
@@ -145,10 +167,13 @@ class ReorderBuffer(Generic[T]):
             first = min(pending, key=lambda s: (s - ref) & 0xFFFF)
             gap = (first - nxt) & 0xFFFF
             self.lost += gap
-            out.append(Lost(gap, pending[first]))
+            following = pending[first]
+            out.append(Lost(gap, None if following is _SKIP else following))
             nxt = first
         while nxt in pending:
-            out.append(pending.pop(nxt))
+            held = pending.pop(nxt)
+            if held is not _SKIP:
+                out.append(held)
             nxt = (nxt + 1) & 0xFFFF
         self._next = nxt
         return out
@@ -165,11 +190,13 @@ class ReorderBuffer(Generic[T]):
         ref = self._next
         nxt = ref
         for seq in sorted(pending, key=lambda s: (s - ref) & 0xFFFF):
+            held = pending[seq]
             gap = (seq - nxt) & 0xFFFF
             if gap and report_gaps:
                 self.lost += gap
-                out.append(Lost(gap, pending[seq]))
-            out.append(pending[seq])
+                out.append(Lost(gap, None if held is _SKIP else held))
+            if held is not _SKIP:
+                out.append(held)
             nxt = (seq + 1) & 0xFFFF
         pending.clear()
         self._next = nxt

@@ -261,7 +261,8 @@ def _v_uri_template(value: str) -> str:
     try:
         rendered = value.format(number="+15550001111", digits="15550001111", user="+1")
     except (KeyError, IndexError, ValueError) as exc:
-        raise _fail("uri_template", "unknown placeholder; use {number}, {digits} or {user}") from exc
+        message = "unknown placeholder; use {number}, {digits} or {user}"
+        raise _fail("uri_template", message) from exc
     if not rendered or any(c in rendered for c in " \t<>@\"\r\n"):
         raise _fail("uri_template", "must render to a SIP user part (no spaces, <, >, @)")
     return value
@@ -354,6 +355,13 @@ class WhatsAppConfig(_Model):
     allowed_networks: NetworksField = tuple(ipaddress.ip_network(n) for n in META_NETWORKS)
     numbers: Annotated[tuple[NumberConfig, ...], AfterValidator(_nonempty)]
     request_uri_user_params: str = ""
+    # "host:port" in the Contact and Via the gateway puts toward Meta
+    # (default: hostname and the listen port).
+    advertise: HostPortField | None = None
+
+    @property
+    def contact_hostport(self) -> HostPort:
+        return self.advertise or HostPort(self.hostname, self.listen.port)
 
     @field_validator("request_uri_user_params")
     @classmethod

@@ -405,17 +405,31 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        """Serialise with CRLF line ends and a Content-Length that matches the body."""
-        lines = self._head_lines()
+        """Serialise with CRLF line ends and a Content-Length that matches the body.
+
+        A CR or LF inside a value (say a display name taken from the other leg)
+        is written as one SP, as unfolding would read it: it can never end a
+        line, so no header or body can be smuggled into what we send.
+        """
+        lines = [_one_line(line) for line in self._head_lines()]
         for name, value in self.headers:
             if name != "Content-Length":
-                lines.append(f"{name}: {value}")
+                lines.append(f"{_one_line(name)}: {_one_line(value)}")
         lines.append(f"Content-Length: {len(self.body)}")
         head = "\r\n".join(lines) + "\r\n\r\n"
         return head.encode("utf-8") + self.body
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
+
+
+_LINE_BREAK_RE = re.compile(r"[ \t]*[\r\n]+[ \t]*")
+
+
+def _one_line(text: str) -> str:
+    if "\r" in text or "\n" in text:
+        return _LINE_BREAK_RE.sub(" ", text)
+    return text
 
 
 @dataclass(eq=False)

@@ -251,7 +251,21 @@ split_quoted = _split_quoted
 
 
 def quote_display(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``name`` as a quoted-string (section 25.1).
+
+    '"' and '\\' and control characters are escaped as quoted-pairs; CR and LF
+    cannot be (quoted-pair excludes them), so each becomes a SP rather than
+    ending the header line.
+    """
+    return '"' + _QUOTE_RE.sub(_quote_char, name) + '"'
+
+
+_QUOTE_RE = re.compile(r'["\\\x00-\x08\x0a-\x1f\x7f]')
+
+
+def _quote_char(m: re.Match[str]) -> str:
+    c = m.group()
+    return " " if c in "\r\n" else "\\" + c
 
 
 @dataclass(frozen=True, slots=True)

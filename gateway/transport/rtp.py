@@ -105,7 +105,7 @@ class RtpSocket:
             if handler is not None:
                 try:
                     handler(data, addr)
-                except Exception:  # noqa: BLE001 - one bad packet never ends the call
+                except Exception:
                     log.exception("rtp_handler_error", port=self.port)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -158,7 +158,7 @@ class MediaClock:
         for tick in list(self._subscribers.values()):
             try:
                 tick(now)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("media_tick_error")
         if not self._subscribers:
             self._handle = None

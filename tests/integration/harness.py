@@ -80,6 +80,7 @@ class GatewayProcess:
             "whatsapp": {
                 "listen": f"127.0.0.1:{self.ports['tls']}",
                 "hostname": "sip.example.com",
+                "advertise": f"127.0.0.1:{self.ports['tls']}",
                 "tls": {"cert_file": "tls/gw.crt", "key_file": "tls/gw.key"},
                 "allowed_networks": ["127.0.0.0/8"],
                 "numbers": [
