@@ -133,3 +133,40 @@ def test_random_reordering_and_loss_releases_in_order(depth: int) -> None:
     for k, x in enumerate(out):
         if isinstance(x, Lost):
             assert out[k + 1] == x.next
+
+
+def test_skip_consumes_sequence_numbers_without_items() -> None:
+    # RFC 4733 events share the audio sequence space: not losses.
+    buf: ReorderBuffer[int] = ReorderBuffer(3)
+    assert buf.push(1, 1) == [1]
+    assert buf.skip(2) == []
+    assert buf.skip(3) == []
+    assert buf.push(4, 4) == [4]
+    assert buf.lost == 0
+    # out of order around a skipped one
+    assert buf.push(7, 7) == []
+    assert buf.peek() == 7
+    assert buf.skip(6) == []
+    assert buf.peek() == 7
+    assert buf.push(5, 5) == [5, 7]
+    # a gap followed by a skipped one: Lost names no item to take FEC from
+    assert buf.skip(9) == []
+    assert buf.push(10, 10) == []
+    assert buf.push(11, 11) == [Lost(1, None), 10, 11]
+    assert buf.lost == 1
+    assert buf.skip(11) == [] and buf.late == 1
+    assert buf.skip(12) == []
+    assert buf.push(13, 13) == [13]
+
+
+def test_skip_with_zero_depth_flush_and_reset() -> None:
+    buf: ReorderBuffer[int] = ReorderBuffer(0)
+    assert buf.skip(1) == []
+    assert buf.skip(3) == [Lost(1)]
+    assert buf.push(4, 4) == [4]
+    buf3: ReorderBuffer[int] = ReorderBuffer(3)
+    assert buf3.push(1, 1) == [1]
+    assert buf3.skip(3) == []
+    assert buf3.push(5, 5) == []
+    assert buf3.flush() == [Lost(1), Lost(1, 5), 5]
+    assert buf3.skip(9000) == [] and buf3.resets == 1 and buf3.expected == 9001
