@@ -828,3 +828,20 @@ def test_partial_after_malformed_header_line_has_all_good_headers() -> None:
     assert answer.headers.lines("Via") == [BASE[0].split(": ", 1)[1]]
     assert answer.call_id == "a84b4c76e66710@pc33.example.com"
     assert "Bad Line" not in err.partial.to_bytes().decode()
+
+
+def test_serialiser_never_emits_a_line_break_inside_a_value() -> None:
+    req = parse_req(raw())
+    req.headers.add("Subject", "hi\r\nVia: SIP/2.0/UDP evil.example.com\r\n\r\nbody")
+    req.headers.add("X-Folded", "a\r\n b")
+    req.headers.add("X-Lf", "a\nb")
+    out = req.to_bytes()
+    head = out.split(b"\r\n\r\n", 1)[0]
+    assert len(head.split(b"\r\n")) == 1 + len(BASE) + 4
+    assert b"\n" not in head.replace(b"\r\n", b"")
+    again = parse_message(out, datagram=False)
+    assert again.headers.get("Subject") == "hi Via: SIP/2.0/UDP evil.example.com body"
+    assert again.headers.get("X-Folded") == "a b" and again.headers.get("X-Lf") == "a b"
+    assert len(again.headers.lines("Via")) == 1
+    resp = Response(status=200, reason="OK\r\nX: y")
+    assert resp.to_bytes().startswith(b"SIP/2.0 200 OK X: y\r\nContent-Length: 0\r\n\r\n")

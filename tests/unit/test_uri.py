@@ -280,3 +280,15 @@ def test_address_built_directly() -> None:
 def test_invalid_addresses(text: str) -> None:
     with pytest.raises(UriError):
         parse_address(text)
+
+
+def test_quote_display_escapes_controls_and_never_breaks_the_line() -> None:
+    # quoted-pair covers %x00-09 / %x0B-0C / %x0E-7F; CR and LF cannot be
+    # carried at all, so a display name from the other leg cannot inject a header.
+    assert quote_display("a\x00b\x7fc\td") == '"a\\\x00b\\\x7fc\td"'
+    quoted = quote_display("Eve\r\nVia: SIP/2.0/UDP evil.example.com")
+    assert "\r" not in quoted and "\n" not in quoted
+    a = parse_address(f"{quoted} <sip:eve@example.com>")
+    assert a.display == "Eve  Via: SIP/2.0/UDP evil.example.com"
+    for name in ("plain", 'q"uote', "back\\slash", "nul\x00", "ünï", ""):
+        assert parse_address(f"{quote_display(name)} <sip:x@example.com>").display == name
