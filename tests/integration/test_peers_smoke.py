@@ -250,8 +250,9 @@ def _sipp_call(tmp_path: Path, pbx: AsteriskPbx, number: str, headers: dict[str,
         ({"X-WA-CTA-Payload": "sales"}, ["sales"]),
         ({"X-WA-Deeplink-Payload": "sales"}, ["sales"]),
         ({}, ["ivr", "support"]),
+        ({"X-WA-CTA-Payload": "test:echo"}, ["test:echo"]),
     ],
-    ids=["cta-sales", "deeplink-sales", "ivr"],
+    ids=["cta-sales", "deeplink-sales", "ivr", "test-routing"],
 )
 def test_operator_dialplan_routes_on_wa_headers(
     tmp_path: Path, headers: dict[str, str], routes: list[str]
@@ -259,12 +260,15 @@ def test_operator_dialplan_routes_on_wa_headers(
     """config/asterisk/extensions.conf [from-whatsapp] reads the X-WA-*
     headers into variables, logs them, and routes: CTA or deep link payload
     "sales" to the sales queue, otherwise the IVR (which falls through to
-    support when no digit is pressed)."""
+    support when no digit is pressed). With WAGW_TEST_ROUTING=yes (set by
+    AsteriskPbx) a CTA payload "test:<ext>" reaches a [wagw-tests] extension:
+    how gateway-through tests pick echo/tone/dtmf/... behind a business number."""
     with AsteriskPbx(log_dir=tmp_path / "logs") as pbx:
         pause_ms = 5000 if "ivr" in routes else 1000  # the IVR waits 3 s for a digit
         _sipp_call(tmp_path, pbx, "+15550001111", headers, pause_ms)
         calls = pbx.notices("WAGW-CALL")
         got_routes = [n.split()[0].removeprefix("route=") for n in pbx.notices("WAGW-ROUTE")]
+        got_routes += [n.split()[0].replace("ext=", "test:") for n in pbx.notices("WAGW-TEST")]
     assert len(calls) == 1, calls
     call = calls[0]
     assert call.startswith("exten=+15550001111 wacid=wacid.TEST1 user=+4915112345678 ")
