@@ -15,7 +15,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from gateway.media.codecs import AudioCodec, codec_for
+from gateway.media.codecs import PCM_FRAME_BYTES, AudioCodec, CodecError, codec_for
 from gateway.media.dtmf import DtmfRelay
 from gateway.media.jitter import Lost, ReorderBuffer
 from gateway.media.rtcp import ReceiveStats, RtcpSenderReport, build_report, parse_rtcp
@@ -169,6 +169,7 @@ class Bridge:
         self._wa_ready = False
         self._passthrough = False
         self._early: deque[bytes] = deque(maxlen=EARLY_AUDIO_FRAMES)
+        self._pcm_in = bytearray()  # PBX audio not yet a whole 20 ms frame
         self._last_pbx_audio = 0.0
         self._next_rtcp = loop_time() + RTCP_INTERVAL
         self._no_media_reported = False
@@ -255,12 +256,18 @@ class Bridge:
         wa.rx_octets += len(packet.payload)
         wa.last_rx = now
         assert wa.rx is not None
-        wa.rx.received(packet.sequence, packet.timestamp, now)
+        pt = packet.payload_type
+        if pt == wa.rx_dtmf_pt:
+            # Events share the audio's sequence space but not its clock (8000 vs 48000):
+            # count them without touching the jitter estimate or the loss detector.
+            wa.rx.received_sequence(packet.sequence)
+            wa.reorder.skip(packet.sequence)
+        else:
+            wa.rx.received(packet.sequence, packet.timestamp, now)
         pbx = self.pbx
         sender = pbx.sender
         if sender is None:
             return  # PBX side not answered yet: nothing to send to
-        pt = packet.payload_type
         if pt == wa.rx_dtmf_pt:
             if pbx.dtmf_pt is not None:
                 for payload, ts, marker in self._to_pbx_dtmf.process(packet, sender.timestamp):
@@ -277,15 +284,20 @@ class Bridge:
         codec_in = wa.codec
         codec_out = pbx.codec
         assert codec_in is not None and codec_out is not None
-        for item in wa.reorder.push(packet.sequence, packet.payload):
-            if isinstance(item, Lost):
-                nxt = item.next  # Opus FEC: the packet after the gap carries the lost one
-                for _ in range(min(item.count, 5)):
-                    pcm = codec_in.conceal(nxt)
-                    pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
-                continue
-            pcm = codec_in.decode(item)
-            pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
+        try:
+            for item in wa.reorder.push(packet.sequence, packet.payload):
+                if isinstance(item, Lost):
+                    # Opus in-band FEC in the packet after a gap rebuilds only the frame just
+                    # before it; earlier ones of a longer gap are concealed by PLC.
+                    count = min(item.count, 5)
+                    for i in range(count):
+                        pcm = codec_in.conceal(item.next if i == count - 1 else None)
+                        pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
+                    continue
+                pcm = codec_in.decode(item)
+                pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
+        except CodecError:
+            wa.rx_bad += 1  # a corrupt frame: dropped, the next one decodes again
 
     def _follow_source_clock(self, ts: int) -> None:
         """Carry gaps of the WhatsApp stream (DTX) into the PBX stream's timestamps."""
@@ -321,10 +333,10 @@ class Bridge:
         pbx.rx_octets += len(packet.payload)
         pbx.last_rx = now
         assert pbx.rx is not None
-        pbx.rx.received(packet.sequence, packet.timestamp, now)
         wa = self.wa
         pt = packet.payload_type
         if pt == pbx.rx_dtmf_pt:
+            pbx.rx.received_sequence(packet.sequence)
             sender = wa.sender
             if self._wa_ready and sender is not None and wa.dtmf_pt is not None:
                 for payload, ts, marker in self._to_wa_dtmf.process(packet, sender.timestamp):
@@ -334,17 +346,24 @@ class Bridge:
         if pt != pbx.rx_pt:
             pbx.rx_bad += 1
             return
+        pbx.rx.received(packet.sequence, packet.timestamp, now)
         self._last_pbx_audio = now
         if self._passthrough and self._wa_ready and wa.sender is not None:
             wa.send(wa.sender.next_packet(wa.pt, packet.payload, len(packet.payload)))
             return
         codec_in = pbx.codec
         assert codec_in is not None
-        pcm = codec_in.decode(packet.payload)
-        if not self._wa_ready:
-            self._early.append(pcm)
-            return
-        self._pcm_to_whatsapp(pcm)
+        # Re-frame to 20 ms whatever the PBX's ptime (Opus cannot encode 30 ms of 8 kHz
+        # through this path, and Meta asks for 20 ms).
+        buf = self._pcm_in
+        buf += codec_in.decode(packet.payload)
+        while len(buf) >= PCM_FRAME_BYTES:
+            frame = bytes(buf[:PCM_FRAME_BYTES])
+            del buf[:PCM_FRAME_BYTES]
+            if self._wa_ready:
+                self._pcm_to_whatsapp(frame)
+            else:
+                self._early.append(frame)
 
     def _pcm_to_whatsapp(self, pcm: bytes) -> None:
         wa = self.wa
@@ -380,10 +399,19 @@ class Bridge:
         # Keep media flowing toward Meta whatever the PBX does (hold, silence, IVR pauses).
         if self._wa_ready and now - self._last_pbx_audio >= SILENCE_AFTER:
             self._silence_to_whatsapp()
+        self._expire_dtmf(now)
         if now >= self._next_rtcp:
             self._next_rtcp = now + RTCP_INTERVAL
             self._send_rtcp(now)
         self._check_no_media(now)
+
+    def _expire_dtmf(self, now: float) -> None:
+        """Close an event whose end packets never came (RFC 4733 end lost in transit)."""
+        for relay, leg in ((self._to_pbx_dtmf, self.pbx), (self._to_wa_dtmf, self.wa)):
+            if not relay.in_progress or leg.sender is None or leg.dtmf_pt is None:
+                continue
+            for payload, ts, marker in relay.expire(now):
+                leg.send(leg.sender.packet_at(leg.dtmf_pt, payload, ts, marker))
 
     def _send_rtcp(self, now: float) -> None:
         for leg in (self.wa, self.pbx):
