@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.example.yaml
-APT_PACKAGES := sip-tester openssl
+APT_PACKAGES := sip-tester openssl libopus0 baresip-core sox debootstrap
 
 .PHONY: run test lint typecheck unit integration bench deps apt-deps asterisk-chroot clean
 
@@ -22,7 +22,7 @@ run: deps
 	$(BIN)/python scripts/dev_setup.py $(CONFIG)
 	$(BIN)/wa-sip-gateway run -c $(CONFIG)
 
-## apt-deps: system packages the integration tests drive (SIPp)
+## apt-deps: system packages: libopus0 (the Opus codec), and the peers the integration tests drive (SIPp, baresip, sox, debootstrap for the Asterisk chroot)
 apt-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
