@@ -418,9 +418,7 @@ def test_serialize_refuses_text_that_would_break_lines(mutate: object) -> None:
 # Properties
 
 _token = st.text(string.ascii_letters + string.digits + "-._+!", min_size=1, max_size=12)
-_text = st.text(
-    st.characters(blacklist_characters="\r\n\0", blacklist_categories=("Cs",)), max_size=30
-)
+_text = st.text(st.characters(exclude_characters="\r\n\0", exclude_categories=["Cs"]), max_size=30)
 _value = _text.filter(lambda v: bool(v.strip()))
 _ip4 = st.ip_addresses(v=4).map(str)
 _ip6 = st.ip_addresses(v=6).map(str)
