@@ -33,7 +33,7 @@ apt-deps:
 	fi
 
 lint: deps
-	$(BIN)/ruff check gateway tests bench scripts
+	$(BIN)/ruff check gateway tests scripts $(wildcard bench)
 
 typecheck: deps
 	$(BIN)/mypy gateway

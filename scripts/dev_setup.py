@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from pathlib import Path
 
 from gateway.ops.certs import ensure_dev_certificate
 from gateway.ops.config import ConfigError, load_config

@@ -220,7 +220,7 @@ def test_tls_listener_never_requests_client_certificate(
 
 def test_tls_rejects_tls10(gateway: GatewayProcess) -> None:
     ctx = _tls_context()
-    ctx.minimum_version = ssl.TLSVersion.TLSv1  # noqa: the point of the test
+    ctx.minimum_version = ssl.TLSVersion.TLSv1  # the point of the test
     ctx.maximum_version = ssl.TLSVersion.TLSv1_1
     with (
         socket.create_connection(("127.0.0.1", gateway.ports["tls"]), timeout=5) as raw,
