@@ -45,7 +45,7 @@ UA = "loopback-business/1"
 
 
 class _Peer:
-    """CallSink for one loopback call: logs, queues requests, tracks BYE."""
+    """CallSink for one loopback call: logs, queues requests, answers BYE."""
 
     def __init__(self, edge: SipEdge, script: MediaScript, role: str) -> None:
         self.edge = edge
@@ -70,9 +70,10 @@ class _Peer:
     def on_request(self, conn: SipConnection, req: Request) -> None:
         if req.method == "BYE":
             self.reply(conn, req, 200)
-            self.result.bye_from = self.result.bye_from or "emulator"
-            self.result.bye_reason = req.headers.get("Reason")
-            self.result.bye_headers = {n.lower(): v for n, v in req.headers}
+            r = self.result
+            r.bye_from = r.bye_from or "meta"
+            r.bye_reason = req.headers.get("Reason")
+            r.bye_headers = {n.lower(): v for n, v in req.headers}
             self.bye.set()
             self.stop.set()
         else:
@@ -96,13 +97,37 @@ class _Peer:
         with contextlib.suppress(ConnectionError):
             self.edge.send(conn, render(f"SIP/2.0 {status} {resp.reason}", lines, body), self)
 
+    async def next_request(self, method: str, timeout: float) -> tuple[SipConnection, Request]:
+        end = self.loop.time() + timeout
+        while True:
+            left = max(0.01, end - self.loop.time())
+            conn, req = await asyncio.wait_for(self.requests.get(), left)
+            if req.method == method:
+                return conn, req
+
+    async def transaction(
+        self, conn: SipConnection, data: bytes, branch: str, method: str, timeout: float = 5.0
+    ) -> Response:
+        q = self.edge.open_txn(branch, method)
+        try:
+            self.edge.send(conn, data, self)
+            while True:
+                _, resp = await asyncio.wait_for(q.get(), timeout)
+                if resp.status >= 200:
+                    return resp
+        finally:
+            self.edge.close_txn(branch, method)
+
     async def talk(self, seconds: float) -> None:
         """Send first (as the business side must), for ``seconds`` or until BYE."""
-        sender = asyncio.ensure_future(self.media.send_loop(self.stop))
+        sender = None
+        if self.script.send_media:
+            sender = asyncio.ensure_future(self.media.send_loop(self.stop))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.bye.wait(), seconds)
         self.stop.set()
-        await sender
+        if sender is not None:
+            await sender
 
 
 def _answer_sdp(
@@ -117,13 +142,9 @@ def _answer_sdp(
     opus = next(pt for pt, rm in maps.items() if rm.encoding.lower() == "opus")
     te = next((pt for pt, rm in maps.items() if rm.encoding.lower() == "telephone-event"), None)
     answer = build_meta_sdp(
-        address="127.0.0.1",
-        port=media.port,
-        cryptos=[tx],
-        ssrc=media.ssrc,
-        opus_pt=opus,
+        address="127.0.0.1", port=media.port, cryptos=[tx], ssrc=media.ssrc, opus_pt=opus,
         te_pt=te,
-    )
+    )  # fmt: skip
     return answer, tx, rx, Codec("opus", opus, 48000, te_pt=te), (m.connection, m.port)
 
 
@@ -139,21 +160,22 @@ class LoopbackUas:
         script: MediaScript | None = None,
         hangup_after: float | None = None,
         echo_record_route: bool = True,
-        ca_file_for_bye: str | None = None,
+        answer_delay: float = 0.0,
+        never_answer: bool = False,
     ) -> None:
         self.password = password
         self.tls = tls or default_tls()
-        self.algorithm = algorithm
         self.script = script or MediaScript()
         self.hangup_after = hangup_after
         self.echo_record_route = echo_record_route
+        self.answer_delay = answer_delay
+        self.never_answer = never_answer
         self.edge = SipEdge(self.tls, user_agent=UA)
         self.edge.on_new_request = self._new_request
         self.digest = DigestServer(
             secrets.token_bytes(32), "sip.example.com", algorithms=(algorithm,)
         )
         self.results: asyncio.Queue[CallResult] = asyncio.Queue()
-        self.invites: list[Request] = []
 
     @property
     def address(self) -> tuple[str, int]:
@@ -170,7 +192,6 @@ class LoopbackUas:
         if req.method != "INVITE":
             self.edge.default_new_request(conn, req, raw)
             return
-        self.invites.append(req)
         value = req.headers.get("Proxy-Authorization")
         if value is None:
             chal = self.digest.challenge(time.time())[0].to_header()
@@ -197,21 +218,30 @@ class LoopbackUas:
         await peer.media.open()
         answer, tx, rx, codec, remote = _answer_sdp(req.body.decode(), peer.media)
         tag = new_tag()
+        peer.reply(conn, req, 100)
+        if self.never_answer or self.answer_delay > 0:
+            peer.reply(conn, req, 180, tag=tag, rr=self.echo_record_route)
+            wait = 30.0 if self.never_answer else self.answer_delay
+            with contextlib.suppress(TimeoutError):
+                cconn, cancel = await peer.next_request("CANCEL", wait)
+                peer.reply(cconn, cancel, 200, tag=tag)
+                peer.reply(conn, req, 487, tag=tag)
+                r.status = 487
+                with contextlib.suppress(TimeoutError):
+                    await peer.next_request("ACK", 2.0)
+                    r.reason = "487 acknowledged"
+                peer.media.close()
+                await self.results.put(r)
+                return
         contact = f"<sip:+15550001111@127.0.0.1:{self.edge.port};transport=tls>"
         peer.reply(
-            conn,
-            req,
-            200,
-            tag=tag,
-            rr=self.echo_record_route,
-            extra=[("Contact", contact)],
-            body=answer.encode(),
-        )
+            conn, req, 200, tag=tag, rr=self.echo_record_route,
+            extra=[("Contact", contact)], body=answer.encode(),
+        )  # fmt: skip
         r.status = 200
         r.connected_at = peer.loop.time()
         peer.media.configure(tx=tx, rx=rx, remote=remote, codec=codec)
-        seconds = self.hangup_after if self.hangup_after is not None else 30.0
-        await peer.talk(seconds)
+        await peer.talk(self.hangup_after if self.hangup_after is not None else 30.0)
         if not peer.bye.is_set():
             await self._bye(peer, req, tag)
         peer.media.close()
@@ -238,11 +268,10 @@ class LoopbackUas:
             ("CSeq", "1 BYE"),
             ("Reason", 'Q.850;cause=16;text="NORMAL_CLEARING"'),
         ]
-        q = self.edge.open_txn(branch, "BYE")
-        self.edge.send(conn, render(f"BYE {contact.uri} SIP/2.0", lines), peer)
+        peer.result.bye_from = "business"
         with contextlib.suppress(TimeoutError):
-            _, resp = await asyncio.wait_for(q.get(), 5.0)
-            peer.result.bye_from = "business"
+            data = render(f"BYE {contact.uri} SIP/2.0", lines)
+            resp = await peer.transaction(conn, data, branch, "BYE")
             if resp.status != 200:
                 peer.violation(f"BYE answered {resp.status}")
 
@@ -272,35 +301,37 @@ class LoopbackUac:
         to: str = "+12195550714",
         business_number: str = "+15550001111",
         from_host: str = "sip.example.com",
+        ruri_host: str = "wa.meta.vc",
         talk_seconds: float = 3.0,
-        alpn: Sequence[str] | None = None,
         server_hostname: str = "wa.meta.vc",
         extra_headers: Sequence[tuple[str, str]] = (),
+        reinvite_after: float | None = None,
+        bye_after: float | None = None,
     ) -> CallResult:
+        """One call; ``result.reason`` gets ``"re-INVITE <status>"`` when ``reinvite_after``."""
         peer = _Peer(self.edge, self.script, "business-uac")
         r = peer.result
         r.call_id = secrets.token_hex(12) + "@loopback"
         self.edge.calls[r.call_id] = peer
-        ctx = client_context(self.tls.ca_file, alpn=alpn)
+        ctx = client_context(self.tls.ca_file)
         conn = await self.edge.connect(server[0], server[1], ctx, server_hostname)
         r.tls_version = conn.tls_version
         await peer.media.open()
         offer_crypto = new_crypto(1, "AES_CM_128_HMAC_SHA1_80")
         offer = build_meta_sdp(
-            address="127.0.0.1",
-            port=peer.media.port,
-            cryptos=[offer_crypto],
+            address="127.0.0.1", port=peer.media.port, cryptos=[offer_crypto],
             ssrc=peer.media.ssrc,
-        )
+        )  # fmt: skip
         r.offer_sdp = offer
-        ruri = f"sip:{to}@wa.meta.vc;transport=tls"
+        ruri = f"sip:{to}@{ruri_host};transport=tls"
         from_value = f"<sip:{business_number}@{from_host}>;tag={new_tag()}"
+        via_base = f"SIP/2.0/TLS 127.0.0.1:{self.edge.port};branch="
         cseq = 1
         auth: list[tuple[str, str]] = []
         while True:
             branch = new_branch()
             lines = [
-                ("Via", f"SIP/2.0/TLS 127.0.0.1:{self.edge.port};branch={branch}"),
+                ("Via", via_base + branch),
                 ("Max-Forwards", "70"),
                 ("From", from_value),
                 ("To", f"<sip:{to}@wa.meta.vc>"),
@@ -311,19 +342,12 @@ class LoopbackUac:
                 *extra_headers,
                 ("Content-Type", "application/sdp"),
             ]
-            q = self.edge.open_txn(branch, "INVITE")
             data = render(f"INVITE {ruri} SIP/2.0", lines, offer.encode())
-            invite = self.edge.send(conn, data, peer)
-            assert isinstance(invite, Request)
-            while True:
-                _, resp = await asyncio.wait_for(q.get(), 10.0)
-                if resp.status >= 200:
-                    break
-            self.edge.close_txn(branch, "INVITE")
+            resp = await peer.transaction(conn, data, branch, "INVITE", 10.0)
             r.status = resp.status
             if resp.status >= 300:
                 ack = [
-                    ("Via", lines[0][1]),
+                    ("Via", via_base + branch),
                     ("Max-Forwards", "70"),
                     ("From", from_value),
                     ("To", resp.headers.get("To") or ""),
@@ -346,25 +370,49 @@ class LoopbackUac:
         routes = list(reversed(resp.headers.get_all("Record-Route")))
         contact = resp.contact
         assert contact is not None
-        ack = [
-            ("Via", f"SIP/2.0/TLS 127.0.0.1:{self.edge.port};branch={new_branch()}"),
-            *[("Route", v) for v in routes],
-            ("Max-Forwards", "70"),
-            ("From", from_value),
-            ("To", resp.headers.get("To") or ""),
-            ("Call-ID", r.call_id),
-            ("CSeq", f"{cseq} ACK"),
-        ]
-        self.edge.send(conn, render(f"ACK {contact.uri} SIP/2.0", ack), peer)
+        to_value = resp.headers.get("To") or ""
+
+        def in_dialog(method: str, seq: int, branch: str) -> list[tuple[str, str]]:
+            return [
+                ("Via", via_base + branch),
+                *[("Route", v) for v in routes],
+                ("Max-Forwards", "70"),
+                ("From", from_value),
+                ("To", to_value),
+                ("Call-ID", r.call_id),
+                ("CSeq", f"{seq} {method}"),
+            ]
+
+        ack_lines = in_dialog("ACK", cseq, new_branch())
+        self.edge.send(conn, render(f"ACK {contact.uri} SIP/2.0", ack_lines), peer)
         r.answer_sdp = resp.body.decode()
-        answer = parse_sdp(r.answer_sdp)
-        m = answer.audio()
+        m = parse_sdp(r.answer_sdp).audio()
         assert m is not None and m.connection is not None
-        rx = m.cryptos[0]
         te = next((pt for pt, rm in m.rtpmaps.items() if rm.encoding == "telephone-event"), None)
         codec = Codec("opus", m.payload_types[0], 48000, te_pt=te)
-        peer.media.configure(tx=offer_crypto, rx=rx, remote=(m.connection, m.port), codec=codec)
-        await peer.talk(talk_seconds)
+        remote = (m.connection, m.port)
+        peer.media.configure(tx=offer_crypto, rx=m.cryptos[0], remote=remote, codec=codec)
+
+        async def reinvite(delay: float) -> None:
+            await asyncio.sleep(delay)
+            branch = new_branch()
+            lines = [*in_dialog("INVITE", cseq + 1, branch), ("Content-Type", "application/sdp")]
+            data = render(f"INVITE {contact.uri} SIP/2.0", lines, offer.encode())
+            with contextlib.suppress(TimeoutError):
+                resp = await peer.transaction(conn, data, branch, "INVITE")
+                r.reason = f"re-INVITE {resp.status}"
+                ack = render(f"ACK {contact.uri} SIP/2.0", in_dialog("ACK", cseq + 1, branch))
+                self.edge.send(conn, ack, peer)  # non-2xx ACK: same branch
+
+        if reinvite_after is not None:
+            self.edge.spawn(reinvite(reinvite_after))
+        await peer.talk(bye_after if bye_after is not None else talk_seconds)
+        if bye_after is not None and not peer.bye.is_set():
+            branch = new_branch()
+            data = render(f"BYE {contact.uri} SIP/2.0", in_dialog("BYE", cseq + 2, branch))
+            r.bye_from = "business"
+            with contextlib.suppress(TimeoutError):
+                await peer.transaction(conn, data, branch, "BYE")
         peer.media.close()
         r.ended_at = peer.loop.time()
         return r

@@ -202,6 +202,8 @@ class _CallBase:
         self.bye_sent = False
         self.last_remote_cseq: int | None = None
         self.sender_stop = asyncio.Event()
+        # branch -> (ACK seen, status): non-2xx finals to INVITEs that must be ACKed
+        self.non2xx_acks: dict[str, tuple[asyncio.Event, int]] = {}
 
     # -- logging / sending -----------------------------------------------------
     def log(self, direction: str, msg: Message, raw: bytes) -> None:
@@ -286,6 +288,8 @@ class _CallBase:
                 f"gateway sent {req.method} in the dialog: Meta answers 500 "
                 "(no re-INVITE, UPDATE or session-timer refresh toward Meta)"
             )
+            if req.method == "INVITE":
+                self.non2xx_acks[req.top_via.branch or ""] = (asyncio.Event(), 500)
             self.respond(conn, req, 500)
         elif req.method == "OPTIONS":
             self.respond(conn, req, 200, extra=[("Allow", META_ALLOW)])
@@ -308,7 +312,25 @@ class _CallBase:
             )
 
     def on_ack(self, conn: SipConnection, req: Request) -> None:
-        pass
+        self.ack_non2xx(req)
+
+    def ack_non2xx(self, req: Request) -> bool:
+        """True when ``req`` ACKs one of our non-2xx final responses."""
+        pending = self.non2xx_acks.get(req.top_via.branch or "")
+        if pending is None:
+            return False
+        pending[0].set()
+        return True
+
+    async def settle_acks(self) -> None:
+        """Every non-2xx final response to an INVITE must be ACKed (also over TLS)."""
+        pending = list(self.non2xx_acks.values())
+        end = self.loop.time() + 2.0
+        while not all(ev.is_set() for ev, _ in pending) and self.loop.time() < end:
+            await asyncio.sleep(0.02)
+        for ev, status in pending:
+            if not ev.is_set():
+                self.violation(f"gateway did not ACK Meta's {status} response")
 
     def on_cancel(self, conn: SipConnection, req: Request) -> None:
         self.respond(conn, req, 481)
@@ -533,6 +555,7 @@ class _CallerCall(_CallBase):
         self.edge.calls[r.call_id] = self
         try:
             await self._run()
+            await self.settle_acks()
         except Exception as exc:  # an emulator bug must be visible, not a hang
             r.failure = r.failure or f"emulator error: {exc!r}\n{traceback.format_exc()}"
         finally:
@@ -1095,7 +1118,6 @@ class _ServerCall(_CallBase):
         self.acked = asyncio.Event()
         self.final_sent = False
         self.last_response: bytes | None = None
-        self.non2xx_acks: dict[str, tuple[asyncio.Event, int]] = {}
         self.invite_cseq = 0
         self.req_conn: dict[int, SipConnection] = {id(invite): conn}
         self.in_auth = False
@@ -1104,25 +1126,12 @@ class _ServerCall(_CallBase):
         r = self.result
         try:
             await self._run()
-            await self._settle_acks()
+            await self.settle_acks()
         except Exception as exc:
             r.failure = r.failure or f"emulator error: {exc!r}\n{traceback.format_exc()}"
         finally:
             self.finish()
             self.server._finished(r)
-
-    async def _settle_acks(self) -> None:
-        """Every non-2xx final response must be ACKed (also over TLS)."""
-        pending = list(self.non2xx_acks.values())
-        await self._wait_all([ev for ev, _ in pending], 2.0)
-        for ev, status in pending:
-            if not ev.is_set():
-                self.violation(f"gateway did not ACK Meta's {status} response")
-
-    async def _wait_all(self, events: Sequence[asyncio.Event], timeout: float) -> None:
-        end = self.loop.time() + timeout
-        while not all(e.is_set() for e in events) and self.loop.time() < end:
-            await asyncio.sleep(0.02)
 
     # -- responses -------------------------------------------------------------
     def _final(
@@ -1162,13 +1171,11 @@ class _ServerCall(_CallBase):
             self.respond(conn, req, 500)
             return
         self.req_conn[id(req)] = conn
+        self.respond(conn, req, 100)
         self.invites.put_nowait((conn, req))
 
     def on_ack(self, conn: SipConnection, req: Request) -> None:
-        branch = req.top_via.branch or ""
-        pending = self.non2xx_acks.get(branch)
-        if pending is not None:
-            pending[0].set()
+        if self.ack_non2xx(req):
             return
         if req.to.tag != self.local_tag:
             self.violation("ACK with a To tag that matches no response of ours")
@@ -1228,6 +1235,10 @@ class _ServerCall(_CallBase):
         host = req.from_.uri.host if isinstance(req.from_.uri, SipUri) else ""
         bh = server.business_hostname.lower()
         if not (bh == host.lower() or bh.endswith("." + host.lower())):
+            self.violation(
+                f"From host {host} is not the number's SIP server {server.business_hostname} "
+                "(or a parent domain): Meta answers 403"
+            )
             self._final(req, 403, "host_mismatch")
             return
         if req.content_type != "application/sdp" or not req.body:

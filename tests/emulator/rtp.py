@@ -47,6 +47,8 @@ class MediaScript:
     encode_rate: int = 48000  # Opus encoder input rate: 48000 or 16000
     dtmf_ts_tolerance: float = 0.25  # seconds an event timestamp may be off the audio clock
     rtcp_interval: float = 2.0
+    # Fault injection for the emulator's self-tests (a broken business side):
+    dtmf_misclock: bool = False  # event timestamps/durations counted at 48000 Hz
 
 
 @dataclass
@@ -507,9 +509,12 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             now = loop.time()
             if ev_digit is None and digits and now >= next_digit_at:
                 ev_digit, ev_ts, ev_tick = digits.pop(0), ts, 0
+                if s.dtmf_misclock:  # an 8000-clock counter next to a 48000 audio clock
+                    ev_ts = (ts - round((now - start) * (codec.clock - 8000))) & 0xFFFFFFFF
                 r.dtmf_sent += ev_digit
             if ev_digit is not None:
-                dur = (min(ev_tick, ev_ticks) + 1) * (codec.te_clock // 50)
+                te_rate = 48000 if s.dtmf_misclock else codec.te_clock
+                dur = (min(ev_tick, ev_ticks) + 1) * (te_rate // 50)
                 ending = ev_tick >= ev_ticks
                 flags = (0x80 if ending else 0) | 10  # E bit, volume -10 dBm0
                 payload = struct.pack("!BBH", _DIGIT_EVENT[ev_digit], flags, dur)
