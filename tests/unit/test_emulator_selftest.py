@@ -266,12 +266,11 @@ async def test_business_initiated_reinvite_gets_500_and_gateway_bye() -> None:
 @pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
 async def test_business_initiated_digest_loop(algorithm: str) -> None:
     behaviour = UasBehaviour(algorithm=algorithm, fail_status=486)
-    async with MetaServer(NUMBERS, behaviour=behaviour) as server:
-        async with LoopbackUac() as uac:
-            good = await uac.call(server.address, password=PASSWORD)
-            good_result = await server.wait_call(5)
-            bad = await uac.call(server.address, password="wrong")
-            bad_result = await server.wait_call(5)
+    async with MetaServer(NUMBERS, behaviour=behaviour) as server, LoopbackUac() as uac:
+        good = await uac.call(server.address, password=PASSWORD)
+        good_result = await server.wait_call(5)
+        bad = await uac.call(server.address, password="wrong")
+        bad_result = await server.wait_call(5)
     assert good.status == 486 and good_result.violations == [], good_result.describe()
     assert f"algorithm={algorithm}" in good_result.challenges[0]
     assert bad.status == 403
