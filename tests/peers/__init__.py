@@ -39,13 +39,14 @@ def _port_is_free(port: int, *, udp: bool, tcp: bool) -> bool:
 
 
 def free_port(
-    span: int = 1, *, udp: bool = True, tcp: bool = True, low: int = 10000, high: int = 20000
+    span: int = 1, *, udp: bool = True, tcp: bool = True, low: int = 10000, high: int = 16000
 ) -> int:
     """A port P such that P .. P+span-1 are free on 127.0.0.1 for UDP and/or
     TCP right now, and not handed out before by this process. Everything the
     peers use stays below the Linux ephemeral range (32768-60999), clear of
-    the kernel's own choices: SIP/control ports 10000-20000 (this default),
-    baresip RTP 20000-30000, Asterisk RTP 30000-32700."""
+    the kernel's own choices, and outside the gateway's default media range
+    (20000-29999): SIP/control ports 10000-15999 (this default), baresip RTP
+    16000-19999, Asterisk RTP 30000-32699."""
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(2000):
         base = rng.randrange(low, high - span)

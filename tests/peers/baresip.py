@@ -102,7 +102,7 @@ class Baresip:
         self.sip_port = sip_port or free_port(2)
         self.ctrl_port = ctrl_port or free_port(udp=False)
         if rtp_ports is None:
-            start = free_port(40, tcp=False, low=20000, high=30000)
+            start = free_port(40, tcp=False, low=16000, high=20000)
             rtp_ports = (start, start + 39)
         self.rtp_ports = rtp_ports
         self.extra_account_params = extra_account_params
