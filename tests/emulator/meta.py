@@ -548,6 +548,7 @@ class _CallerCall(_CallBase):
         self.cancel_task: asyncio.Task[None] | None = None
         self.got_final = False
         self.invite_sent_at = 0.0
+        self.early_answer = ""
 
     # In-dialog requests arriving before we know the dialog are still ours.
     async def run(self) -> CallResult:
@@ -757,6 +758,11 @@ class _CallerCall(_CallBase):
                 continue
             if resp.status < 200:
                 _check_common_response(self, resp, invite)
+                if resp.content_type == "application/sdp" and resp.body and not self.early_answer:
+                    # An answer in an (unreliable) 18x is the answer: early media.
+                    self.early_answer = resp.body.decode("utf-8", "replace")
+                    self.result.answer_sdp = self.early_answer
+                    self._setup_media(self.early_answer)
                 continue
             if resp.status not in (401, 407):
                 self.got_final = True
@@ -805,12 +811,18 @@ class _CallerCall(_CallBase):
         self.ack_data = ack
         with contextlib.suppress(ConnectionError):
             self.send(conn, ack)
-        if resp.content_type != "application/sdp" or not resp.body:
+        has_sdp = resp.content_type == "application/sdp" and bool(resp.body)
+        body = resp.body.decode("utf-8", "replace") if has_sdp else ""
+        if self.early_answer:
+            if body and body != self.early_answer:
+                self.violation("2xx SDP differs from the answer already given in the 18x")
+            return  # media was set up from the early answer
+        if not body:
             self.violation("2xx has no SDP answer (application/sdp)")
             r.failure = r.failure or "no SDP answer"
             return
-        r.answer_sdp = resp.body.decode("utf-8", "replace")
-        self._setup_media(r.answer_sdp)
+        r.answer_sdp = body
+        self._setup_media(body)
 
     def on_stray_response(self, conn: SipConnection, resp: Response) -> None:
         if resp.cseq.method == "INVITE" and 200 <= resp.status < 300 and self.ack_data:
@@ -957,7 +969,7 @@ class MetaCaller:
         self.request_uri_user_params = request_uri_user_params
         self.record_route = tuple(record_route)
         self.gateway_ca_file = gateway_ca_file
-        self.gateway_server_name = gateway_server_name
+        self.gateway_server_name = gateway_server_name or business_hostname  # SNI, as Meta
         self.meta_host = meta_host
         self.edge = SipEdge(
             self.tls, listen_host, listen_port, reject_alpn=reject_alpn, user_agent=META_UA

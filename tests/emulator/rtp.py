@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import opuslib_next
+import opuslib_next  # type: ignore[import-untyped]
 import pylibsrtp
 from numpy.typing import NDArray
 
@@ -305,7 +305,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         return max(0, self._max_ext_seq - self._base_seq + 1 - self._received)
 
     # -- receive -------------------------------------------------------------
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         now = asyncio.get_running_loop().time()
         if self._rx is None:
             if len(self._early) < 500:

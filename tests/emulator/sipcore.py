@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import secrets
 import ssl
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Protocol
 
 from gateway.sip.framing import FramingError, Ping, StreamFramer
 from gateway.sip.message import Request, Response, SipParseError, parse_message
@@ -150,7 +150,7 @@ class SipEdge:
         )
         self._txns: dict[tuple[str, str], asyncio.Queue[tuple[SipConnection, Response]]] = {}
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -172,8 +172,8 @@ class SipEdge:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
 
-    def spawn(self, coro: object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -192,8 +192,8 @@ class SipEdge:
         self.connections.append(conn)
         task = asyncio.current_task()
         if task is not None:
-            self._tasks.add(task)  # type: ignore[arg-type]
-            task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         try:
             await conn.run()
         finally:

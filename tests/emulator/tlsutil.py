@@ -156,7 +156,7 @@ class EmulatorTls:
             def _sni(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
                 seen.append(name or "")
 
-            ctx.sni_callback = _sni  # type: ignore[assignment]
+            ctx.sni_callback = _sni
         return ctx
 
 
