@@ -59,6 +59,11 @@ def free_port(
     raise RuntimeError(f"no block of {span} free ports in {low}-{high}")
 
 
+def release_ports(base: int, span: int = 1) -> None:
+    """Give a block from :func:`free_port` back once its user has stopped."""
+    _handed_out.difference_update(range(base, base + span))
+
+
 def self_signed_cert(directory: Path, common_name: str = LOOPBACK) -> tuple[Path, Path]:
     """Write cert.pem and key.pem (RSA 2048, self-signed, 2 days) into directory
     unless they exist; return their paths."""

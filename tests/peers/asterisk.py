@@ -40,6 +40,7 @@ from tests.peers import (
     LOOPBACK,
     PROJECT_DIR,
     free_port,
+    release_ports,
     self_signed_cert,
     skip_allowed,
     start_process,
@@ -115,8 +116,10 @@ class AsteriskPbx:
         self.root = require_asterisk_root(root)
         self.ast_port = ast_port or free_port()
         self.gw_port = gw_port or free_port()
+        self._rtp_block: tuple[int, int] | None = None
         if rtp_ports is None:
             start = free_port(202, tcp=False, low=30000, high=32700)
+            self._rtp_block = (start, 202)
             start += start % 2  # RTP on even ports, RTCP on the odd one above
             rtp_ports = (start, start + 199)
         self.rtp_ports = rtp_ports
@@ -244,6 +247,9 @@ class AsteriskPbx:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
+        if self._rtp_block is not None:
+            release_ports(*self._rtp_block)
+            self._rtp_block = None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._rx(["core", "stop", "now"], timeout=5)

@@ -41,6 +41,7 @@ from typing import Any
 from tests.peers import (
     LOOPBACK,
     free_port,
+    release_ports,
     require_binary,
     self_signed_cert,
     start_process,
@@ -101,8 +102,10 @@ class Baresip:
         self.answermode = answermode
         self.sip_port = sip_port or free_port(2)
         self.ctrl_port = ctrl_port or free_port(udp=False)
+        self._rtp_block: tuple[int, int] | None = None
         if rtp_ports is None:
             start = free_port(40, tcp=False, low=16000, high=20000)
+            self._rtp_block = (start, 40)
             rtp_ports = (start, start + 39)
         self.rtp_ports = rtp_ports
         self.extra_account_params = extra_account_params
@@ -232,6 +235,9 @@ statmode_default\toff
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
+        if self._rtp_block is not None:
+            release_ports(*self._rtp_block)
+            self._rtp_block = None
         if proc is not None and proc.poll() is None and self._sock is not None:
             with contextlib.suppress(OSError, BaresipError, TimeoutError):
                 self._send("quit", "", self._next_token())
