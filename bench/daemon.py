@@ -1,0 +1,237 @@
+"""The gateway daemon as a process for the benchmark: config, start, CPU readings, stop.
+
+Like ``tests.integration.harness.GatewayProcess`` but quiet (logging level
+warning, so there is no "ready" line to wait for: readiness is ``/livez``),
+pinned to one core from its first instruction, and tied to the benchmark's
+life with ``PR_SET_PDEATHSIG`` so it never outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BUSINESS_NUMBER = "+15550001111"
+SIP_PASSWORD = "not-a-real-password-4711"
+HOSTNAME = "sip.example.com"
+PR_SET_PDEATHSIG = 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            with socket.socket(socket.AF_INET, other) as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU time of a process (all threads), read from /proc."""
+
+    at: float  # time.monotonic()
+    utime: float  # seconds
+    stime: float  # seconds
+    run_ns: int  # scheduler run time of all threads (ns, precise), 0 when unavailable
+    rss_kib: int
+
+    @property
+    def total(self) -> float:
+        """Seconds of CPU: the precise schedstat figure when present, else utime+stime."""
+        return self.run_ns / 1e9 if self.run_ns else self.utime + self.stime
+
+
+def read_cpu(pid: int) -> CpuSample:
+    with open(f"/proc/{pid}/stat") as fh:
+        stat = fh.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    run_ns = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                run_ns += int(fh.read().split()[0])
+    rss = 0
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+                break
+    return CpuSample(time.monotonic(), utime, stime, run_ns, rss)
+
+
+def read_core_times() -> dict[int, tuple[float, float]]:
+    """Per core: (busy seconds, total seconds) from /proc/stat (iowait counts as idle)."""
+    out: dict[int, tuple[float, float]] = {}
+    with open("/proc/stat") as fh:
+        for line in fh:
+            name = line.split(" ", 1)[0]
+            if not name.startswith("cpu") or name == "cpu":
+                continue
+            values = [int(v) for v in line.split()[1:9]]
+            idle = values[3] + values[4]
+            total = sum(values)
+            out[int(name[3:])] = ((total - idle) / CLK_TCK, total / CLK_TCK)
+    return out
+
+
+def read_udp_counters() -> dict[str, int]:
+    """System-wide UDP counters (/proc/net/snmp): drops anywhere on the loopback path."""
+    with open("/proc/net/snmp") as fh:
+        lines = [line.split() for line in fh if line.startswith("Udp:")]
+    if len(lines) < 2:
+        return {}
+    return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=False)}
+
+
+def _child_setup(core: int | None) -> None:
+    """Runs in the child between fork and exec: pin, and die with the parent."""
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@dataclass
+class Daemon:
+    """One gateway process started from a generated YAML config in ``workdir``."""
+
+    workdir: Path
+    pbx_address: tuple[str, int]
+    max_calls: int
+    core: int | None
+    media_ports: tuple[int, int] = (20000, 21999)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def tls_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.ports["tls"])
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "gateway.log"
+
+    def write_config(self) -> Path:
+        self.ports = {"tls": free_port(), "pbx_listen": free_port(), "http": free_port()}
+        pw = self.workdir / "secrets" / "15550001111.password"
+        pw.parent.mkdir(parents=True, exist_ok=True)
+        pw.write_text(SIP_PASSWORD + "\n")
+        pw.chmod(0o600)
+        cfg: dict[str, Any] = {
+            "mode": "development",  # makes the self-signed certificate
+            "whatsapp": {
+                "listen": f"127.0.0.1:{self.ports['tls']}",
+                "hostname": HOSTNAME,
+                "advertise": f"127.0.0.1:{self.ports['tls']}",
+                "tls": {"cert_file": "tls/gw.crt", "key_file": "tls/gw.key"},
+                "allowed_networks": ["127.0.0.0/8"],
+                "numbers": [
+                    {
+                        "number": BUSINESS_NUMBER,
+                        "sip_password_file": str(pw.relative_to(self.workdir)),
+                    }
+                ],
+            },
+            "pbx": {
+                "address": f"{self.pbx_address[0]}:{self.pbx_address[1]}",
+                "transport": "udp",
+                "listen": f"127.0.0.1:{self.ports['pbx_listen']}",
+                "trusted_networks": ["127.0.0.0/8"],
+            },
+            "media": {"address": "127.0.0.1", "port_range": list(self.media_ports)},
+            "http": {"listen": f"127.0.0.1:{self.ports['http']}"},
+            "logging": {"level": "warning", "format": "json"},
+            "limits": {"max_calls": self.max_calls},
+        }
+        for key, value in self.overrides.items():
+            cfg.setdefault(key, {}).update(value)
+        path = self.workdir / "gateway.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def start(self, timeout: float = 20.0) -> None:
+        config = self.write_config()
+        log = self.log_path.open("wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        core = self.core
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=env,
+            preexec_fn=lambda: _child_setup(core),
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.ports['http']}/livez"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log_text()}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=1) as resp,
+            ):
+                if resp.status == 200 and self._tls_open():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready in {timeout}s:\n{self.log_text()}")
+
+    def _tls_open(self) -> bool:
+        try:
+            with socket.create_connection(self.tls_address, timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """TERM the process by PID, KILL it if it lingers; its exit status."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,294 @@
+"""The benchmark's report: the machine, the figures, the verdict; stdout and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+from bench.run import Result, git_describe, summary_numbers
+from bench.stats import DirectionStats
+
+TARGET_CALLS = 200
+TARGET_P99_MS = 5.0
+HISTORY_HEADER = (
+    "| date | commit | calls | window s | daemon CPU s per call-second | % of one core "
+    "| lost W->P | lost P->W | W->P p50 / p99 ms | P->W p50 / p99 ms | target |"
+)
+HISTORY_RULE = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+_HISTORY_ROW_RE = re.compile(r"^\| \d{4}-\d{2}-\d{2} ")
+
+
+def machine() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in out.splitlines())
+    )
+    info["CPU"] = fields.get("Model name") or platform.processor() or "unknown"
+    mhz = fields.get("CPU max MHz") or fields.get("CPU MHz")
+    if mhz:
+        info["CPU"] += f" ({float(mhz):.0f} MHz)"
+    info["cores"] = f"{os.cpu_count()} ({fields.get('Thread(s) per core', '?')} thread(s) per core)"
+    if fields.get("Hypervisor vendor"):
+        info["virtualisation"] = (
+            f"{fields['Hypervisor vendor']} ({fields.get('Virtualization type', '?')})"
+        )
+    mem = ""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    info["memory"] = mem or "unknown"
+    info["kernel"] = f"{platform.system()} {platform.release()}"
+    info["Python"] = f"{platform.python_implementation()} {platform.python_version()}"
+    libs = []
+    for dist in ("pylibsrtp", "opuslib-next"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            libs.append(f"{dist} {importlib.metadata.version(dist)}")
+    try:
+        import opuslib_next  # type: ignore[import-untyped]
+
+        fn = opuslib_next.api.libopus.opus_get_version_string
+        fn.restype = ctypes.c_char_p
+        libs.append(fn().decode())
+    except Exception:
+        pass
+    info["libraries"] = ", ".join(libs)
+    return info
+
+
+def _ms(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2f}"
+
+
+def verdict(r: Result) -> tuple[bool, list[str]]:
+    """Whether the issue's target is met, and each shortfall in numbers."""
+    problems: list[str] = []
+    if r.params.calls < TARGET_CALLS:
+        problems.append(f"run with {r.params.calls} calls; the target is {TARGET_CALLS}")
+    if r.calls_failed:
+        problems.append(f"{r.calls_failed} of {r.params.calls} calls failed to set up")
+    for d in (r.m2p, r.p2m):
+        if d.lost:
+            pct = 100 * d.lost / d.sent if d.sent else 0
+            problems.append(f"{d.name}: {d.lost} of {d.sent} packets lost ({pct:.3f} %)")
+        p99 = d.latency().get("p99")
+        if p99 is None:
+            problems.append(f"{d.name}: no latency measured")
+        elif p99 >= TARGET_P99_MS:
+            over = d.over(TARGET_P99_MS)
+            problems.append(
+                f"{d.name}: p99 {p99:.2f} ms is {p99 / TARGET_P99_MS:.1f}x the "
+                f"{TARGET_P99_MS:g} ms budget; {over} packets "
+                f"({100 * over / max(d.received, 1):.1f} %) over it"
+            )
+    if r.daemon_core_pct >= 95:
+        problems.append(
+            f"the daemon used {r.daemon_core_pct:.0f} % of its core: saturated "
+            f"(linear estimate of what one core carries: {capacity(r):.0f} calls)"
+        )
+    if not r.pinned:
+        problems.append("not pinned to one core: the one-core condition was not enforced")
+    return not problems, problems
+
+
+def capacity(r: Result) -> float:
+    """Calls one core would carry at this per-call cost (linear, 100 % busy)."""
+    cost = r.cpu_per_call_second
+    return 1.0 / cost if cost and not math.isnan(cost) else float("nan")
+
+
+def _direction_rows(d: DirectionStats) -> list[str]:
+    lat = d.latency()
+    return [
+        f"| {d.name} | {d.sent} | {d.received} | {d.lost} | {_ms(lat.get('p50'))} | "
+        f"{_ms(lat.get('p90'))} | {_ms(lat.get('p99'))} | {_ms(lat.get('p99.9'))} | "
+        f"{_ms(lat.get('max'))} | {d.over(TARGET_P99_MS)} |"
+    ]
+
+
+def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
+    p = r.params
+    nums = summary_numbers(r)
+    ok, problems = verdict(r)
+    lines = [
+        f"## Latest run: {r.started}",
+        "",
+        f"Command: `python -m bench --calls {p.calls} --seconds {p.seconds:g}`"
+        f" (ramp {p.rate:g} calls/s, warm-up {p.warmup:g} s"
+        f"{', py-spy attached' if p.profile else ''}). Code: {commit}.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in info.items()],
+        "",
+        "### Result",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| calls set up / failed | {r.calls_ok} / {r.calls_failed}"
+        + (f" ({'; '.join(f'{n}x {w}' for w, n in r.failures.items())})" if r.failures else "")
+        + " |",
+        f"| call setup time p50 / p99 (INVITE to 200, 407 round included) | "
+        f"{_ms(nums['setup_p50'])} / {_ms(nums['setup_p99'])} ms |",
+        f"| ramp ({r.calls_ok + r.calls_failed} calls) | {r.ramp_seconds:.1f} s |",
+        f"| measurement window | {r.window_seconds:.1f} s, {r.call_seconds:.0f} call-seconds |",
+        f"| **daemon CPU per call-second** | **{r.cpu_per_call_second * 1000:.2f} ms** "
+        f"({r.daemon_cpu:.2f} s CPU: user {r.daemon_utime:.2f} s, system {r.daemon_stime:.2f} s) |",
+        f"| **daemon share of one core** | **{r.daemon_core_pct:.1f} %**"
+        f"{' (pinned to core 0)' if r.pinned else ' (not pinned)'} |",
+        f"| calls one core would carry at this cost (linear) | {capacity(r):.0f} |",
+        f"| daemon memory (RSS) idle / with the calls | {r.daemon_rss_idle_kib / 1024:.0f} / "
+        f"{r.daemon_rss_kib / 1024:.0f} MiB ("
+        f"{(r.daemon_rss_kib - r.daemon_rss_idle_kib) / max(r.calls_ok, 1):.0f} KiB per call) |",
+        f"| load generator CPU (its own core) | {r.generator_core_pct:.1f} % of core "
+        f"{1 if r.pinned else '?'}; pacer lateness p99 {r.pacer_late_p99_ms:.2f} ms, "
+        f"max {r.pacer_late_max_ms:.2f} ms |",
+        "| cores busy in the window (all processes) | "
+        + ", ".join(f"core {c}: {100 * b:.0f} %" for c, b in sorted(r.core_busy.items()))
+        + " |",
+        "| kernel UDP drops in the window (system-wide) | "
+        + ", ".join(f"{k} {v}" for k, v in r.udp_drops.items())
+        + " |",
+        "",
+        "### Packets and added latency (packets sent inside the window)",
+        "",
+        "Latency: kernel arrival time at the receiving leg minus the time the packet was "
+        "handed to `sendto` on the other leg, in ms.",
+        "",
+        "| direction | sent | received | lost | p50 | p90 | p99 | p99.9 | max | > 5 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *_direction_rows(r.m2p),
+        *_direction_rows(r.p2m),
+        "",
+        "Audio check (call 0, decoded): "
+        + "; ".join(f"{k}: {v}" for k, v in r.audio.items())
+        + ".",
+        f"Gateway keep-alive (silence) frames toward WhatsApp inside the window: "
+        f"{r.p2m.gateway_silence}. SRTCP/RTCP reports received: WhatsApp side {r.p2m.rx_rtcp}, "
+        f"PBX side {r.m2p.rx_rtcp}. Bad packets (auth failures, wrong type): "
+        f"{r.p2m.rx_bad + r.m2p.rx_bad}. Unmatched or negative matches: "
+        f"{r.p2m.late_or_stray + r.m2p.late_or_stray} / {r.p2m.negative + r.m2p.negative}.",
+        f"Teardown: {r.byes_ok} BYEs answered 200, {r.byes_failed} not; {r.pbx_byes} BYEs "
+        f"reached the PBX; daemon exit status {r.daemon_exit}.",
+        "",
+        "### Target",
+        "",
+        f"Target: one daemon process on one core carries {TARGET_CALLS} concurrent transcoded "
+        f"calls with zero loss and p99 added latency under {TARGET_P99_MS:g} ms.",
+        "",
+        f"**{'Met.' if ok else 'Not met.'}**",
+    ]
+    lines += [f"- {p}" for p in problems]
+    if r.notes:
+        lines += ["", *[f"Note: {n}" for n in r.notes]]
+    if r.daemon_errors:
+        lines += ["", "Errors in the daemon's log:", "", "```", *r.daemon_errors, "```"]
+    if r.profile:
+        lines += [
+            "",
+            f"### Where the daemon's time goes ({r.profile_note})",
+            "",
+            "| function | self % | total % |",
+            "|---|---:|---:|",
+            *[f"| `{name}` | {s:.1f} | {t:.1f} |" for name, s, t in r.profile],
+        ]
+        if r.profile_total:
+            lines += [
+                "",
+                "By inclusive time:",
+                "",
+                "| function | self % | total % |",
+                "|---|---:|---:|",
+                *[f"| `{name}` | {s:.1f} | {t:.1f} |" for name, s, t in r.profile_total],
+            ]
+    elif r.profile_note:
+        lines += ["", f"Profile: {r.profile_note}"]
+    return "\n".join(lines) + "\n"
+
+
+def history_row(r: Result, commit: str) -> str:
+    m2p, p2m = r.m2p.latency(), r.p2m.latency()
+    ok, _ = verdict(r)
+    return (
+        f"| {r.started[:16]} | {commit.split(' ')[0]}{'*' if '+' in commit else ''} | "
+        f"{r.calls_ok}/{r.params.calls} | {r.window_seconds:.0f} | "
+        f"{r.cpu_per_call_second * 1000:.2f} ms | {r.daemon_core_pct:.0f} % | "
+        f"{r.m2p.lost} | {r.p2m.lost} | {_ms(m2p.get('p50'))} / {_ms(m2p.get('p99'))} | "
+        f"{_ms(p2m.get('p50'))} / {_ms(p2m.get('p99'))} | {'met' if ok else 'not met'} |"
+    )
+
+
+METHOD = """\
+# Benchmarks
+
+Written by `make bench` (`python -m bench`); rerun it to update this page.
+
+How it measures: the gateway daemon runs as its own process from a generated
+config (development mode, loopback, logging at warning), pinned to core 0.
+The load generator (`bench/`) runs in one process pinned to core 1: it is
+WhatsApp (one TLS connection carrying every call's SIP: Meta-shaped INVITE
+with a real SDES key, the 407 digest challenge answered, ACK, BYE) and the PBX
+(a SIP/UDP stub that answers each INVITE with PCMU at once). Calls ramp up,
+then media flows both ways at 50 packets/s per stream: real SRTP/Opus from
+the WhatsApp side (a pre-encoded 440 Hz tone, 20 kbit/s, protected per packet
+with the offered key), RTP/PCMU from the PBX side (800 Hz), sends spread over
+the 20 ms by one 1 ms timer. Every call is transcoded both ways (Opus <->
+PCMU, SRTP <-> RTP). After a warm-up, a window of steady state is measured:
+the daemon's CPU (/proc: all threads' run time), packets sent on one leg
+against packets forwarded to the other (the k-th sent is the k-th forwarded;
+the gateway's own keep-alive silence frames are recognised and left out), and
+added latency per packet = kernel receive timestamp (`SO_TIMESTAMPNS`) on the
+receiving leg minus the time of `sendto` on the sending leg, same clock, same
+process. CPU seconds per call-second = daemon CPU seconds / (calls x window
+seconds).
+"""
+
+
+def write_markdown(path: Path, r: Result) -> None:
+    info = machine()
+    commit = git_describe()
+    rows: list[str] = []
+    if path.exists():
+        in_history = False
+        for line in path.read_text().splitlines():
+            if line.startswith("## History"):
+                in_history = True
+            elif in_history and _HISTORY_ROW_RE.match(line):
+                rows.append(line)
+    rows.append(history_row(r, commit))
+    text = "\n".join(
+        [
+            METHOD,
+            render_latest(r, info, commit),
+            "## History",
+            "",
+            "One row per run, newest last (* = uncommitted changes in gateway/ at the time).",
+            "",
+            HISTORY_HEADER,
+            HISTORY_RULE,
+            *rows,
+            "",
+        ]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def render_stdout(r: Result) -> str:
+    return render_latest(r, machine(), git_describe())

@@ -1,0 +1,327 @@
+"""One benchmark run: start the daemon, ramp the calls up, measure a steady window, tear down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import media
+from bench.daemon import (
+    BUSINESS_NUMBER,
+    HOSTNAME,
+    SIP_PASSWORD,
+    CpuSample,
+    Daemon,
+    read_core_times,
+    read_cpu,
+    read_udp_counters,
+)
+from bench.loadgen import SLOTS, Call, MetaCaller, MetaLink, Pacer, PbxStub
+from bench.profile import PySpy
+from bench.stats import DirectionStats, percentile
+
+DAEMON_CORE = 0
+GENERATOR_CORE = 1
+
+
+@dataclass
+class Params:
+    calls: int = 200
+    seconds: float = 20.0
+    rate: float = 40.0  # new calls per second during the ramp
+    warmup: float = 3.0  # seconds of steady media before the window opens
+    pin: bool = True
+    profile: bool = False
+    keep: bool = False
+    setup_timeout: float = 15.0
+
+
+@dataclass
+class Result:
+    params: Params
+    started: str = ""
+    daemon_pid: int = 0
+    pinned: bool = False
+    calls_ok: int = 0
+    calls_failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    setup_ms: list[float] = field(default_factory=list)
+    ramp_seconds: float = 0.0
+    window_seconds: float = 0.0
+    daemon_cpu: float = 0.0  # seconds in the window
+    daemon_utime: float = 0.0
+    daemon_stime: float = 0.0
+    daemon_rss_idle_kib: int = 0
+    daemon_rss_kib: int = 0
+    generator_cpu: float = 0.0
+    core_busy: dict[int, float] = field(default_factory=dict)  # fraction of each core
+    udp_drops: dict[str, int] = field(default_factory=dict)
+    m2p: DirectionStats = field(default_factory=lambda: DirectionStats("WhatsApp -> PBX"))
+    p2m: DirectionStats = field(default_factory=lambda: DirectionStats("PBX -> WhatsApp"))
+    pacer_late_p99_ms: float = 0.0
+    pacer_late_max_ms: float = 0.0
+    audio: dict[str, str] = field(default_factory=dict)
+    byes_ok: int = 0
+    byes_failed: int = 0
+    pbx_byes: int = 0
+    gateway_byes: int = 0
+    daemon_exit: int | None = None
+    daemon_errors: list[str] = field(default_factory=list)
+    profile: list[tuple[str, float, float]] = field(default_factory=list)  # fn, self%, total%
+    profile_total: list[tuple[str, float, float]] = field(default_factory=list)
+    profile_note: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def call_seconds(self) -> float:
+        return self.calls_ok * self.window_seconds
+
+    @property
+    def cpu_per_call_second(self) -> float:
+        return self.daemon_cpu / self.call_seconds if self.call_seconds else float("nan")
+
+    @property
+    def daemon_core_pct(self) -> float:
+        return 100 * self.daemon_cpu / self.window_seconds if self.window_seconds else 0.0
+
+    @property
+    def generator_core_pct(self) -> float:
+        return 100 * self.generator_cpu / self.window_seconds if self.window_seconds else 0.0
+
+
+def _pin_self(pin: bool) -> bool:
+    if not pin or not hasattr(os, "sched_setaffinity"):
+        return False
+    cores = os.sched_getaffinity(0)
+    if DAEMON_CORE not in cores or GENERATOR_CORE not in cores:
+        return False
+    os.sched_setaffinity(0, {GENERATOR_CORE})
+    return True
+
+
+def _media_range(calls: int) -> tuple[int, int]:
+    """An even port range below the ephemeral range, 2 ports per call (even ports only used)."""
+    size = 4 * calls + 400
+    low = 20000 + 2 * random.randrange(0, (12000 - size) // 2) if size < 12000 else 10000
+    return low, low + size
+
+
+async def _run(p: Params, result: Result, workdir: Path) -> None:
+    loop = asyncio.get_running_loop()
+    calls_by_wacid: dict[str, Call] = {}
+    _, stub = await loop.create_datagram_endpoint(
+        lambda: PbxStub(calls_by_wacid), local_addr=("127.0.0.1", 0)
+    )
+    daemon = Daemon(
+        workdir,
+        pbx_address=stub.address,
+        max_calls=max(p.calls + 10, 200),
+        core=DAEMON_CORE if result.pinned else None,
+        media_ports=_media_range(p.calls),
+    )
+    link: MetaLink | None = None
+    pacer = Pacer(loop)
+    calls: list[Call] = []
+    spy: PySpy | None = None
+    try:
+        await loop.run_in_executor(None, daemon.start)
+        result.daemon_pid = daemon.pid
+        result.daemon_rss_idle_kib = read_cpu(daemon.pid).rss_kib
+        link = MetaLink(daemon.tls_address, HOSTNAME)
+        await link.connect()
+        caller = MetaCaller(link, BUSINESS_NUMBER, SIP_PASSWORD, HOSTNAME)
+        opus, pcmu, silence = (
+            media.opus_tone_frames(),
+            media.pcmu_tone_frames(),
+            media.opus_silence(),
+        )
+
+        def on_answer(call: Call) -> None:
+            call.opus, call.pcmu = opus, pcmu
+            loop.add_reader(call.meta_sock.fileno(), call.meta_readable)
+            loop.add_reader(call.pbx_sock.fileno(), call.pbx_readable)
+            pacer.add(call.index % SLOTS, call.send_meta)
+            pacer.add((call.index + SLOTS // 2) % SLOTS, call.send_pbx)
+
+        pacer.start()
+        t_ramp = loop.time()
+        tasks: list[asyncio.Task[None]] = []
+        for i in range(p.calls):
+            call = Call(i, silence, keep_audio=(i == 0))
+            calls.append(call)
+            calls_by_wacid[call.wacid] = call
+            tasks.append(loop.create_task(caller.place(call, on_answer, p.setup_timeout)))
+            delay = t_ramp + (i + 1) / p.rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await asyncio.gather(*tasks)
+        result.ramp_seconds = loop.time() - t_ramp
+        for call in calls:
+            if call.failure is None and call.answered_at is not None:
+                result.calls_ok += 1
+                result.setup_ms.append(1000 * (call.answered_at - call.invite_at))
+            else:
+                result.calls_failed += 1
+                why = call.failure or "unknown"
+                result.failures[why] = result.failures.get(why, 0) + 1
+        if not result.calls_ok:
+            raise RuntimeError(f"no call was set up: {result.failures}")
+
+        await asyncio.sleep(p.warmup)
+        # -- the measurement window ------------------------------------------
+        if p.profile:
+            spy = PySpy(daemon.pid, p.seconds, workdir, GENERATOR_CORE if result.pinned else None)
+            result.profile_note = spy.start()
+        lateness_from = len(pacer.lateness)
+        cpu0: CpuSample = read_cpu(daemon.pid)
+        cores0, udp0 = read_core_times(), read_udp_counters()
+        gen0 = time.process_time()
+        w0 = time.time_ns()
+        await asyncio.sleep(p.seconds)
+        w1 = time.time_ns()
+        gen1 = time.process_time()
+        cpu1 = read_cpu(daemon.pid)
+        cores1, udp1 = read_core_times(), read_udp_counters()
+        result.window_seconds = (w1 - w0) / 1e9
+        result.daemon_cpu = cpu1.total - cpu0.total
+        result.daemon_utime = cpu1.utime - cpu0.utime
+        result.daemon_stime = cpu1.stime - cpu0.stime
+        result.daemon_rss_kib = cpu1.rss_kib
+        result.generator_cpu = gen1 - gen0
+        for core, (busy1, total1) in cores1.items():
+            busy0, total0 = cores0.get(core, (busy1, total1))
+            if total1 > total0:
+                result.core_busy[core] = (busy1 - busy0) / (total1 - total0)
+        result.udp_drops = {
+            k: udp1[k] - udp0.get(k, 0)
+            for k in ("InErrors", "RcvbufErrors", "SndbufErrors")
+            if k in udp1
+        }
+        late = np.asarray(pacer.lateness[lateness_from:]) * 1000
+        if late.size:
+            result.pacer_late_p99_ms = float(np.percentile(late, 99))
+            result.pacer_late_max_ms = float(late.max())
+        if spy is not None:
+            result.profile, result.profile_note = await loop.run_in_executor(None, spy.finish)
+            result.profile_total = spy.by_total
+
+        # -- stop sending, let the last packets arrive, analyse ---------------
+        pacer.stop()
+        await asyncio.sleep(0.5)
+        for call in calls:
+            if call.answered_at is not None and call.failure is None:
+                result.m2p.add(call.m2p, w0, w1)
+                result.p2m.add(call.p2m, w0, w1)
+        _check_audio(calls, result)
+
+        # -- hang up ------------------------------------------------------------
+        byes = []
+        for call in calls:
+            byes.append(loop.create_task(caller.hangup(call)))
+            await asyncio.sleep(1 / max(p.rate * 2, 1))
+        await asyncio.gather(*byes)
+        await asyncio.sleep(0.3)
+        for call in calls:
+            if call.answered_at is None:
+                continue
+            if call.bye_status == 200:
+                result.byes_ok += 1
+            elif not call.gateway_bye:
+                result.byes_failed += 1
+            result.pbx_byes += int(call.pbx_bye)
+            result.gateway_byes += int(call.gateway_bye)
+    finally:
+        pacer.stop()
+        if spy is not None:
+            spy.kill()
+        if link is not None:
+            await link.close()
+        for call in calls:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(call.meta_sock.fileno())
+                loop.remove_reader(call.pbx_sock.fileno())
+            call.close()
+        result.daemon_exit = await loop.run_in_executor(None, daemon.stop)
+        stub_transport = stub.transport
+        if stub_transport is not None:
+            stub_transport.close()
+        result.daemon_errors = [
+            line
+            for line in daemon.log_text().splitlines()
+            if '"error"' in line or "Traceback" in line
+        ][:20]
+
+
+def _check_audio(calls: list[Call], result: Result) -> None:
+    """Decode what call 0 received on each side: the other side's tone must be there."""
+    c0 = next((c for c in calls if c.index == 0 and c.answered_at is not None), None)
+    if c0 is None:
+        return
+    checks = (
+        ("WhatsApp -> PBX", c0.m2p.keep, media.decode_pcmu, 8000, media.META_TONE_HZ),
+        ("PBX -> WhatsApp", c0.p2m.keep, media.decode_opus, 16000, media.PBX_TONE_HZ),
+    )
+    for name, keep, decode, rate, want in checks:
+        if not keep:
+            result.audio[name] = "nothing received"
+            continue
+        pcm = decode(keep[-100:])
+        hz, dbfs = media.dominant_hz(pcm, rate)
+        ok = abs(hz - want) < 15 and dbfs > -30
+        verdict = "ok" if ok else "WRONG"
+        result.audio[name] = f"{verdict}: {hz:.0f} Hz at {dbfs:.1f} dBFS (sent {want:.0f} Hz)"
+
+
+def run(p: Params) -> Result:
+    result = Result(params=p, started=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    result.pinned = _pin_self(p.pin)
+    if p.pin and not result.pinned:
+        result.notes.append("not pinned: the machine lacks cores 0 and 1 for this process")
+    workdir = Path(tempfile.mkdtemp(prefix="wagw-bench-"))
+    try:
+        asyncio.run(_run(p, result, workdir))
+    finally:
+        if p.keep:
+            print(f"workdir kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def git_describe() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gateway"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{rev}{' + uncommitted changes in gateway/' if dirty else ''}"
+
+
+def summary_numbers(r: Result) -> dict[str, Any]:
+    """The figures the report and the history table use."""
+    return {
+        "setup_p50": percentile(r.setup_ms, 50),
+        "setup_p99": percentile(r.setup_ms, 99),
+        "m2p": r.m2p.latency(),
+        "p2m": r.p2m.latency(),
+    }
