@@ -172,15 +172,15 @@ def test_sanitised_values_cross_on_one_line() -> None:
 
 def test_folded_value_stays_one_value() -> None:
     raw = (
-        "INVITE sip:+17015558857@sip.example.com SIP/2.0\r\n"
-        "Via: SIP/2.0/TLS 157.240.19.1:5061;branch=z9hG4bK-ctx-2\r\n"
-        "From: <sip:+12195550714@wa.meta.vc>;tag=1\r\n"
-        "To: <sip:+17015558857@sip.example.com>\r\n"
-        "Call-ID: outgoing:wacid.F\r\n"
-        "CSeq: 1 INVITE\r\n"
-        "x-wa-meta-cta-payload: first\r\n X-Evil: 1\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
+        b"INVITE sip:+17015558857@sip.example.com SIP/2.0\r\n"
+        b"Via: SIP/2.0/TLS 157.240.19.1:5061;branch=z9hG4bK-ctx-2\r\n"
+        b"From: <sip:+12195550714@wa.meta.vc>;tag=1\r\n"
+        b"To: <sip:+17015558857@sip.example.com>\r\n"
+        b"Call-ID: outgoing:wacid.F\r\n"
+        b"CSeq: 1 INVITE\r\n"
+        b"x-wa-meta-cta-payload: first\r\n X-Evil: 1\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
     req = parse_message(raw)
     assert isinstance(req, Request)
     out = dict(pbx_context_headers(req, user=USER, business_number=BUSINESS))
