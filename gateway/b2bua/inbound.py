@@ -307,6 +307,10 @@ class InboundCall:
     def _answer_pbx_reoffer(self, req: Request, tx: ServerTransaction) -> None:
         """Hold, unhold, codec change, session refresh: answered here, never sent to Meta."""
         contact = [("Contact", f"<{self.pbx_dialog.local_contact}>")] if self.pbx_dialog else []
+        if not req.body and req.method == "UPDATE":
+            # No offer (a session-timer refresh): a 2xx to UPDATE cannot carry one (RFC 3311).
+            self.sip.reply(tx, 200, headers=contact)
+            return
         if not req.body:
             # Offer-less re-INVITE: we offer in the 2xx, the PBX answers in the ACK.
             previous = self.pbx_last_answer

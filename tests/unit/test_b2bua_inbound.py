@@ -738,6 +738,19 @@ def test_update_answered_locally(h: Harness) -> None:
     assert flow.bridge.last("pbx").direction == "recvonly"
 
 
+def test_update_without_sdp_is_a_plain_200(h: Harness) -> None:
+    """A session-timer refresh UPDATE carries no offer: the 200 carries no SDP
+    (RFC 3311 section 5.2: an answer only to an offer; an UPDATE's 2xx is no offer)."""
+    flow = answered(h)
+    calls_before = len(flow.bridge.calls)
+    sent = h.pbx_in_dialog(flow, "UPDATE", extra=[("Session-Expires", "1800;refresher=uac")])
+    ok = only(h.responses(sent))
+    assert isinstance(ok, Response) and ok.status == 200
+    assert ok.body == b"" and ok.content_type is None
+    assert to_meta(sent) == []
+    assert len(flow.bridge.calls) == calls_before
+
+
 def test_reinvite_with_lower_cseq_is_500(h: Harness) -> None:
     flow = answered(h)
     h.pbx_in_dialog(flow, "INVITE", sdp=pbx_sdp(version=2))
