@@ -31,7 +31,7 @@ from gateway.sdp.negotiate import (
     make_pbx_offer,
     reoffer,
 )
-from gateway.sdp.session import SdpError, SessionDescription, parse_sdp
+from gateway.sdp.session import DIRECTIONS, SdpError, SessionDescription, parse_sdp
 from gateway.sip.dialog import Dialog
 from gateway.sip.ids import new_call_id, new_tag
 from gateway.sip.message import Request, Response
@@ -314,12 +314,16 @@ class InboundCall:
         if not req.body:
             # Offer-less re-INVITE: we offer in the 2xx, the PBX answers in the ACK.
             previous = self.pbx_last_answer
-            offer = reoffer(previous) if previous is not None else make_pbx_offer(
-                local_address=self.s.media_address,
-                local_port=self.bridge.pbx_port,
-                codecs=self.s.pbx_codecs,
-                dtmf_pt=self.s.dtmf_pt,
-            )
+            # sendrecv whatever our last answer said: only the PBX holds (RFC 6337 5.3).
+            if previous is not None:
+                offer = _sendrecv(reoffer(previous))
+            else:
+                offer = make_pbx_offer(
+                    local_address=self.s.media_address,
+                    local_port=self.bridge.pbx_port,
+                    codecs=self.s.pbx_codecs,
+                    dtmf_pt=self.s.dtmf_pt,
+                )
             self.pbx_offer = offer
             self.pbx_last_answer = offer
             resp = self.sip.response(tx, 200, headers=contact)
@@ -435,6 +439,16 @@ class InboundCall:
             if self.pbx_tx is not None:
                 self.sip.cancel(self.pbx_tx)
         self._end(why)
+
+
+def _sendrecv(sdp: SessionDescription) -> SessionDescription:
+    """``sdp`` with every direction attribute made sendrecv (in place)."""
+    for section in (sdp, *sdp.media):
+        section.attributes = [
+            ("sendrecv", None) if name.lower() in DIRECTIONS else (name, value)
+            for name, value in section.attributes
+        ]
+    return sdp
 
 
 def _quote(text: str) -> str:

@@ -727,6 +727,19 @@ def test_offerless_reinvite(h: Harness) -> None:
     assert flow.bridge.last("pbx").remote_port == 14000
 
 
+def test_offerless_reinvite_after_hold_offers_sendrecv(h: Harness) -> None:
+    """RFC 6337 5.3: the side that did not put the call on hold offers sendrecv in its
+    offer for an offer-less re-INVITE (else the PBX's resume keeps the call on hold)."""
+    flow = answered(h)
+    _reinvite(h, flow, "sendonly", 2)
+    h.from_pbx(pbx_ack(flow, flow.pbx_cseq))
+    sent = _reinvite(h, flow, None, 0)
+    offer = parse_sdp(h.responses(sent, 200)[0].body)
+    assert offer.media[0].direction(offer) == "sendrecv"
+    h.from_pbx(pbx_ack(flow, flow.pbx_cseq, sdp=pbx_sdp("sendrecv", version=3)))
+    assert flow.bridge.last("pbx").direction == "sendrecv"
+
+
 def test_update_answered_locally(h: Harness) -> None:
     flow = answered(h)
     sent = h.pbx_in_dialog(flow, "UPDATE", sdp=pbx_sdp("sendonly", version=2))
