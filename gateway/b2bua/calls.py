@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from gateway.b2bua.context import pbx_context_headers, wacid
 from gateway.b2bua.endpoint import Endpoint
 from gateway.b2bua.inbound import InboundCall, InboundSetup
-from gateway.b2bua.legs import BridgeFactory, LegAddress, NoMediaPorts, SipPort
+from gateway.b2bua.legs import (
+    BridgeFactory,
+    LegAddress,
+    NoMediaPorts,
+    SipPort,
+    dialog_target,
+)
 from gateway.media.srtp import new_key_material
 from gateway.ops.config import Config, NumberConfig
 from gateway.ops.logging import get_logger
@@ -27,6 +33,7 @@ from gateway.sip.auth import (
     VerifyResult,
     parse_credentials,
 )
+from gateway.sip.dialog import Dialog
 from gateway.sip.ids import new_tag
 from gateway.sip.message import Request
 from gateway.sip.transaction import (
@@ -93,6 +100,8 @@ class CallManager:
             found = self._by_local.get(_local_key(event.tx.request))
             if found is not None and found[1] == "pbx":
                 found[0].on_pbx_response(event.response, event.tx, event.retransmission)
+            elif found is None:
+                self._orphan_response(event)
         elif isinstance(event, CancelReceived):
             call = self._by_server_tx.get(event.invite_tx)
             if call is not None:
@@ -274,6 +283,20 @@ class CallManager:
         self.counters.reject(status)
         log.info("call_rejected", status=status, why=why, call_id=tx.request.call_id)
         self.sip.reply(tx, status, to_tag=new_tag(), headers=headers)
+
+    def _orphan_response(self, event: ResponseReceived) -> None:
+        """A 2xx to a PBX INVITE whose call has ended (it crossed our CANCEL, or the call
+        gave up on the PBX): ACK it and hang it up (RFC 3261 sections 9.1 and 15)."""
+        resp, tx = event.response, event.tx
+        if tx.method != "INVITE" or not 200 <= resp.status < 300:
+            return
+        dialog = Dialog.uac(tx.request, resp)
+        target = dialog_target(dialog, self.pbx_via.transport)
+        self.sip.send_ack(dialog.create_ack(resp.cseq.seq), self.pbx_via, target)
+        if not event.retransmission:
+            log.info("pbx_late_answer_hung_up", call_id=tx.request.call_id)
+            bye = dialog.create_request("BYE", headers=[("Reason", 'SIP;cause=487;text="ended"')])
+            self.sip.send_request(bye, self.pbx_via, target)
 
     # -- lifecycle ----------------------------------------------------------
     def _no_media(self, key: str, leg: str) -> None:

@@ -653,6 +653,28 @@ def test_pbx_silent_within_invite_timeout_is_408_and_cancel(h: Harness) -> None:
     assert len(h.manager) == 0
 
 
+def test_pbx_answers_after_our_invite_timeout(h: Harness) -> None:
+    """The 200 that crosses our CANCEL after the invite timeout: ACK it and BYE it, or
+    the PBX leg stays up with nobody on the other side."""
+    flow = h.start_call()
+    h.advance(h.cfg.pbx.invite_timeout + 0.1)
+    assert final_to_meta(h.sent()).status == 408
+    h.pbx_reply(flow, 100)  # releases the deferred CANCEL
+    sent = h.pbx_reply(flow, 200)
+    assert methods(to_pbx(sent)) == ["ACK", "BYE"]
+    assert to_meta(sent) == []
+    ack, bye = h.requests(sent)
+    assert ack.uri == bye.uri == str(parse_address(PBX_CONTACT).uri)
+    assert (ack.cseq.seq, bye.cseq.seq) == (1, 2)
+    assert bye.to.tag == flow.pbx_to_tag and bye.call_id == flow.pbx_invite.call_id
+    # A retransmission of the 200 is ACKed again, without a second BYE.
+    assert methods(h.pbx_reply(flow, 200)) == ["ACK"]
+    h.from_pbx(response_to(bye, 200, to_tag=None))
+    h.drain_timers()
+    h.sent()
+    assert len(h.manager) == 0
+
+
 def test_pbx_silent_then_timer_b(h: Harness) -> None:
     flow = h.start_call()
     h.drain_timers()
