@@ -235,6 +235,7 @@ class InboundCall:
         if self.state is State.CANCELLING or self.state is State.ENDED:
             # The PBX answered after Meta cancelled: hang it up (section 9.1 race).
             self._bye_pbx("cancelled")
+            self._end("cancelled")
             return
         self._disarm()
         try:
