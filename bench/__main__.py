@@ -26,6 +26,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds before the window opens")
     ap.add_argument("--quick", action="store_true", help="smoke run: 10 calls, 5 s")
     ap.add_argument("--profile", action="store_true", help="sample the daemon with py-spy")
+    ap.add_argument(
+        "--opus-complexity", type=int, choices=range(11), metavar="0-10",
+        help="override media.opus_complexity (default: the gateway's default)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--nice", type=int, default=0,
+        help="scheduling priority for the daemon and the generator (negative needs root)",
+    )  # fmt: skip
     ap.add_argument("--no-pin", action="store_true", help="do not pin to cores 0 and 1")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--output", type=Path, default=DOCS, help="markdown file to rewrite")
@@ -48,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         pin=not args.no_pin,
         profile=args.profile,
         keep=args.keep,
+        opus_complexity=args.opus_complexity,
+        nice=args.nice,
     )
     print(
         f"bench: {params.calls} calls, ramp {params.rate:g}/s, warm-up {params.warmup:g} s, "

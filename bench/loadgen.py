@@ -141,6 +141,8 @@ class Call:
         self.pcmu: list[bytes] = []
         # signalling
         self.invite_at = 0.0
+        self.challenged_at: float | None = None  # 407 received
+        self.pbx_invite_at: float | None = None  # the gateway's INVITE reached the PBX stub
         self.answered_at: float | None = None
         self.failure: str | None = None
         self.to_header = ""
@@ -506,6 +508,7 @@ class MetaCaller:
                 data = self._invite(call, branch, auth)
                 resp = await self.link.request(call, data, "INVITE", call.cseq, timeout)
                 if resp.status == 407 and auth is None:
+                    call.challenged_at = loop.time()
                     self._ack_failure(call, branch, resp)
                     challenge = select_challenge(
                         [parse_challenge(v) for v in resp.headers.get_all("Proxy-Authenticate")]
@@ -631,6 +634,7 @@ class PbxStub(asyncio.DatagramProtocol):
             self._send(make_response(req, 404, to_tag=secrets.token_hex(6)).to_bytes(), addr)
             return
         self.invites += 1
+        call.pbx_invite_at = asyncio.get_running_loop().time()
         call.pbx_call_id = req.call_id
         self.by_call_id[req.call_id] = call
         call.gw_pbx_addr = (c.group(1), int(m.group(1)))

@@ -12,16 +12,17 @@ import re
 import subprocess
 from pathlib import Path
 
-from bench.run import Result, git_describe, summary_numbers
-from bench.stats import DirectionStats
+from bench.run import Params, Result, git_describe, summary_numbers
+from bench.stats import DirectionStats, percentile
 
 TARGET_CALLS = 200
 TARGET_P99_MS = 5.0
 HISTORY_HEADER = (
-    "| date | commit | calls | window s | daemon CPU s per call-second | % of one core "
-    "| lost W->P | lost P->W | W->P p50 / p99 ms | P->W p50 / p99 ms | target |"
+    "| date | commit | arguments | calls up | daemon CPU per call-second | % of one core "
+    "| lost W->P | lost P->W | W->P p50 / p99 ms | P->W p50 / p99 ms | other load on core 0 "
+    "| target |"
 )
-HISTORY_RULE = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+HISTORY_RULE = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 _HISTORY_ROW_RE = re.compile(r"^\| \d{4}-\d{2}-\d{2} ")
 
 
@@ -102,15 +103,56 @@ def verdict(r: Result) -> tuple[bool, list[str]]:
             f"the daemon used {r.daemon_core_pct:.0f} % of its core: saturated "
             f"(linear estimate of what one core carries: {capacity(r):.0f} calls)"
         )
+    if r.socket_drops:
+        problems.append(f"the kernel dropped {r.socket_drops} datagrams on the benchmark's sockets")
     if not r.pinned:
         problems.append("not pinned to one core: the one-core condition was not enforced")
     return not problems, problems
+
+
+def caveats(r: Result) -> list[str]:
+    """Conditions that make this run's latency figures less trustworthy."""
+    out: list[str] = []
+    others = r.others_on_daemon_core_pct
+    if others >= 5:
+        out.append(
+            f"other processes used {others:.0f} % of the daemon's core during the window "
+            "(a shared machine): latency is inflated by waiting for the CPU"
+        )
+    if r.pacer_late_p99_ms > 3:
+        out.append(
+            f"the load generator sent late (pacer lateness p99 {r.pacer_late_p99_ms:.1f} ms): "
+            "its packets arrived in bursts rather than evenly spread"
+        )
+    if r.generator_core_pct > 85:
+        out.append(f"the load generator used {r.generator_core_pct:.0f} % of its core")
+    return out
 
 
 def capacity(r: Result) -> float:
     """Calls one core would carry at this per-call cost (linear, 100 % busy)."""
     cost = r.cpu_per_call_second
     return 1.0 / cost if cost and not math.isnan(cost) else float("nan")
+
+
+def command_args(p: Params) -> str:
+    args = f"--calls {p.calls} --seconds {p.seconds:g}"
+    if p.opus_complexity is not None:
+        args += f" --opus-complexity {p.opus_complexity}"
+    if p.nice:
+        args += f" --nice {p.nice}"
+    if p.profile:
+        args += " --profile"
+    return args
+
+
+def _core_text(core: int, use: dict[str, float]) -> str:
+    busy = 100 * (1 - use.get("idle", 0) - use.get("iowait", 0))
+    parts = [f"core {core}: {busy:.0f} % busy"]
+    detail = [
+        f"{k} {100 * use[k]:.0f} %" for k in ("user", "system", "softirq", "steal") if use.get(k)
+    ]
+    return parts[0] + (f" ({', '.join(detail)})" if detail else "")
 
 
 def _direction_rows(d: DirectionStats) -> list[str]:
@@ -129,9 +171,14 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
     lines = [
         f"## Latest run: {r.started}",
         "",
-        f"Command: `python -m bench --calls {p.calls} --seconds {p.seconds:g}`"
+        f"Command: `python -m bench {command_args(p)}`"
         f" (ramp {p.rate:g} calls/s, warm-up {p.warmup:g} s"
-        f"{', py-spy attached' if p.profile else ''}). Code: {commit}.",
+        f"{', py-spy attached' if p.profile else ''}). Code: {commit}."
+        + (
+            f" Opus encoder complexity {p.opus_complexity} (not the default)."
+            if p.opus_complexity is not None
+            else " Gateway defaults (Opus encoder complexity as configured by default)."
+        ),
         "",
         "| machine | |",
         "|---|---|",
@@ -146,6 +193,12 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         + " |",
         f"| call setup time p50 / p99 (INVITE to 200, 407 round included) | "
         f"{_ms(nums['setup_p50'])} / {_ms(nums['setup_p99'])} ms |",
+        *[
+            f"| setup phase {name} p50 / p99 | {_ms(percentile(v, 50))} / "
+            f"{_ms(percentile(v, 99))} ms |"
+            for name, v in r.setup_phases_ms.items()
+        ],
+        f"| INVITE retransmissions seen by the PBX | {r.pbx_invite_retransmissions} |",
         f"| ramp ({r.calls_ok + r.calls_failed} calls) | {r.ramp_seconds:.1f} s |",
         f"| measurement window | {r.window_seconds:.1f} s, {r.call_seconds:.0f} call-seconds |",
         f"| **daemon CPU per call-second** | **{r.cpu_per_call_second * 1000:.2f} ms** "
@@ -159,12 +212,14 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         f"| load generator CPU (its own core) | {r.generator_core_pct:.1f} % of core "
         f"{1 if r.pinned else '?'}; pacer lateness p99 {r.pacer_late_p99_ms:.2f} ms, "
         f"max {r.pacer_late_max_ms:.2f} ms |",
-        "| cores busy in the window (all processes) | "
-        + ", ".join(f"core {c}: {100 * b:.0f} %" for c, b in sorted(r.core_busy.items()))
+        "| cores in the window (whole machine) | "
+        + "; ".join(_core_text(c, u) for c, u in sorted(r.core_use.items()))
         + " |",
-        "| kernel UDP drops in the window (system-wide) | "
+        f"| other processes on the daemon's core | {r.others_on_daemon_core_pct:.0f} % |",
+        f"| datagrams dropped by the kernel on the benchmark's sockets | {r.socket_drops} "
+        "(system-wide UDP counters: "
         + ", ".join(f"{k} {v}" for k, v in r.udp_drops.items())
-        + " |",
+        + ") |",
         "",
         "### Packets and added latency (packets sent inside the window)",
         "",
@@ -195,6 +250,9 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         f"**{'Met.' if ok else 'Not met.'}**",
     ]
     lines += [f"- {p}" for p in problems]
+    notes = caveats(r)
+    if notes:
+        lines += ["", "Caveats for this run:", "", *[f"- {n}" for n in notes]]
     if r.notes:
         lines += ["", *[f"Note: {n}" for n in r.notes]]
     if r.daemon_errors:
@@ -227,10 +285,11 @@ def history_row(r: Result, commit: str) -> str:
     ok, _ = verdict(r)
     return (
         f"| {r.started[:16]} | {commit.split(' ')[0]}{'*' if '+' in commit else ''} | "
-        f"{r.calls_ok}/{r.params.calls} | {r.window_seconds:.0f} | "
+        f"`{command_args(r.params)}` | {r.calls_ok} | "
         f"{r.cpu_per_call_second * 1000:.2f} ms | {r.daemon_core_pct:.0f} % | "
         f"{r.m2p.lost} | {r.p2m.lost} | {_ms(m2p.get('p50'))} / {_ms(m2p.get('p99'))} | "
-        f"{_ms(p2m.get('p50'))} / {_ms(p2m.get('p99'))} | {'met' if ok else 'not met'} |"
+        f"{_ms(p2m.get('p50'))} / {_ms(p2m.get('p99'))} | {r.others_on_daemon_core_pct:.0f} % | "
+        f"{'met' if ok else 'not met'} |"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import shutil
@@ -26,6 +27,7 @@ from bench.daemon import (
     Daemon,
     read_core_times,
     read_cpu,
+    read_socket_drops,
     read_udp_counters,
 )
 from bench.loadgen import SLOTS, Call, MetaCaller, MetaLink, Pacer, PbxStub
@@ -46,6 +48,8 @@ class Params:
     profile: bool = False
     keep: bool = False
     setup_timeout: float = 15.0
+    opus_complexity: int | None = None  # None: the gateway's default
+    nice: int = 0  # scheduling priority of the daemon and the generator (root for < 0)
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Result:
     calls_failed: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     setup_ms: list[float] = field(default_factory=list)
+    setup_phases_ms: dict[str, list[float]] = field(default_factory=dict)
+    pbx_invite_retransmissions: int = 0
     ramp_seconds: float = 0.0
     window_seconds: float = 0.0
     daemon_cpu: float = 0.0  # seconds in the window
@@ -66,8 +72,9 @@ class Result:
     daemon_rss_idle_kib: int = 0
     daemon_rss_kib: int = 0
     generator_cpu: float = 0.0
-    core_busy: dict[int, float] = field(default_factory=dict)  # fraction of each core
-    udp_drops: dict[str, int] = field(default_factory=dict)
+    core_use: dict[int, dict[str, float]] = field(default_factory=dict)  # fraction per column
+    udp_drops: dict[str, int] = field(default_factory=dict)  # system-wide counters
+    socket_drops: int = 0  # on the benchmark's own sockets (daemon media, generator)
     m2p: DirectionStats = field(default_factory=lambda: DirectionStats("WhatsApp -> PBX"))
     p2m: DirectionStats = field(default_factory=lambda: DirectionStats("PBX -> WhatsApp"))
     pacer_late_p99_ms: float = 0.0
@@ -97,11 +104,22 @@ class Result:
         return 100 * self.daemon_cpu / self.window_seconds if self.window_seconds else 0.0
 
     @property
+    def others_on_daemon_core_pct(self) -> float:
+        """Busy time of the daemon's core not spent in the daemon or in interrupts: others."""
+        use = self.core_use.get(DAEMON_CORE)
+        if not use or not self.pinned:
+            return 0.0
+        busy = sum(v for k, v in use.items() if k not in ("idle", "iowait", "irq", "softirq"))
+        return max(0.0, 100 * busy - self.daemon_core_pct)
+
+    @property
     def generator_core_pct(self) -> float:
         return 100 * self.generator_cpu / self.window_seconds if self.window_seconds else 0.0
 
 
-def _pin_self(pin: bool) -> bool:
+def _pin_self(pin: bool, nice: int) -> bool:
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     if not pin or not hasattr(os, "sched_setaffinity"):
         return False
     cores = os.sched_getaffinity(0)
@@ -124,12 +142,18 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
     _, stub = await loop.create_datagram_endpoint(
         lambda: PbxStub(calls_by_wacid), local_addr=("127.0.0.1", 0)
     )
+    overrides: dict[str, Any] = {}
+    if p.opus_complexity is not None:
+        overrides["media"] = {"opus_complexity": p.opus_complexity}
+    media_ports = _media_range(p.calls)
     daemon = Daemon(
         workdir,
         pbx_address=stub.address,
         max_calls=max(p.calls + 10, 200),
         core=DAEMON_CORE if result.pinned else None,
-        media_ports=_media_range(p.calls),
+        media_ports=media_ports,
+        overrides=overrides,
+        nice=p.nice,
     )
     link: MetaLink | None = None
     pacer = Pacer(loop)
@@ -168,10 +192,24 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
                 await asyncio.sleep(delay)
         await asyncio.gather(*tasks)
         result.ramp_seconds = loop.time() - t_ramp
+        result.pbx_invite_retransmissions = stub.retransmissions
+        our_ports = set(range(media_ports[0], media_ports[1] + 1))
+        our_ports |= {daemon.ports["pbx_listen"], stub.address[1]}
+        for call in calls:
+            our_ports.add(call.meta_sock.getsockname()[1])
+            our_ports.add(call.pbx_sock.getsockname()[1])
+        phases = result.setup_phases_ms
         for call in calls:
             if call.failure is None and call.answered_at is not None:
                 result.calls_ok += 1
                 result.setup_ms.append(1000 * (call.answered_at - call.invite_at))
+                if call.challenged_at is not None and call.pbx_invite_at is not None:
+                    for name, a, b in (
+                        ("INVITE -> 407", call.invite_at, call.challenged_at),
+                        ("407 -> INVITE at the PBX", call.challenged_at, call.pbx_invite_at),
+                        ("PBX 200 -> 200 to WhatsApp", call.pbx_invite_at, call.answered_at),
+                    ):
+                        phases.setdefault(name, []).append(1000 * (b - a))
             else:
                 result.calls_failed += 1
                 why = call.failure or "unknown"
@@ -180,6 +218,11 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
             raise RuntimeError(f"no call was set up: {result.failures}")
 
         await asyncio.sleep(p.warmup)
+        # The generator must not pause itself inside the window: no cyclic GC there
+        # (the objects it allocates per packet are freed by reference counting).
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         # -- the measurement window ------------------------------------------
         if p.profile:
             spy = PySpy(daemon.pid, p.seconds, workdir, GENERATOR_CORE if result.pinned else None)
@@ -187,6 +230,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         lateness_from = len(pacer.lateness)
         cpu0: CpuSample = read_cpu(daemon.pid)
         cores0, udp0 = read_core_times(), read_udp_counters()
+        drops0 = read_socket_drops(our_ports)
         gen0 = time.process_time()
         w0 = time.time_ns()
         await asyncio.sleep(p.seconds)
@@ -200,10 +244,11 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         result.daemon_stime = cpu1.stime - cpu0.stime
         result.daemon_rss_kib = cpu1.rss_kib
         result.generator_cpu = gen1 - gen0
-        for core, (busy1, total1) in cores1.items():
-            busy0, total0 = cores0.get(core, (busy1, total1))
-            if total1 > total0:
-                result.core_busy[core] = (busy1 - busy0) / (total1 - total0)
+        for core, cols1 in cores1.items():
+            cols0 = cores0.get(core, cols1)
+            total = sum(cols1.values()) - sum(cols0.values())
+            if total > 0:
+                result.core_use[core] = {k: (v - cols0[k]) / total for k, v in cols1.items()}
         result.udp_drops = {
             k: udp1[k] - udp0.get(k, 0)
             for k in ("InErrors", "RcvbufErrors", "SndbufErrors")
@@ -213,6 +258,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         if late.size:
             result.pacer_late_p99_ms = float(np.percentile(late, 99))
             result.pacer_late_max_ms = float(late.max())
+        gc.enable()
         if spy is not None:
             result.profile, result.profile_note = await loop.run_in_executor(None, spy.finish)
             result.profile_total = spy.by_total
@@ -220,6 +266,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         # -- stop sending, let the last packets arrive, analyse ---------------
         pacer.stop()
         await asyncio.sleep(0.5)
+        result.socket_drops = read_socket_drops(our_ports) - drops0
         for call in calls:
             if call.answered_at is not None and call.failure is None:
                 result.m2p.add(call.m2p, w0, w1)
@@ -243,6 +290,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
             result.pbx_byes += int(call.pbx_bye)
             result.gateway_byes += int(call.gateway_bye)
     finally:
+        gc.enable()
         pacer.stop()
         if spy is not None:
             spy.kill()
@@ -286,7 +334,7 @@ def _check_audio(calls: list[Call], result: Result) -> None:
 
 def run(p: Params) -> Result:
     result = Result(params=p, started=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-    result.pinned = _pin_self(p.pin)
+    result.pinned = _pin_self(p.pin, p.nice)
     if p.pin and not result.pinned:
         result.notes.append("not pinned: the machine lacks cores 0 and 1 for this process")
     workdir = Path(tempfile.mkdtemp(prefix="wagw-bench-"))
