@@ -180,7 +180,11 @@ class InboundCall:
             self.sip.reply(tx, 500, headers=[("Retry-After", "1")])
             return
         method = req.method
-        if method == "BYE":
+        if method == "BYE" and self.state in (State.CALLING, State.EARLY):
+            # BYE in the early dialog (RFC 3261 section 15): like a CANCEL, the INVITE gets 487.
+            self.sip.reply(tx, 200)
+            self.on_meta_cancel()
+        elif method == "BYE":
             self.sip.reply(tx, 200)
             self._bye_pbx("Meta hung up")
             self._end("meta_bye")

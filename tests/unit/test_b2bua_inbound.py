@@ -536,6 +536,26 @@ def test_bye_for_an_ended_call_is_481(h: Harness) -> None:
     assert statuses(sent) == [481]
 
 
+def test_meta_bye_in_early_dialog_ends_both_legs(h: Harness) -> None:
+    """RFC 3261 15: the caller may BYE an early dialog; the UAS answers the INVITE 487
+    and the PBX leg is cancelled, nothing is left behind."""
+    flow = h.start_call()
+    h.pbx_reply(flow, 180)
+    early = Response(status=180)
+    early.headers.add("To", f"<sip:{BUSINESS}@{HOSTNAME}>;tag={flow.call.wa_tag}")
+    early.headers.add("Contact", f"<sip:{BUSINESS}@{HOSTNAME}:5061;transport=tls>")
+    flow.answered = early
+    sent = h.meta_in_dialog(flow, "BYE")
+    assert 200 in statuses(to_meta(sent))
+    assert 487 in statuses(to_meta(sent))
+    assert methods(to_pbx(sent)) == ["CANCEL"]
+    h.from_pbx(response_to(flow.pbx_invite, 487, to_tag=flow.pbx_to_tag))
+    assert methods(to_pbx(h.sent())) == ["ACK"]
+    assert_gone(h, flow)
+    h.drain_timers()
+    assert len(h.manager) == 0
+
+
 # =========================================================================== CANCEL
 
 
