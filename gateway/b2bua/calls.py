@@ -163,12 +163,15 @@ class CallManager:
         if number is None:
             self._reject(tx, 404, [], "not a configured business number")
             return
+        key = self._call_key(req)
+        if key is None:
+            self._reject(tx, 482, [], "merged request")
+            return
         if number.challenge and not self._authorised(req, tx, number):
             return
         if req.content_type != "application/sdp" or not req.body:
             self._reject(tx, 415 if req.body else 488, [("Accept", "application/sdp")], "no SDP")
             return
-        key = wacid(req) or req.call_id
         try:
             bridge = self.bridges(key, lambda leg: self._no_media(key, leg))
         except NoMediaPorts:
@@ -199,6 +202,20 @@ class CallManager:
         pbx_tx = call.start()
         self._by_local[_local_key(pbx_tx.request)] = (call, "pbx")
         log.info("call_admitted", call=key, number=number.number, user=setup.user)
+
+    def _call_key(self, req: Request) -> str | None:
+        """A key no live call has: Meta's wacid, made unique when another call carries the
+        same one; None for a merged request (RFC 3261 8.2.2.2: the INVITE of a live call
+        again, on another branch)."""
+        base = key = wacid(req) or req.call_id
+        n = 1
+        while (other := self.calls.get(key)) is not None:
+            first = other.wa_request
+            if first.call_id == req.call_id and first.from_.tag == req.from_.tag:
+                return None
+            n += 1
+            key = f"{base}#{n}"
+        return key
 
     def _setup(
         self,
@@ -305,7 +322,8 @@ class CallManager:
             call.on_no_media(leg)
 
     def _ended(self, call: InboundCall, reason: str) -> None:
-        self.calls.pop(call.key, None)
+        if self.calls.get(call.key) is call:
+            del self.calls[call.key]
         self._by_server_tx.pop(call.wa_tx, None)
         for k in [k for k, v in self._by_local.items() if v[0] is call]:
             del self._by_local[k]

@@ -876,6 +876,40 @@ def test_hangup_all(h: Harness) -> None:
 # =========================================================================== the tables
 
 
+def test_duplicate_wacid_does_not_corrupt_the_call_table(h: Harness) -> None:
+    """Two INVITEs (different Call-IDs) carrying the same x-wa-meta-wacid: both calls
+    stay tracked, each ends on its own, nothing is left in the tables."""
+    wacid = "wacid.HBgLDUPLICATE"
+    a = h.start_call(wacid=wacid, call_id="outgoing:wacid.A")
+    b = h.start_call(wacid=wacid, call_id="outgoing:wacid.B")
+    assert a.call is not b.call
+    assert len(h.calls.calls) == 2
+    h.pbx_reply(a, 486)
+    assert len(h.calls.calls) == 1
+    assert b.call in h.calls.calls.values()
+    h.pbx_reply(b, 486)
+    assert h.calls.calls == {} and h.calls._by_local == {} and h.calls._by_server_tx == {}
+
+
+def test_merged_request_is_482(h: Harness) -> None:
+    """The same INVITE again on a new branch (RFC 3261 8.2.2.2): 482, the call goes on."""
+    flow = h.start_call()
+    again = meta_invite(
+        call_id=flow.invite.call_id,
+        from_tag=flow.invite.from_.tag,
+        wacid=flow.call.key,
+        cseq=flow.invite.cseq.seq,
+        auth=flow.invite.headers.get("Proxy-Authorization"),
+    )
+    h.from_meta(again)
+    sent = h.sent()
+    assert final_to_meta(sent).status == 482
+    assert to_pbx(sent) == []
+    assert list(h.calls.calls.values()) == [flow.call]
+    h.answer(flow)
+    assert flow.call.state is State.CONFIRMED
+
+
 def test_many_calls_leave_nothing_behind(h: Harness) -> None:
     ends = ["meta_bye", "pbx_bye", "cancel", "busy"]
     h.reparse = False  # the messages are checked elsewhere; here only the tables matter
