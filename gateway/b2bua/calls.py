@@ -328,6 +328,7 @@ class CallManager:
         for k in [k for k, v in self._by_local.items() if v[0] is call]:
             del self._by_local[k]
         log.info("call_ended", call=call.key, reason=reason, status=call.final_status)
+        log.info("call_record", **call.record())
         if self._on_call_end is not None:
             self._on_call_end(call, reason)
 

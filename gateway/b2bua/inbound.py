@@ -227,7 +227,15 @@ class InboundCall:
         relay = 183 if resp.status == 183 else 180
         if relay not in self._relayed:
             self._relayed.add(relay)
-            self.sip.reply(self.wa_tx, relay, to_tag=self.wa_tag)
+            # It has our To tag, so it creates an early dialog at Meta (RFC 3261 12.1.1).
+            resp = self.sip.response(
+                self.wa_tx,
+                relay,
+                to_tag=self.wa_tag,
+                record_route=True,
+                headers=self._contact_headers(),
+            )
+            self.sip.send_response(resp)
 
     def _on_pbx_answer(self, resp: Response, retransmission: bool) -> None:
         if self.pbx_dialog is None:
@@ -433,6 +441,30 @@ class InboundCall:
         self.ended_at = self.sip.now()
         self.bridge.close()
         self._on_end(self, reason)
+
+    def record(self) -> dict[str, object]:
+        """The call record: who, when, how it ended, and media statistics (no secrets)."""
+        setup = (self.answered_at - self.started) if self.answered_at is not None else None
+        duration = (
+            (self.ended_at or self.sip.now()) - self.answered_at
+            if self.answered_at is not None
+            else 0.0
+        )
+        return {
+            "call": self.key,
+            "direction": "inbound",
+            "business_number": self.s.number,
+            "user": self.s.user,
+            "meta_call_id": self.wa_request.call_id,
+            "pbx_call_id": self.pbx_request.call_id if self.pbx_request else None,
+            "status": self.final_status,
+            "end_reason": self.end_reason,
+            "setup_seconds": round(setup, 3) if setup is not None else None,
+            "duration_seconds": round(duration, 3),
+            "wa_media": describe(self.s.wa_media),
+            "pbx_media": describe(self.pbx_media) if self.pbx_media else None,
+            "media": self.bridge.stats(),
+        }
 
     def hangup(self, why: str) -> None:
         """End the call from our side (shutdown, admin)."""

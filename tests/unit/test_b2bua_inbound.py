@@ -379,6 +379,19 @@ def test_100_from_the_pbx_is_not_relayed(h: Harness) -> None:
     assert flow.call.state is State.EARLY
 
 
+def test_provisional_responses_to_meta_are_dialog_creating(h: Harness) -> None:
+    """A 180 with a To tag creates an early dialog at Meta: it carries Contact and
+    Meta's Record-Route (RFC 3261 section 12.1.1)."""
+    flow = h.start_call()
+    ringing = only(to_meta(h.pbx_reply(flow, 180))).response  # type: ignore[union-attr]
+    assert ringing.headers.lines("Record-Route") == list(META_RR)
+    assert ringing.contact is not None
+    assert str(ringing.contact.uri) == f"sip:{BUSINESS}@{HOSTNAME}:5061;transport=tls"
+    session = only(to_meta(h.pbx_reply(flow, 183))).response  # type: ignore[union-attr]
+    assert session.headers.lines("Record-Route") == list(META_RR)
+    assert session.contact is not None
+
+
 # =========================================================================== answer
 
 
