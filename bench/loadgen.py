@@ -48,6 +48,7 @@ SUITE = "AES_CM_128_HMAC_SHA1_80"
 OPUS_PT = 111
 PCMU_PT = 0
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not export it
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 ANC_SIZE = socket.CMSG_SPACE(16)
 RCVBUF = 1 << 20
 SLOTS = 20  # 1 ms slots per 20 ms packet interval
@@ -68,6 +69,10 @@ _CRYPTO_RE = re.compile(r"^a=crypto:\d+ (\S+) (inline:[A-Za-z0-9+/=]+)", re.M)
 _time_ns = time.time_ns
 
 
+def _nothing() -> None:
+    pass
+
+
 def _branch() -> str:
     return "z9hG4bK" + secrets.token_hex(8)
 
@@ -75,7 +80,10 @@ def _branch() -> str:
 def _media_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    try:  # beyond net.core.rmem_max when root: a stalled reader must not lose packets
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
@@ -110,6 +118,7 @@ class Direction:
     rx_ns: array[int] = field(default_factory=lambda: array("q"))
     rx_kind: array[int] = field(default_factory=lambda: array("b"))
     keep: list[bytes] | None = None  # audio payloads kept for the audio check
+    audio_rx: int = 0
     send_errors: int = 0
     rx_bad: int = 0  # SRTP authentication failures, wrong payload type, runts
     rx_rtcp: int = 0
@@ -139,6 +148,7 @@ class Call:
         self.m_k = self.p_k = 0
         self.opus: list[bytes] = []
         self.pcmu: list[bytes] = []
+        self.poll: Callable[[], None] = _nothing  # the pacer's catch-up, run between reads
         # signalling
         self.invite_at = 0.0
         self.challenged_at: float | None = None  # 407 received
@@ -202,6 +212,7 @@ class Call:
     def meta_readable(self) -> None:
         """What the gateway sends toward Meta: SRTP/Opus (+ SRTCP)."""
         sock, d, srtp = self.meta_sock, self.p2m, self.srtp
+        self.poll()
         while True:
             try:
                 data, anc, _, _ = sock.recvmsg(2048, ANC_SIZE)
@@ -230,12 +241,15 @@ class Call:
             d.rx_seq.append((plain[2] << 8) | plain[3])
             d.rx_ns.append(t)
             d.rx_kind.append(kind)
-            if d.keep is not None and not kind:
-                d.keep.append(payload)
+            if not kind:
+                d.audio_rx += 1
+                if d.keep is not None:
+                    d.keep.append(payload)
 
     def pbx_readable(self) -> None:
         """What the gateway sends toward the PBX: RTP/PCMU (+ RTCP)."""
         sock, d = self.pbx_sock, self.m2p
+        self.poll()
         while True:
             try:
                 data, anc, _, _ = sock.recvmsg(2048, ANC_SIZE)
@@ -257,6 +271,7 @@ class Call:
             d.rx_seq.append((data[2] << 8) | data[3])
             d.rx_ns.append(t)
             d.rx_kind.append(0)
+            d.audio_rx += 1
             if d.keep is not None:
                 d.keep.append(data[_payload_offset(data) :])
 
@@ -275,6 +290,8 @@ class Pacer:
         self._next_at = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._stopped = False
+        self._polling = False
+        self._monotonic = loop.time
         self.lateness = array("d")  # per slot: actual - scheduled, seconds
         self.slots_run = 0
 
@@ -293,19 +310,30 @@ class Pacer:
             self._handle.cancel()
             self._handle = None
 
+    def poll(self) -> None:
+        """Send what is due. Called by the timer, and by the socket readers between
+        packets so a long batch of receive work does not hold the senders back."""
+        if self._stopped or self._polling:
+            return
+        self._polling = True
+        try:
+            loop_time = self._monotonic
+            now = loop_time()
+            while self._next_at <= now:
+                self.lateness.append(now - self._next_at)
+                for sender in self._slots[self._next_slot]:
+                    sender()
+                self.slots_run += 1
+                self._next_slot = (self._next_slot + 1) % SLOTS
+                self._next_at += SLOT_SECONDS
+                now = loop_time()
+        finally:
+            self._polling = False
+
     def _run(self) -> None:
         if self._stopped:
             return
-        loop_time = self._loop.time
-        now = loop_time()
-        while self._next_at <= now:
-            self.lateness.append(now - self._next_at)
-            for sender in self._slots[self._next_slot]:
-                sender()
-            self.slots_run += 1
-            self._next_slot = (self._next_slot + 1) % SLOTS
-            self._next_at += SLOT_SECONDS
-            now = loop_time()
+        self.poll()
         self._handle = self._loop.call_at(self._next_at, self._run)
 
 

@@ -198,6 +198,7 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
             f"{_ms(percentile(v, 99))} ms |"
             for name, v in r.setup_phases_ms.items()
         ],
+        f"| last forwarded packet after the last send | {1000 * r.drain_seconds:.0f} ms |",
         f"| INVITE retransmissions seen by the PBX | {r.pbx_invite_retransmissions} |",
         f"| ramp ({r.calls_ok + r.calls_failed} calls) | {r.ramp_seconds:.1f} s |",
         f"| measurement window | {r.window_seconds:.1f} s, {r.call_seconds:.0f} call-seconds |",

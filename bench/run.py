@@ -77,6 +77,7 @@ class Result:
     socket_drops: int = 0  # on the benchmark's own sockets (daemon media, generator)
     m2p: DirectionStats = field(default_factory=lambda: DirectionStats("WhatsApp -> PBX"))
     p2m: DirectionStats = field(default_factory=lambda: DirectionStats("PBX -> WhatsApp"))
+    drain_seconds: float = 0.0  # from the last send to the last forwarded audio packet
     pacer_late_p99_ms: float = 0.0
     pacer_late_max_ms: float = 0.0
     audio: dict[str, str] = field(default_factory=dict)
@@ -173,7 +174,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         )
 
         def on_answer(call: Call) -> None:
-            call.opus, call.pcmu = opus, pcmu
+            call.opus, call.pcmu, call.poll = opus, pcmu, pacer.poll
             loop.add_reader(call.meta_sock.fileno(), call.meta_readable)
             loop.add_reader(call.pbx_sock.fileno(), call.pbx_readable)
             pacer.add(call.index % SLOTS, call.send_meta)
@@ -265,7 +266,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
 
         # -- stop sending, let the last packets arrive, analyse ---------------
         pacer.stop()
-        await asyncio.sleep(0.5)
+        result.drain_seconds = await _drain(calls)
         result.socket_drops = read_socket_drops(our_ports) - drops0
         for call in calls:
             if call.answered_at is not None and call.failure is None:
@@ -310,6 +311,22 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
             for line in daemon.log_text().splitlines()
             if '"error"' in line or "Traceback" in line
         ][:20]
+
+
+async def _drain(calls: list[Call], quiet: float = 0.5, limit: float = 10.0) -> float:
+    """After the last send: wait until no forwarded audio has arrived for ``quiet`` seconds
+    (late packets count with their latency, not as lost); at most ``limit`` seconds."""
+    loop = asyncio.get_running_loop()
+    start = last_change = loop.time()
+    seen = -1
+    while loop.time() - start < limit:
+        count = sum(c.m2p.audio_rx + c.p2m.audio_rx for c in calls)
+        if count != seen:
+            seen, last_change = count, loop.time()
+        elif loop.time() - last_change >= quiet:
+            break
+        await asyncio.sleep(0.05)
+    return last_change - start
 
 
 def _check_audio(calls: list[Call], result: Result) -> None:
