@@ -88,6 +88,7 @@ class CallManager:
         self._by_server_tx: dict[ServerTransaction, InboundCall] = {}
         self._on_call_end = on_call_end
         self.counters = CallCounters()
+        self.draining = False  # set by the app on SIGTERM: new calls get 503
         adv = cfg.sip_advertise
         self.pbx_via = LegAddress(cfg.pbx.transport, adv.host, adv.port)
         self.pbx_target = Target(cfg.pbx.transport, cfg.pbx.address.host, cfg.pbx.address.port)
@@ -151,6 +152,9 @@ class CallManager:
     def _admit_inbound(self, req: Request, tx: ServerTransaction, source: Target) -> None:
         cfg = self.cfg
         self.counters.attempts += 1
+        if self.draining:
+            self._reject(tx, 503, [("Retry-After", str(OVERLOAD_RETRY_AFTER))], "draining")
+            return
         if len(self.calls) >= cfg.limits.max_calls:
             self._reject(tx, 503, [("Retry-After", str(OVERLOAD_RETRY_AFTER))], "capacity")
             return
@@ -229,20 +233,19 @@ class CallManager:
         cfg = self.cfg
         caller = req.from_
         user = (caller.uri.user_number if isinstance(caller.uri, SipUri) else None) or "anonymous"
-        pbx = cfg.pbx.address
+        pbx = cfg.pbx.address  # str(): host:port, [v6]:port
         ruser = cfg.pbx.request_uri_user.format(number=number, digits=number[1:], user=user)
-        wa_host, wa_port = cfg.whatsapp.contact_hostport
         return InboundSetup(
             key=key,
             number=number,
             user=user,
             display=caller.display,
-            pbx_uri=f"sip:{ruser}@{pbx.host}:{pbx.port}",
-            pbx_to=f"<sip:{ruser}@{pbx.host}:{pbx.port}>",
+            pbx_uri=f"sip:{ruser}@{pbx}",
+            pbx_to=f"<sip:{ruser}@{pbx}>",
             pbx_headers=pbx_context_headers(req, user=user, business_number=number),
             wa_answer=answer,
             wa_media=wa_media,
-            wa_contact=f"sip:{number}@{wa_host}:{wa_port};transport=tls",
+            wa_contact=f"sip:{number}@{cfg.whatsapp.contact_hostport};transport=tls",
             pbx_via=self.pbx_via,
             pbx_target=self.pbx_target,
             pbx_codecs=tuple(cfg.pbx.codecs),
