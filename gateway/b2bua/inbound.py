@@ -124,11 +124,11 @@ class InboundCall:
         h.add("Max-Forwards", "70")
         display = f'"{_quote(s.display)}" ' if s.display else ""
         via = s.pbx_via
-        h.add("From", f"{display}<sip:{s.user}@{via.host}:{via.port}>;tag={new_tag()}")
+        h.add("From", f"{display}<sip:{s.user}@{_hostport(via)}>;tag={new_tag()}")
         h.add("To", s.pbx_to)
         h.add("Call-ID", new_call_id(via.host))
         h.add("CSeq", "1 INVITE")
-        h.add("Contact", f"<sip:gw@{via.host}:{via.port};transport={via.transport}>")
+        h.add("Contact", f"<sip:gw@{_hostport(via)};transport={via.transport}>")
         h.add("Allow", ALLOW)
         for name, value in s.pbx_headers:
             h.add(name, value)
@@ -486,6 +486,14 @@ def _sendrecv(sdp: SessionDescription) -> SessionDescription:
             for name, value in section.attributes
         ]
     return sdp
+
+
+def _hostport(address: LegAddress) -> str:
+    """``host:port`` for a URI, an IPv6 host in brackets (RFC 3261 section 25.1)."""
+    host = address.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{address.port}"
 
 
 def _quote(text: str) -> str:

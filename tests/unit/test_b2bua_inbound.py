@@ -349,6 +349,43 @@ def test_pbx_offer(tmp_path: Path, codecs: list[str], formats: list[str]) -> Non
     assert m.attribute("crypto") is None  # type: ignore[union-attr]
 
 
+def test_ipv6_pbx_and_advertise(tmp_path: Path) -> None:
+    """IPv6 hosts are bracketed in every URI the gateway builds (RFC 3261 25.1)."""
+    h = Harness(
+        tmp_path,
+        {
+            "pbx": {"address": "[::1]:5080", "listen": "[::1]:5090",
+                    "trusted_networks": ["::1/128"]},
+            "whatsapp": {"advertise": "[2001:db8::5]:5061"},
+        },
+    )  # fmt: skip
+    sent = h.challenge_and_retry({})
+    out = only(h.requests(sent, "INVITE"))
+    assert isinstance(out, Request)
+    target = next(s.target for s in sent if isinstance(s.message, Request))
+    assert target == Target("udp", "::1", 5080)
+    assert out.uri == f"sip:{BUSINESS}@[::1]:5080"
+    assert str(out.to.uri) == f"sip:{BUSINESS}@[::1]:5080"
+    assert out.from_.uri.host == "[::1]"  # type: ignore[union-attr]
+    assert out.contact is not None and str(out.contact.uri) == "sip:gw@[::1]:5090;transport=udp"
+    assert out.top_via.host == "[::1]"
+    call = next(iter(h.calls.calls.values()))
+    flow = Flow(call.wa_request, call, out, call.bridge)  # type: ignore[arg-type]
+    v6_contact = f"<sip:{BUSINESS}@[::1]:5080>"
+    sent = h.pbx_reply(flow, 200, contact=v6_contact)
+    ack = next(s for s in sent if isinstance(s.message, Request))
+    assert ack.request.method == "ACK" and ack.target == Target("udp", "::1", 5080)
+    ok = h.responses(sent, 200)[0]
+    assert ok.contact is not None
+    assert str(ok.contact.uri) == f"sip:{BUSINESS}@[2001:db8::5]:5061;transport=tls"
+    flow.answered = ok
+    h.from_meta(meta_ack(flow))
+    h.sent()
+    bye = only(h.requests(h.pbx_in_dialog(flow, "BYE"), "BYE"))
+    assert isinstance(bye, Request)
+    assert bye.top_via.host == "[2001:db8::5]" and bye.top_via.port == 5061
+
+
 # =========================================================================== progress
 
 
