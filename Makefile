@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.example.yaml
 APT_PACKAGES := sip-tester openssl libopus0 baresip-core sox debootstrap
 
-.PHONY: run test lint typecheck unit integration bench deps apt-deps asterisk-chroot clean
+.PHONY: run demo test lint typecheck unit integration bench deps apt-deps asterisk-chroot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ deps: $(VENV)/.installed
 run: deps
 	$(BIN)/python scripts/dev_setup.py $(CONFIG)
 	$(BIN)/wa-sip-gateway run -c $(CONFIG)
+
+## demo: one WhatsApp call end to end on loopback (Meta emulator -> gateway -> baresip as the PBX phone), explained
+demo: deps apt-deps
+	$(BIN)/python scripts/demo.py
 
 ## apt-deps: system packages: libopus0 (the Opus codec), and the peers the integration tests drive (SIPp, baresip, sox, debootstrap for the Asterisk chroot)
 apt-deps:
