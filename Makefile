@@ -57,8 +57,13 @@ asterisk-chroot:
 test: deps apt-deps asterisk-chroot lint typecheck
 	$(BIN)/pytest -q
 
+## bench: N concurrent transcoded calls through the daemon (one core); writes docs/benchmarks.md
+## (make bench CALLS=10 SECONDS=5 for a smoke run; BENCH_ARGS=--profile samples with py-spy)
+CALLS ?= 200
+SECONDS ?= 20
+BENCH_ARGS ?=
 bench: deps
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --calls $(CALLS) --seconds $(SECONDS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--output", type=Path, default=DOCS, help="markdown file to rewrite")
     ap.add_argument("--keep", action="store_true", help="keep the daemon's work directory")
+    ap.add_argument(
+        "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+        help="the daemon's logging level (default warning; use with --keep)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.calls, args.seconds = 10, 5.0
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         keep=args.keep,
         opus_complexity=args.opus_complexity,
         nice=args.nice,
+        log_level=args.log_level,
     )
     print(
         f"bench: {params.calls} calls, ramp {params.rate:g}/s, warm-up {params.warmup:g} s, "

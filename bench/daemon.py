@@ -143,6 +143,7 @@ class Daemon:
     core: int | None
     media_ports: tuple[int, int] = (20000, 21999)
     nice: int = 0
+    log_level: str = "warning"
     overrides: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -189,7 +190,7 @@ class Daemon:
             },
             "media": {"address": "127.0.0.1", "port_range": list(self.media_ports)},
             "http": {"listen": f"127.0.0.1:{self.ports['http']}"},
-            "logging": {"level": "warning", "format": "json"},
+            "logging": {"level": self.log_level, "format": "json"},
             "limits": {"max_calls": self.max_calls},
         }
         for key, value in self.overrides.items():

@@ -556,7 +556,13 @@ class MetaCaller:
                 call.failure = "challenged twice"
                 return
         except TimeoutError:
-            call.failure = f"no final response in {timeout:g} s"
+            stage = (
+                "to the first INVITE"
+                if call.challenged_at is None
+                else "to the authenticated INVITE, "
+                + ("the PBX answered it" if call.pbx_invite_at else "nothing reached the PBX")
+            )
+            call.failure = f"no final response in {timeout:g} s {stage}"
             return
         except (ConnectionError, ValueError) as exc:
             call.failure = f"{type(exc).__name__}: {exc}"

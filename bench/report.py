@@ -135,6 +135,11 @@ def capacity(r: Result) -> float:
     return 1.0 / cost if cost and not math.isnan(cost) else float("nan")
 
 
+def per_packet_us(r: Result) -> float:
+    packets = r.m2p.received + r.p2m.received
+    return 1e6 * r.daemon_cpu / packets if packets else float("nan")
+
+
 def command_args(p: Params) -> str:
     args = f"--calls {p.calls} --seconds {p.seconds:g}"
     if p.opus_complexity is not None:
@@ -143,6 +148,8 @@ def command_args(p: Params) -> str:
         args += f" --nice {p.nice}"
     if p.profile:
         args += " --profile"
+    if p.log_level != "warning":
+        args += f" --log-level {p.log_level}"
     return args
 
 
@@ -206,6 +213,7 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         f"({r.daemon_cpu:.2f} s CPU: user {r.daemon_utime:.2f} s, system {r.daemon_stime:.2f} s) |",
         f"| **daemon share of one core** | **{r.daemon_core_pct:.1f} %**"
         f"{' (pinned to core 0)' if r.pinned else ' (not pinned)'} |",
+        f"| daemon CPU per forwarded packet (both directions) | {per_packet_us(r):.1f} us |",
         f"| calls one core would carry at this cost (linear) | {capacity(r):.0f} |",
         f"| daemon memory (RSS) idle / with the calls | {r.daemon_rss_idle_kib / 1024:.0f} / "
         f"{r.daemon_rss_kib / 1024:.0f} MiB ("
@@ -258,26 +266,41 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         lines += ["", *[f"Note: {n}" for n in r.notes]]
     if r.daemon_errors:
         lines += ["", "Errors in the daemon's log:", "", "```", *r.daemon_errors, "```"]
-    if r.profile:
+    if r.profile_note and not r.profile:
+        lines += ["", f"Profile: {r.profile_note}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_profile(r: Result, commit: str) -> str:
+    """The py-spy section; kept in docs/benchmarks.md until the next profiled run."""
+    p = r.params
+    busy = 100 - next((t for name, _, t in r.profile_total if "select" in name), 0.0)
+    lines = [
+        "## Where the daemon's time goes (latest profiled run)",
+        "",
+        f"From `python -m bench {command_args(p)}` on {r.started} (code {commit}): "
+        f"{r.profile_note}. Percentages are of all samples of the daemon's threads, idle "
+        f"(waiting in `select`) included: Python code outside `select` in {busy:.0f} % of "
+        "the samples (py-spy sees Python frames; kernel time spent in the `select` call, "
+        "such as wake-ups, counts as `select`). "
+        f"That run: {r.calls_ok} calls, {r.cpu_per_call_second * 1000:.2f} ms CPU per "
+        f"call-second, {r.daemon_core_pct:.0f} % of one core.",
+        "",
+        "By self time (the function itself, not what it calls):",
+        "",
+        "| function | self % | total % |",
+        "|---|---:|---:|",
+        *[f"| `{name}` | {s:.1f} | {t:.1f} |" for name, s, t in r.profile],
+    ]
+    if r.profile_total:
         lines += [
             "",
-            f"### Where the daemon's time goes ({r.profile_note})",
+            "By inclusive time:",
             "",
             "| function | self % | total % |",
             "|---|---:|---:|",
-            *[f"| `{name}` | {s:.1f} | {t:.1f} |" for name, s, t in r.profile],
+            *[f"| `{name}` | {s:.1f} | {t:.1f} |" for name, s, t in r.profile_total],
         ]
-        if r.profile_total:
-            lines += [
-                "",
-                "By inclusive time:",
-                "",
-                "| function | self % | total % |",
-                "|---|---:|---:|",
-                *[f"| `{name}` | {s:.1f} | {t:.1f} |" for name, s, t in r.profile_total],
-            ]
-    elif r.profile_note:
-        lines += ["", f"Profile: {r.profile_note}"]
     return "\n".join(lines) + "\n"
 
 
@@ -324,18 +347,25 @@ def write_markdown(path: Path, r: Result) -> None:
     info = machine()
     commit = git_describe()
     rows: list[str] = []
+    profile = render_profile(r, commit) if r.profile else ""
     if path.exists():
-        in_history = False
+        section = ""
+        kept: list[str] = []
         for line in path.read_text().splitlines():
-            if line.startswith("## History"):
-                in_history = True
-            elif in_history and _HISTORY_ROW_RE.match(line):
+            if line.startswith("## "):
+                section = line
+            elif section.startswith("## History") and _HISTORY_ROW_RE.match(line):
                 rows.append(line)
+            if section.startswith("## Where the daemon's time goes"):
+                kept.append(line)
+        if not profile and kept:
+            profile = "\n".join(kept).rstrip() + "\n"
     rows.append(history_row(r, commit))
     text = "\n".join(
         [
             METHOD,
             render_latest(r, info, commit),
+            *([profile] if profile else []),
             "## History",
             "",
             "One row per run, newest last (* = uncommitted changes in gateway/ at the time).",
@@ -351,4 +381,6 @@ def write_markdown(path: Path, r: Result) -> None:
 
 
 def render_stdout(r: Result) -> str:
-    return render_latest(r, machine(), git_describe())
+    commit = git_describe()
+    text = render_latest(r, machine(), commit)
+    return text + ("\n" + render_profile(r, commit) if r.profile else "")

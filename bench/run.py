@@ -50,6 +50,7 @@ class Params:
     setup_timeout: float = 15.0
     opus_complexity: int | None = None  # None: the gateway's default
     nice: int = 0  # scheduling priority of the daemon and the generator (root for < 0)
+    log_level: str = "warning"  # the daemon's
 
 
 @dataclass
@@ -155,6 +156,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         media_ports=media_ports,
         overrides=overrides,
         nice=p.nice,
+        log_level=p.log_level,
     )
     link: MetaLink | None = None
     pacer = Pacer(loop)
