@@ -59,8 +59,8 @@ test: deps apt-deps asterisk-chroot lint typecheck
 
 ## bench: N concurrent transcoded calls through the daemon (one core); writes docs/benchmarks.md
 ## (make bench CALLS=10 SECONDS=5 for a smoke run; BENCH_ARGS=--profile samples with py-spy)
-CALLS ?= 200
-SECONDS ?= 20
+CALLS = 200
+SECONDS = 20
 BENCH_ARGS ?=
 bench: deps
 	$(BIN)/python -m bench --calls $(CALLS) --seconds $(SECONDS) $(BENCH_ARGS)
