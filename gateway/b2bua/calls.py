@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from gateway.b2bua.context import pbx_context_headers, wacid
 from gateway.b2bua.endpoint import Endpoint
-from gateway.b2bua.inbound import InboundCall, InboundSetup
+from gateway.b2bua.inbound import InboundCall, InboundSetup, uri_user
 from gateway.b2bua.legs import (
     BridgeFactory,
     LegAddress,
@@ -234,7 +234,9 @@ class CallManager:
         caller = req.from_
         user = (caller.uri.user_number if isinstance(caller.uri, SipUri) else None) or "anonymous"
         pbx = cfg.pbx.address  # str(): host:port, [v6]:port
-        ruser = cfg.pbx.request_uri_user.format(number=number, digits=number[1:], user=user)
+        ruser = cfg.pbx.request_uri_user.format(
+            number=number, digits=number[1:], user=uri_user(user)
+        )
         return InboundSetup(
             key=key,
             number=number,

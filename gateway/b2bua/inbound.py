@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from gateway.b2bua import mapping
 from gateway.b2bua.legs import (
@@ -124,7 +125,7 @@ class InboundCall:
         h.add("Max-Forwards", "70")
         display = f'"{_quote(s.display)}" ' if s.display else ""
         via = s.pbx_via
-        h.add("From", f"{display}<sip:{s.user}@{_hostport(via)}>;tag={new_tag()}")
+        h.add("From", f"{display}<sip:{uri_user(s.user)}@{_hostport(via)}>;tag={new_tag()}")
         h.add("To", s.pbx_to)
         h.add("Call-ID", new_call_id(via.host))
         h.add("CSeq", "1 INVITE")
@@ -486,6 +487,12 @@ def _sendrecv(sdp: SessionDescription) -> SessionDescription:
             for name, value in section.attributes
         ]
     return sdp
+
+
+def uri_user(user: str) -> str:
+    """``user`` (as decoded from Meta's From) escaped for the user part of a SIP URI:
+    RFC 3261 section 25.1 ``user``, with ';' escaped too (it would start user parameters)."""
+    return quote(user, safe="-_.!~*'()&=+$,?/")
 
 
 def _hostport(address: LegAddress) -> str:

@@ -332,6 +332,34 @@ def test_only_present_context_headers_are_sent(h: Harness) -> None:
 
 
 @pytest.mark.parametrize(
+    ("sent_user", "decoded"),
+    [
+        ("%3Cevil%3E", "<evil>"),
+        ("a%20b", "a b"),
+        ("x%0D%0AX-Evil%3A%201", "x\r\nX-Evil: 1"),
+        ("%40host", "@host"),
+        ("a%3Bb", "a;b"),
+        (BSUID, BSUID),
+        (USER, USER),
+    ],
+)
+def test_escaped_caller_user_stays_escaped_toward_the_pbx(
+    tmp_path: Path, sent_user: str, decoded: str
+) -> None:
+    """The From user is percent-decoded when read; it must be escaped again when put in
+    the PBX INVITE's From and Request-URI ({user}), or the INVITE is malformed."""
+    h = Harness(tmp_path, {"pbx": {"request_uri_user": "{user}"}})
+    flow = h.start_call(user=sent_user)  # the INVITE is parsed back from its bytes
+    inv = flow.pbx_invite
+    assert inv.from_.uri.user_number == decoded  # type: ignore[union-attr]
+    assert inv.parsed_uri.user_number == decoded
+    assert inv.to.uri.user_number == decoded  # type: ignore[union-attr]
+    assert "X-Evil" not in inv.headers
+    if sent_user in (BSUID, USER):
+        assert inv.from_.uri.user == sent_user  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
     ("codecs", "formats"), [(["PCMU", "PCMA"], ["0", "8", "101"]), (["PCMA"], ["8", "101"])]
 )
 def test_pbx_offer(tmp_path: Path, codecs: list[str], formats: list[str]) -> None:
