@@ -37,6 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-pin", action="store_true", help="do not pin to cores 0 and 1")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--output", type=Path, default=DOCS, help="markdown file to rewrite")
+    ap.add_argument(
+        "--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+        help="first wait up to SECONDS for the machine's other work to drop under 15 %%",
+    )  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the daemon's work directory")
     ap.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
@@ -63,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         opus_complexity=args.opus_complexity,
         nice=args.nice,
         log_level=args.log_level,
+        wait_quiet=args.wait_quiet,
     )
     print(
         f"bench: {params.calls} calls, ramp {params.rate:g}/s, warm-up {params.warmup:g} s, "

@@ -51,6 +51,7 @@ class Params:
     opus_complexity: int | None = None  # None: the gateway's default
     nice: int = 0  # scheduling priority of the daemon and the generator (root for < 0)
     log_level: str = "warning"  # the daemon's
+    wait_quiet: float = 0.0  # wait up to this long for other work on the machine to calm down
 
 
 @dataclass
@@ -351,8 +352,44 @@ def _check_audio(calls: list[Call], result: Result) -> None:
         result.audio[name] = f"{verdict}: {hz:.0f} Hz at {dbfs:.1f} dBFS (sent {want:.0f} Hz)"
 
 
+def machine_busy(seconds: float = 2.0) -> float:
+    """Fraction of all cores busy over ``seconds`` (whatever runs: this is a shared machine)."""
+    a = read_core_times()
+    time.sleep(seconds)
+    b = read_core_times()
+    busy = total = 0.0
+    for core, cols in b.items():
+        before = a.get(core, cols)
+        delta = {k: v - before[k] for k, v in cols.items()}
+        total += sum(delta.values())
+        busy += sum(delta.values()) - delta["idle"] - delta["iowait"]
+    return busy / total if total else 0.0
+
+
+def wait_quiet(limit: float, threshold: float = 0.15) -> tuple[float, float]:
+    """Wait up to ``limit`` seconds for the machine to be under ``threshold`` busy;
+    (seconds waited, last busy fraction)."""
+    start = time.monotonic()
+    busy = machine_busy()
+    while busy > threshold and time.monotonic() - start < limit:
+        busy = machine_busy()
+    return time.monotonic() - start, busy
+
+
 def run(p: Params) -> Result:
     result = Result(params=p, started=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    if p.wait_quiet > 0:
+        waited, busy = wait_quiet(p.wait_quiet)
+        result.notes.append(
+            f"waited {waited:.0f} s for a quiet machine; {100 * busy:.0f} % of the cores were "
+            "busy with other work just before the run"
+        )
+        result.started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    else:
+        result.notes.append(
+            f"{100 * machine_busy(1.0):.0f} % of the cores were busy with other work just "
+            "before the run"
+        )
     result.pinned = _pin_self(p.pin, p.nice)
     if p.pin and not result.pinned:
         result.notes.append("not pinned: the machine lacks cores 0 and 1 for this process")
