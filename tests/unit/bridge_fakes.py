@@ -55,6 +55,31 @@ META_FMTP = {
 # --------------------------------------------------------------------------- media params
 
 
+def meta_offer_sdp(key_b64: str) -> str:
+    """Meta's offer as whatsapp-sip.md section 6 shows it."""
+    return (
+        "v=0\r\no=- 1730000000 1 IN IP4 57.144.219.49\r\ns=-\r\n"
+        f"c=IN IP4 {META_IP}\r\nt=0 0\r\na=group:BUNDLE audio\r\n"
+        f"m=audio {META_PORT} RTP/SAVP 111 126\r\n"
+        "a=rtcp:9 IN IP4 0.0.0.0\r\na=rtcp-mux\r\na=sendrecv\r\na=mid:audio\r\n"
+        f"a=crypto:1 {SUITE} inline:{key_b64}\r\n"
+        "a=rtpmap:111 opus/48000/2\r\n"
+        "a=fmtp:111 " + ";".join(f"{k}={v}" for k, v in META_FMTP.items()) + "\r\n"
+        "a=rtpmap:126 telephone-event/8000\r\na=ptime:20\r\na=maxptime:20\r\n"
+        "a=ssrc:2863311530 cname:WhatsAppAudioStream1\r\n"
+    )
+
+
+def pbx_answer_sdp() -> str:
+    """Asterisk's answer: PCMU, telephone-event 101, no rtcp-mux."""
+    return (
+        f"v=0\r\no=- 1000 1 IN IP4 {PBX_IP}\r\ns=Asterisk\r\nc=IN IP4 {PBX_IP}\r\n"
+        f"t=0 0\r\nm=audio {PBX_PORT} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n"
+        "a=maxptime:150\r\na=sendrecv\r\n"
+    )
+
+
 def remake(params: MediaParams, **changes: Any) -> MediaParams:
     """``params`` with ``changes``; the ``recv_*`` numbers follow the sending ones unless
     given (as MediaParams defaults them), where ``dataclasses.replace`` would keep them."""

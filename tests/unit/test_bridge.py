@@ -7,23 +7,27 @@ and decoded (fakes in ``bridge_fakes``). Media rules: whatsapp-sip.md section 6.
 
 from __future__ import annotations
 
+import base64
 from itertools import pairwise
 
 import pytest
 
 from gateway.media.bridge import EARLY_AUDIO_FRAMES, SILENCE_AFTER
 from gateway.media.rtp import RtpPacket
+from gateway.media.srtp import new_key_material
+from gateway.sdp.negotiate import accept_pbx_answer, answer_whatsapp_offer, make_pbx_offer
 from gateway.sdp.session import parse_sdp
 from tests.unit.bridge_fakes import (
     FRAME,
     META_ADDR,
     OPUS_PT,
-    PBX_IP,
-    PBX_PORT,
     PCMU_PT,
+    SUITE,
     Rig,
     frequency,
     level,
+    meta_offer_sdp,
+    pbx_answer_sdp,
     pbx_params,
     tone_frames,
     wa_g711_params,
@@ -51,18 +55,14 @@ def answered(**kwargs: object) -> Rig:
 
 
 def test_params_match_what_negotiation_produces() -> None:
-    from gateway.media.srtp import new_key_material
-    from gateway.sdp.negotiate import accept_pbx_answer, answer_whatsapp_offer, make_pbx_offer
-    from tests.unit.b2bua_fakes import META_SDP, pbx_sdp
-
-    _, meta = answer_whatsapp_offer(parse_sdp(META_SDP), local_address="203.0.113.10",
-                                    local_port=20000, allow_g711=False,
-                                    new_key=new_key_material)  # fmt: skip
-    ours = wa_params(srtp=meta.srtp)
-    assert ours == meta
-    offer = make_pbx_offer(local_address="203.0.113.10", local_port=20002)
-    pbx = accept_pbx_answer(offer, parse_sdp(pbx_sdp(address=PBX_IP, port=PBX_PORT)))
-    assert pbx_params() == pbx
+    key = new_key_material(SUITE)
+    offer = parse_sdp(meta_offer_sdp(base64.b64encode(key).decode()))
+    _, meta = answer_whatsapp_offer(offer, local_address="203.0.113.10", local_port=20000,
+                                    allow_g711=False, new_key=new_key_material)  # fmt: skip
+    assert meta.srtp is not None and meta.srtp.remote_key == key
+    assert wa_params(srtp=meta.srtp) == meta
+    pbx_offer = make_pbx_offer(local_address="203.0.113.10", local_port=20002)
+    assert pbx_params() == accept_pbx_answer(pbx_offer, parse_sdp(pbx_answer_sdp()))
 
 
 # --------------------------------------------------------------------------- sending first
