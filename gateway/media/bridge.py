@@ -170,6 +170,7 @@ class Bridge:
         self._passthrough = False
         self._early: deque[bytes] = deque(maxlen=EARLY_AUDIO_FRAMES)
         self._pcm_in = bytearray()  # PBX audio not yet a whole 20 ms frame
+        self._g711_in = bytearray()  # the same for passthrough, still G.711
         self._last_pbx_audio = 0.0
         self._next_rtcp = loop_time() + RTCP_INTERVAL
         self._no_media_reported = False
@@ -349,7 +350,17 @@ class Bridge:
         pbx.rx.received(packet.sequence, packet.timestamp, now)
         self._last_pbx_audio = now
         if self._passthrough and self._wa_ready and wa.sender is not None:
-            wa.send(wa.sender.next_packet(wa.pt, packet.payload, len(packet.payload)))
+            # G.711 is one octet per sample: re-frame to Meta's 20 ms (maxptime 20).
+            size = wa.samples
+            payload = packet.payload
+            if len(payload) == size and not self._g711_in:
+                wa.send(wa.sender.next_packet(wa.pt, payload, size))
+                return
+            pending = self._g711_in
+            pending += payload
+            while len(pending) >= size:
+                wa.send(wa.sender.next_packet(wa.pt, bytes(pending[:size]), size))
+                del pending[:size]
             return
         codec_in = pbx.codec
         assert codec_in is not None

@@ -262,7 +262,6 @@ def test_g711_passthrough_carries_payloads_unchanged_both_ways() -> None:
     assert len(wire) == 20 and all(p not in data for data, p in zip(wire, payloads, strict=True))
 
 
-@pytest.mark.xfail(strict=True, reason="bridge forwards 30 ms G.711 packets as they come")
 def test_g711_passthrough_reframes_30ms_pbx_packets_to_20ms_for_meta() -> None:
     # Meta's SDP says maxptime:20: a 30 ms PBX stream must not go through as is.
     rig = answered(wa=wa_g711_params(), pbx=pbx_params(ptime=30))
