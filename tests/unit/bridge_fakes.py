@@ -257,11 +257,13 @@ class _Peer:
 
     def dtmf_event(self, digit: int, updates: int = 3) -> list[bytes]:
         """An RFC 4733 event in the audio's SSRC and sequence space, on the 8000 clock
-        for its durations, timestamped with the audio's current time."""
+        for its durations, timestamped with the audio's current time. The audio clock
+        runs on by one frame per packet (sent 20 ms apart, audio paused meanwhile)."""
         start = self.sender.timestamp
         packets = []
         for i, payload in enumerate(dtmf_payloads(digit, updates)):
             packets.append(self.wrap(self.sender.packet_at(self.dtmf_pt, payload, start, i == 0)))
+            self.sender.skip(self.samples)
         return packets
 
     def decode_pcm(self, packets: list[RtpPacket]) -> bytes:
