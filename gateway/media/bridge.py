@@ -19,7 +19,7 @@ from gateway.media.codecs import PCM_FRAME_BYTES, AudioCodec, CodecError, codec_
 from gateway.media.dtmf import DtmfRelay
 from gateway.media.jitter import Lost, ReorderBuffer
 from gateway.media.rtcp import ReceiveStats, RtcpSenderReport, build_report, parse_rtcp
-from gateway.media.rtp import RtpError, RtpSender, is_rtcp, parse_rtp
+from gateway.media.rtp import RtpError, RtpPacket, RtpSender, is_rtcp, parse_rtp
 from gateway.media.srtp import SrtpAuthError, SrtpContext
 from gateway.ops.config import MediaConfig
 from gateway.ops.logging import get_logger
@@ -81,7 +81,7 @@ class Leg:
         self.srtp: SrtpContext | None = None
         self.sender: RtpSender | None = None
         self.rx: ReceiveStats | None = None
-        self.reorder: ReorderBuffer[bytes] = ReorderBuffer(3)
+        self.reorder: ReorderBuffer[RtpPacket] = ReorderBuffer(3)
         self.samples = 160
         self.rx_packets = self.rx_octets = self.rx_bad = self.rx_foreign = 0
         self.rx_auth_failures = self.tx_packets = 0
@@ -278,38 +278,48 @@ class Bridge:
         if pt != wa.rx_pt:
             wa.rx_bad += 1
             return
-        self._follow_source_clock(packet.timestamp)
         if self._passthrough:
+            self._follow_source_clock(packet.timestamp)
             pbx.send(sender.next_packet(pbx.pt, packet.payload, len(packet.payload)))
             return
         codec_in = wa.codec
         codec_out = pbx.codec
         assert codec_in is not None and codec_out is not None
+        concealed = 0
         try:
-            for item in wa.reorder.push(packet.sequence, packet.payload):
+            for item in wa.reorder.push(packet.sequence, packet):
                 if isinstance(item, Lost):
                     # Opus in-band FEC in the packet after a gap rebuilds only the frame just
                     # before it; earlier ones of a longer gap are concealed by PLC.
                     count = min(item.count, 5)
+                    following = item.next.payload if item.next is not None else None
                     for i in range(count):
-                        pcm = codec_in.conceal(item.next if i == count - 1 else None)
+                        pcm = codec_in.conceal(following if i == count - 1 else None)
                         pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
+                    concealed += count
                     continue
-                pcm = codec_in.decode(item)
+                # In release order, after the frames that stood in for a gap: only the
+                # rest of the gap (DTX, a gap longer than concealment) skips time.
+                self._follow_source_clock(item.timestamp, concealed)
+                concealed = 0
+                pcm = codec_in.decode(item.payload)
                 pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
         except CodecError:
             wa.rx_bad += 1  # a corrupt frame: dropped, the next one decodes again
 
-    def _follow_source_clock(self, ts: int) -> None:
-        """Carry gaps of the WhatsApp stream (DTX) into the PBX stream's timestamps."""
+    def _follow_source_clock(self, ts: int, sent: int = 0) -> None:
+        """Carry gaps of the WhatsApp stream (DTX) into the PBX stream's timestamps;
+        ``sent`` frames (concealment) have already filled part of the gap."""
         last = self._wa_src_ts
+        per_frame = self.wa.samples
+        delta = (ts - last) & 0xFFFFFFFF if last is not None else 0
+        if delta >= 0x80000000:
+            return  # older than the last one (reordered): its time is already counted
         self._wa_src_ts = ts
         if last is None or self.pbx.sender is None:
             return
-        per_frame = self.wa.samples
-        delta = (ts - last) & 0xFFFFFFFF
-        if per_frame < delta < per_frame * 250:
-            missing = delta - per_frame
+        if per_frame * (1 + sent) < delta < per_frame * 250:
+            missing = delta - per_frame * (1 + sent)
             rate_ratio = (self.wa.media.clock_rate if self.wa.media else 48000) // 8000
             self.pbx.sender.skip(missing // max(rate_ratio, 1))
 
