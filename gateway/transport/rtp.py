@@ -136,30 +136,35 @@ class MediaClock:
         self._next_id = 0
         self._handle: asyncio.TimerHandle | None = None
         self._next_at = 0.0
+        self._ticking = False  # inside _tick: it re-arms (or not) once the subscribers ran
         self.max_lag = 0.0
 
     def subscribe(self, tick: Tickable) -> int:
         self._next_id += 1
         self._subscribers[self._next_id] = tick
-        if self._handle is None:
+        if self._handle is None and not self._ticking:
             self._next_at = self._loop.time() + self._interval
             self._handle = self._loop.call_at(self._next_at, self._tick)
         return self._next_id
 
     def unsubscribe(self, token: int) -> None:
         self._subscribers.pop(token, None)
-        if not self._subscribers and self._handle is not None:
+        if not self._subscribers and self._handle is not None and not self._ticking:
             self._handle.cancel()
             self._handle = None
 
     def _tick(self) -> None:
         now = self._loop.time()
         self.max_lag = max(self.max_lag, now - self._next_at)
-        for tick in list(self._subscribers.values()):
-            try:
-                tick(now)
-            except Exception:
-                log.exception("media_tick_error")
+        self._ticking = True
+        try:
+            for tick in list(self._subscribers.values()):
+                try:
+                    tick(now)
+                except Exception:
+                    log.exception("media_tick_error")
+        finally:
+            self._ticking = False
         if not self._subscribers:
             self._handle = None
             return

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from gateway.transport.rtp import PortAllocator, PortsExhausted, RtpSocket
+from gateway.transport.rtp import MediaClock, PortAllocator, PortsExhausted, RtpSocket
 
 HOST = "127.0.0.1"
 
@@ -187,3 +188,85 @@ async def test_rtp_socket_receives_and_sends() -> None:
         peer.close()
         rtp.close()
     assert ports.in_use == 0
+
+
+# -- the shared media clock -------------------------------------------------------------
+
+
+class _Handle:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeLoop:
+    """time() and call_at() of an event loop, on a clock moved by run_until()."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.handles: list[_Handle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _Handle:
+        handle = _Handle(when, callback)
+        self.handles.append(handle)
+        return handle
+
+    def live(self) -> list[_Handle]:
+        return [h for h in self.handles if not h.cancelled]
+
+    def run_until(self, end: float) -> None:
+        while True:
+            due = sorted((h for h in self.live() if h.when <= end), key=lambda h: h.when)
+            if not due:
+                break
+            handle = due[0]
+            self.now = max(self.now, handle.when)
+            handle.cancelled = True  # fired
+            handle.callback()
+        self.now = end
+
+
+def clock_on(loop: FakeLoop) -> MediaClock:
+    return MediaClock(loop, interval=0.020)  # type: ignore[arg-type]
+
+
+def test_media_clock_ticks_every_interval_and_stops_when_idle() -> None:
+    loop = FakeLoop()
+    clock = clock_on(loop)
+    ticks: list[float] = []
+    token = clock.subscribe(ticks.append)
+    loop.run_until(loop.now + 1.0)
+    assert len(ticks) == 50
+    clock.unsubscribe(token)
+    assert loop.live() == []
+    loop.run_until(loop.now + 1.0)
+    assert len(ticks) == 50
+
+
+def test_media_clock_resubscribe_inside_a_tick_keeps_one_timer() -> None:
+    """The last call ends and a new one starts within the same tick: still one tick
+    per interval, not two timer chains."""
+    loop = FakeLoop()
+    clock = clock_on(loop)
+    ticks: list[float] = []
+    state: dict[str, int] = {}
+
+    def ending(now: float) -> None:
+        clock.unsubscribe(state["first"])
+        clock.subscribe(ticks.append)
+
+    state["first"] = clock.subscribe(ending)
+    loop.run_until(loop.now + 0.021)  # the first tick swaps the subscribers
+    start = len(ticks)
+    loop.run_until(loop.now + 1.0)
+    assert len(ticks) - start == 50
+    gaps = {round(b - a, 6) for a, b in itertools.pairwise(ticks[start:])}
+    assert gaps == {0.02}
+    assert len(loop.live()) == 1
