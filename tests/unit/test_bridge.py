@@ -22,8 +22,12 @@ from tests.unit.bridge_fakes import (
     FRAME,
     META_ADDR,
     META_DTMF_PT,
+    META_PORT,
     OPUS_PT,
+    PBX_ADDR,
     PBX_DTMF_PT,
+    PBX_IP,
+    PBX_PORT,
     PCMU_PT,
     SUITE,
     Rig,
@@ -409,3 +413,121 @@ def test_reordered_packets_are_put_right_and_late_ones_dropped() -> None:
     assert rig.to_pbx() == []
     stats = rig.stats("whatsapp")
     assert stats["reorder_late"] == 1 and stats["srtp_auth_failures"] == 1
+
+
+# --------------------------------------------------------------------------- robustness
+
+CORRUPT_OPUS = b"\x03"  # code 3 without its frame count: opus_decode says invalid
+
+
+def test_packets_from_anyone_but_the_peer_are_dropped_and_counted() -> None:
+    rig = answered()
+    rig.from_meta(rig.meta.audio(bytes(320)), ("198.51.100.7", META_PORT))
+    rig.from_pbx(rig.pbx.audio(bytes(320)), ("198.51.100.8", PBX_PORT))
+    assert rig.to_pbx() == [] and rig.to_meta() == []
+    assert rig.stats("whatsapp")["foreign_packets"] == 1
+    assert rig.stats("pbx")["foreign_packets"] == 1
+    assert rig.stats("whatsapp")["rx_packets"] == rig.stats("pbx")["rx_packets"] == 0
+
+
+def test_packets_before_a_leg_is_negotiated_are_foreign() -> None:
+    rig = Rig()
+    rig.from_meta(b"\x80" * 40, META_ADDR)
+    rig.from_pbx(rig.pbx.audio(bytes(320)))
+    assert rig.stats("whatsapp")["foreign_packets"] == 1
+    assert rig.stats("pbx")["foreign_packets"] == 1
+
+
+def test_pbx_leg_latches_to_the_port_the_pbx_really_sends_from() -> None:
+    rig = answered()
+    talk(rig, 2)
+    assert {addr for _, addr in rig.pbx_sock.sent} == {PBX_ADDR}
+    moved = (PBX_IP, 31000)  # NAT, or a PBX that sends from another port than its SDP
+    rig.from_pbx(rig.pbx.audio(bytes(320)), moved)
+    rig.from_meta(rig.meta.audio(bytes(320)))
+    assert rig.pbx_sock.sent[-1][1] == moved
+    assert rig.stats("pbx")["foreign_packets"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason="any datagram from the PBX IP moves the latch")
+def test_garbage_from_the_pbx_host_does_not_move_the_latch() -> None:
+    rig = answered()
+    rig.from_pbx(rig.pbx.audio(bytes(320)))
+    rig.from_pbx(b"\x00garbage", (PBX_IP, 31000))  # not RTP: someone else's traffic
+    rig.from_pbx(rig.pbx.rtp(99, 1, 1, b"xx"), (PBX_IP, 31002))  # not this stream's type
+    rig.from_meta(rig.meta.audio(bytes(320)))
+    assert rig.pbx_sock.sent[-1][1] == PBX_ADDR
+    assert rig.stats("pbx")["bad_packets"] == 2
+
+
+def test_bad_srtp_auth_tag_is_dropped_counted_and_the_next_packet_flows() -> None:
+    rig = answered()
+    good = rig.meta.audio(tone_frames(440, 1)[0])
+    forged = good[:-1] + bytes((good[-1] ^ 1,))
+    rig.from_meta(forged)
+    assert rig.to_pbx() == []
+    rig.from_meta(good)  # the genuine one, then the next
+    rig.from_meta(rig.meta.audio(tone_frames(440, 1)[0]))
+    assert len(rig.to_pbx()) == 2
+    stats = rig.stats("whatsapp")
+    assert stats["srtp_auth_failures"] == 1 and stats["rx_packets"] == 2
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x80", b"\x80\x00\x00", b"garbage bytes that are not rtp", bytes(range(256)) * 4],
+    ids=["empty", "1-byte", "truncated-header", "text", "noise"],
+)
+def test_garbage_never_raises_and_is_counted(data: bytes) -> None:
+    rig = answered()
+    rig.from_meta(data)
+    rig.from_pbx(data)
+    wa, pbx = rig.stats("whatsapp"), rig.stats("pbx")
+    assert wa["srtp_auth_failures"] + wa["bad_packets"] == 1
+    assert pbx["bad_packets"] == 1
+    assert rig.to_pbx() == [] and rig.to_meta() == []
+
+
+def test_truncated_and_unknown_rtp_is_counted() -> None:
+    rig = answered()
+    truncated = rig.pbx.audio(bytes(320))[:11]
+    csrc_claimed = b"\x8f" + rig.pbx.audio(bytes(320))[1:14]  # 15 CSRCs, 2 bytes of them
+    rig.from_pbx(truncated)
+    rig.from_pbx(csrc_claimed)
+    rig.from_pbx(rig.pbx.payload(bytes(160), pt=8))  # PCMA: not what was negotiated
+    rig.from_meta(rig.meta.payload(bytes(160), pt=0))  # G.711 on an Opus leg
+    rig.from_meta(rig.meta.rtp(OPUS_PT, 1, 1, b"")[:14])  # SRTP-looking, too short
+    assert rig.to_pbx() == [] and rig.to_meta() == []
+    assert rig.stats("pbx")["bad_packets"] == 3
+    wa = rig.stats("whatsapp")
+    assert wa["bad_packets"] + wa["srtp_auth_failures"] == 2
+
+
+@pytest.mark.xfail(strict=True, reason="a corrupt frame is dropped with what follows it")
+def test_corrupt_opus_is_counted_and_the_packets_after_it_still_flow() -> None:
+    rig = answered()
+    talk(rig, 3)
+    rig.to_pbx()
+    rig.from_meta(rig.meta.payload(CORRUPT_OPUS))
+    talk(rig, 3)
+    sent = rig.to_pbx()
+    assert len(sent) == 4  # its slot concealed: the PBX's timeline keeps Meta's
+    assert steps(sent)[:2] == ({1}, {160})
+    assert rig.stats("whatsapp")["bad_packets"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason="a corrupt frame is dropped with what follows it")
+def test_a_corrupt_frame_released_after_a_gap_does_not_take_the_rest_with_it() -> None:
+    rig = answered()
+    talk(rig, 3)
+    rig.to_pbx()
+    voice = tone_frames(300, 4)
+    rig.meta.audio(voice[0])  # lost
+    rig.from_meta(rig.meta.payload(CORRUPT_OPUS))
+    rig.from_meta(rig.meta.audio(voice[2]))
+    rig.from_meta(rig.meta.audio(voice[3]))  # the gap is declared: all three released
+    sent = rig.to_pbx()
+    # One concealed for the gap, one for the corrupt frame, then the two good frames.
+    assert len(sent) == 4
+    assert steps(sent)[:2] == ({1}, {160})
+    assert rig.stats("whatsapp")["bad_packets"] == 1
