@@ -9,6 +9,7 @@ not the target was met), 1 when it could not run.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--wait-quiet", type=float, default=0.0, metavar="SECONDS",
         help="first wait up to SECONDS for the machine's other work to drop under 15 %%",
     )  # fmt: skip
+    ap.add_argument(
+        "--ref", metavar="GIT_REF",
+        help="run the daemon from gateway/ as committed at GIT_REF (default: the working tree)",
+    )  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the daemon's work directory")
     ap.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         nice=args.nice,
         log_level=args.log_level,
         wait_quiet=args.wait_quiet,
+        ref=args.ref,
     )
     print(
         f"bench: {params.calls} calls, ramp {params.rate:g}/s, warm-up {params.warmup:g} s, "
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; daemon stopped", file=sys.stderr)
         return 130
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         print(f"bench: could not run: {exc}", file=sys.stderr)
         return 1
     print(render_stdout(result))

@@ -144,6 +144,7 @@ class Daemon:
     media_ports: tuple[int, int] = (20000, 21999)
     nice: int = 0
     log_level: str = "warning"
+    source: Path | None = None  # a directory holding gateway/ to run instead of the working tree
     overrides: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -203,6 +204,10 @@ class Daemon:
         config = self.write_config()
         log = self.log_path.open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.source is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(self.source), env.get("PYTHONPATH", "")) if p
+            )
         core, nice = self.core, self.nice
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "-c", str(config)],
@@ -255,3 +260,20 @@ class Daemon:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def export_ref(ref: str, dest: Path) -> str:
+    """``gateway/`` as committed at ``ref`` into ``dest`` (read-only use of the repository);
+    the short commit id."""
+    root = Path(__file__).resolve().parents[1]
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "--verify", f"{ref}^{{commit}}"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", sha, "gateway"],
+        cwd=root, capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return sha

@@ -150,6 +150,8 @@ def command_args(p: Params) -> str:
         args += " --profile"
     if p.log_level != "warning":
         args += f" --log-level {p.log_level}"
+    if p.ref is not None:
+        args += f" --ref {p.ref}"
     return args
 
 
@@ -308,7 +310,7 @@ def history_row(r: Result, commit: str) -> str:
     m2p, p2m = r.m2p.latency(), r.p2m.latency()
     ok, _ = verdict(r)
     return (
-        f"| {r.started[:16]} | {commit.split(' ')[0]}{'*' if '+' in commit else ''} | "
+        f"| {r.started[:16]} | {commit.split(' ')[0]}{'*' if 'uncommitted' in commit else ''} | "
         f"`{command_args(r.params)}` | {r.calls_ok} | "
         f"{r.cpu_per_call_second * 1000:.2f} ms | {r.daemon_core_pct:.0f} % | "
         f"{r.m2p.lost} | {r.p2m.lost} | {_ms(m2p.get('p50'))} / {_ms(m2p.get('p99'))} | "
@@ -345,7 +347,7 @@ seconds).
 
 def write_markdown(path: Path, r: Result) -> None:
     info = machine()
-    commit = git_describe()
+    commit = r.code or git_describe()
     rows: list[str] = []
     profile = render_profile(r, commit) if r.profile else ""
     if path.exists():
@@ -381,6 +383,6 @@ def write_markdown(path: Path, r: Result) -> None:
 
 
 def render_stdout(r: Result) -> str:
-    commit = git_describe()
+    commit = r.code or git_describe()
     text = render_latest(r, machine(), commit)
     return text + ("\n" + render_profile(r, commit) if r.profile else "")

@@ -25,6 +25,7 @@ from bench.daemon import (
     SIP_PASSWORD,
     CpuSample,
     Daemon,
+    export_ref,
     read_core_times,
     read_cpu,
     read_socket_drops,
@@ -52,6 +53,7 @@ class Params:
     nice: int = 0  # scheduling priority of the daemon and the generator (root for < 0)
     log_level: str = "warning"  # the daemon's
     wait_quiet: float = 0.0  # wait up to this long for other work on the machine to calm down
+    ref: str | None = None  # run the daemon from gateway/ at this git ref (default: working tree)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Result:
     profile_total: list[tuple[str, float, float]] = field(default_factory=list)
     profile_note: str = ""
     notes: list[str] = field(default_factory=list)
+    code: str = ""  # what the daemon ran: commit, and whether the working tree differed
 
     @property
     def call_seconds(self) -> float:
@@ -149,6 +152,13 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
     if p.opus_complexity is not None:
         overrides["media"] = {"opus_complexity": p.opus_complexity}
     media_ports = _media_range(p.calls)
+    source: Path | None = None
+    if p.ref is not None:
+        source = workdir / "src"
+        sha = export_ref(p.ref, source)
+        result.code = f"{sha} (gateway/ as committed, --ref {p.ref})"
+    else:
+        result.code = git_describe()
     daemon = Daemon(
         workdir,
         pbx_address=stub.address,
@@ -158,6 +168,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         overrides=overrides,
         nice=p.nice,
         log_level=p.log_level,
+        source=source,
     )
     link: MetaLink | None = None
     pacer = Pacer(loop)
