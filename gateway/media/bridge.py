@@ -329,8 +329,6 @@ class Bridge:
         if pbx.media is None or addr[0] != pbx.remote_ip:
             pbx.rx_foreign += 1
             return
-        if pbx.latch and addr != pbx.remote:
-            pbx.remote = addr  # symmetric RTP: answer where the PBX really sends from
         now = self._time()
         if is_rtcp(data):
             self._on_rtcp(pbx, data, now)
@@ -340,12 +338,16 @@ class Bridge:
         except RtpError:
             pbx.rx_bad += 1
             return
+        pt = packet.payload_type
+        if pbx.latch and addr != pbx.remote and (pt == pbx.rx_pt or pt == pbx.rx_dtmf_pt):
+            # Symmetric RTP: answer where the PBX really sends this stream from (not
+            # wherever any datagram from its host came from).
+            pbx.remote = addr
         pbx.rx_packets += 1
         pbx.rx_octets += len(packet.payload)
         pbx.last_rx = now
         assert pbx.rx is not None
         wa = self.wa
-        pt = packet.payload_type
         if pt == pbx.rx_dtmf_pt:
             pbx.rx.received_sequence(packet.sequence)
             sender = wa.sender
