@@ -286,26 +286,27 @@ class Bridge:
         codec_out = pbx.codec
         assert codec_in is not None and codec_out is not None
         concealed = 0
-        try:
-            for item in wa.reorder.push(packet.sequence, packet):
-                if isinstance(item, Lost):
-                    # Opus in-band FEC in the packet after a gap rebuilds only the frame just
-                    # before it; earlier ones of a longer gap are concealed by PLC.
-                    count = min(item.count, 5)
-                    following = item.next.payload if item.next is not None else None
-                    for i in range(count):
-                        pcm = codec_in.conceal(following if i == count - 1 else None)
-                        pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
-                    concealed += count
-                    continue
-                # In release order, after the frames that stood in for a gap: only the
-                # rest of the gap (DTX, a gap longer than concealment) skips time.
-                self._follow_source_clock(item.timestamp, concealed)
-                concealed = 0
+        for item in wa.reorder.push(packet.sequence, packet):
+            if isinstance(item, Lost):
+                # Opus in-band FEC in the packet after a gap rebuilds only the frame just
+                # before it; earlier ones of a longer gap are concealed by PLC.
+                count = min(item.count, 5)
+                following = item.next.payload if item.next is not None else None
+                for i in range(count):
+                    pcm = codec_in.conceal(following if i == count - 1 else None)
+                    pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
+                concealed += count
+                continue
+            # In release order, after the frames that stood in for a gap: only the
+            # rest of the gap (DTX, a gap longer than concealment) skips time.
+            self._follow_source_clock(item.timestamp, concealed)
+            concealed = 0
+            try:
                 pcm = codec_in.decode(item.payload)
-                pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
-        except CodecError:
-            wa.rx_bad += 1  # a corrupt frame: dropped, the next one decodes again
+            except CodecError:
+                wa.rx_bad += 1  # a corrupt frame: concealed in its slot, the next decodes
+                pcm = codec_in.conceal()
+            pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
 
     def _follow_source_clock(self, ts: int, sent: int = 0) -> None:
         """Carry gaps of the WhatsApp stream (DTX) into the PBX stream's timestamps;

@@ -502,7 +502,6 @@ def test_truncated_and_unknown_rtp_is_counted() -> None:
     assert wa["bad_packets"] + wa["srtp_auth_failures"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="a corrupt frame is dropped with what follows it")
 def test_corrupt_opus_is_counted_and_the_packets_after_it_still_flow() -> None:
     rig = answered()
     talk(rig, 3)
@@ -515,7 +514,6 @@ def test_corrupt_opus_is_counted_and_the_packets_after_it_still_flow() -> None:
     assert rig.stats("whatsapp")["bad_packets"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a corrupt frame is dropped with what follows it")
 def test_a_corrupt_frame_released_after_a_gap_does_not_take_the_rest_with_it() -> None:
     rig = answered()
     talk(rig, 3)
