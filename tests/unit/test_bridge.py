@@ -12,8 +12,14 @@ from itertools import pairwise
 
 import pytest
 
-from gateway.media.bridge import EARLY_AUDIO_FRAMES, SILENCE_AFTER
+from gateway.media.bridge import EARLY_AUDIO_FRAMES, RTCP_INTERVAL, SILENCE_AFTER
 from gateway.media.dtmf import parse_event
+from gateway.media.rtcp import (
+    RtcpReceiverReport,
+    RtcpSdes,
+    RtcpSenderReport,
+    ntp_timestamp,
+)
 from gateway.media.rtp import RtpPacket
 from gateway.media.srtp import new_key_material
 from gateway.sdp.negotiate import accept_pbx_answer, answer_whatsapp_offer, make_pbx_offer
@@ -23,11 +29,13 @@ from tests.unit.bridge_fakes import (
     META_ADDR,
     META_DTMF_PT,
     META_PORT,
+    META_SSRC,
     OPUS_PT,
     PBX_ADDR,
     PBX_DTMF_PT,
     PBX_IP,
     PBX_PORT,
+    PBX_SSRC,
     PCMU_PT,
     SUITE,
     Rig,
@@ -528,3 +536,83 @@ def test_a_corrupt_frame_released_after_a_gap_does_not_take_the_rest_with_it() -
     assert len(sent) == 4
     assert steps(sent)[:2] == ({1}, {160})
     assert rig.stats("whatsapp")["bad_packets"] == 1
+
+
+# --------------------------------------------------------------------------- RTCP
+
+
+def talk_both(rig: Rig, frames: int) -> None:
+    voice = tone_frames(300, frames)
+    for pcm in voice:
+        rig.from_meta(rig.meta.audio(pcm))
+        rig.from_pbx(rig.pbx.audio(pcm))
+        rig.tick()
+
+
+def rtp_before_rtcp(log: list[tuple[bytes, tuple[str, int]]]) -> int:
+    """RTP datagrams sent before the first RTCP one in a socket's log."""
+    return next(i for i, (data, _) in enumerate(log) if 200 <= data[1] <= 204)
+
+
+def test_a_report_goes_to_each_leg_every_interval() -> None:
+    rig = answered()
+    ticks = round(RTCP_INTERVAL / FRAME)
+    talk_both(rig, ticks - 5)
+    rig.to_meta(), rig.to_pbx()
+    assert rig.meta_rtcp == [] and rig.pbx_rtcp == []
+    talk_both(rig, 10)
+    to_meta = rig.to_meta()
+    rig.to_pbx()
+    # Meta: SRTCP on the RTP port (rtcp-mux), decrypted with Meta's keys.
+    assert len(rig.meta_rtcp) == 1
+    assert [addr for data, addr in rig.meta_log if 200 <= data[1] <= 204] == [META_ADDR]
+    sr, sdes = rig.meta_rtcp[0]
+    assert isinstance(sr, RtcpSenderReport) and isinstance(sdes, RtcpSdes)
+    assert sr.ssrc == sdes.chunks[0].ssrc == to_meta[0].ssrc
+    assert sr.packet_count == rtp_before_rtcp(rig.meta_log)
+    # PBX: plain RTCP to the port after its RTP port (no rtcp-mux answered).
+    ((pbx_report, addr),) = rig.pbx_rtcp
+    assert addr == (PBX_IP, PBX_PORT + 1)
+    pbx_sr = pbx_report[0]
+    assert isinstance(pbx_sr, RtcpSenderReport)
+    assert pbx_sr.packet_count == rtp_before_rtcp(rig.pbx_log)
+    talk_both(rig, ticks)
+    rig.to_meta(), rig.to_pbx()
+    assert len(rig.meta_rtcp) == len(rig.pbx_rtcp) == 2
+
+
+@pytest.mark.xfail(strict=True, reason="ReceiveStats.ssrc is never set: blocks say SSRC 0")
+def test_report_blocks_name_the_peer_and_echo_its_sender_report() -> None:
+    rig = answered()
+    talk_both(rig, 20)
+    meta_sr = RtcpSenderReport(META_SSRC, ntp_timestamp(1_700_000_000.25), 1, 20, 1000)
+    pbx_sr = RtcpSenderReport(PBX_SSRC, ntp_timestamp(1_700_000_100.5), 1, 20, 3200)
+    rig.from_meta(rig.meta.rtcp(meta_sr.serialize()))
+    rig.from_pbx(pbx_sr.serialize())
+    assert rig.stats("whatsapp")["bad_packets"] == rig.stats("pbx")["bad_packets"] == 0
+    assert rig.stats("whatsapp")["srtp_auth_failures"] == 0
+    talk_both(rig, round(RTCP_INTERVAL / FRAME))
+    rig.to_meta(), rig.to_pbx()
+    (meta_report,) = rig.meta_rtcp
+    ((pbx_report, _),) = rig.pbx_rtcp
+    for report, peer_ssrc, sr in (
+        (meta_report, META_SSRC, meta_sr),
+        (pbx_report, PBX_SSRC, pbx_sr),
+    ):
+        first = report[0]
+        assert isinstance(first, RtcpSenderReport | RtcpReceiverReport)
+        (block,) = first.reports
+        assert block.ssrc == peer_ssrc  # RFC 3550 6.4.1: the source this block is about
+        assert block.lsr == (sr.ntp_timestamp >> 16) & 0xFFFFFFFF
+        assert block.dlsr > 0 and block.cumulative_lost == 0
+
+
+@pytest.mark.xfail(strict=True, reason="rtcp-mux RTCP goes to the SDP port, not the latched one")
+def test_rtcp_follows_the_latched_pbx_address_with_rtcp_mux() -> None:
+    rig = answered(pbx=pbx_params(rtcp_mux=True, remote_rtcp_port=PBX_PORT))
+    moved = (PBX_IP, 31000)
+    for pcm in tone_frames(300, round(RTCP_INTERVAL / FRAME) + 5):
+        rig.from_pbx(rig.pbx.audio(pcm), moved)
+        rig.tick()
+    rig.to_pbx()
+    assert [addr for _, addr in rig.pbx_rtcp] == [moved]
