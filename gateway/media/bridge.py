@@ -257,6 +257,7 @@ class Bridge:
         wa.rx_octets += len(packet.payload)
         wa.last_rx = now
         assert wa.rx is not None
+        wa.rx.ssrc = packet.ssrc  # our report blocks are about this source
         pt = packet.payload_type
         if pt == wa.rx_dtmf_pt:
             # Events share the audio's sequence space but not its clock (8000 vs 48000):
@@ -348,6 +349,7 @@ class Bridge:
         pbx.rx_octets += len(packet.payload)
         pbx.last_rx = now
         assert pbx.rx is not None
+        pbx.rx.ssrc = packet.ssrc
         wa = self.wa
         if pt == pbx.rx_dtmf_pt:
             pbx.rx.received_sequence(packet.sequence)

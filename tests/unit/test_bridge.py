@@ -581,7 +581,6 @@ def test_a_report_goes_to_each_leg_every_interval() -> None:
     assert len(rig.meta_rtcp) == len(rig.pbx_rtcp) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="ReceiveStats.ssrc is never set: blocks say SSRC 0")
 def test_report_blocks_name_the_peer_and_echo_its_sender_report() -> None:
     rig = answered()
     talk_both(rig, 20)
