@@ -447,6 +447,8 @@ class Bridge:
             if leg.srtp is not None:
                 report = leg.srtp.protect_rtcp(report)
                 leg.sock.sendto(report, leg.remote or leg.rtcp_remote)
+            elif leg.media is not None and leg.media.rtcp_mux and leg.remote is not None:
+                leg.sock.sendto(report, leg.remote)  # with RTP, latched address included
             else:
                 leg.sock.sendto(report, leg.rtcp_remote)
 

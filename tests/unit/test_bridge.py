@@ -606,7 +606,6 @@ def test_report_blocks_name_the_peer_and_echo_its_sender_report() -> None:
         assert block.dlsr > 0 and block.cumulative_lost == 0
 
 
-@pytest.mark.xfail(strict=True, reason="rtcp-mux RTCP goes to the SDP port, not the latched one")
 def test_rtcp_follows_the_latched_pbx_address_with_rtcp_mux() -> None:
     rig = answered(pbx=pbx_params(rtcp_mux=True, remote_rtcp_port=PBX_PORT))
     moved = (PBX_IP, 31000)
