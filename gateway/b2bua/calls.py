@@ -12,20 +12,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.b2bua.call import Call, CallLegs
 from gateway.b2bua.context import pbx_context_headers, wacid
 from gateway.b2bua.endpoint import Endpoint
-from gateway.b2bua.inbound import InboundCall, InboundSetup, uri_user
+from gateway.b2bua.inbound import InboundCall, InboundSetup
 from gateway.b2bua.legs import (
     BridgeFactory,
     LegAddress,
     NoMediaPorts,
     SipPort,
     dialog_target,
+    uri_user,
 )
+from gateway.b2bua.outbound import OutboundCall, OutboundSetup
+from gateway.b2bua.routing import RateLimiter, RoutingError, normalise_number, whatsapp_user
 from gateway.media.srtp import new_key_material
 from gateway.ops.config import Config, NumberConfig
 from gateway.ops.logging import get_logger
-from gateway.sdp.negotiate import MediaParams, NegotiationError, answer_whatsapp_offer
+from gateway.sdp.negotiate import (
+    MediaParams,
+    NegotiationError,
+    answer_pbx_offer,
+    answer_whatsapp_offer,
+    make_whatsapp_offer,
+)
 from gateway.sdp.session import SdpError, SessionDescription, parse_sdp
 from gateway.sip.auth import (
     AuthParseError,
@@ -76,16 +86,17 @@ class CallManager:
         bridges: BridgeFactory,
         digest: DigestServer,
         *,
-        on_call_end: Callable[[InboundCall, str], None] | None = None,
+        on_call_end: Callable[[Call, str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.sip = sip
         self.endpoint = endpoint
         self.bridges = bridges
         self.digest = digest
-        self.calls: dict[str, InboundCall] = {}  # by key
-        self._by_local: dict[tuple[str, str], tuple[InboundCall, str]] = {}
-        self._by_server_tx: dict[ServerTransaction, InboundCall] = {}
+        self.calls: dict[str, Call] = {}  # by key
+        self._by_local: dict[tuple[str, str], tuple[Call, str]] = {}
+        self._by_server_tx: dict[ServerTransaction, Call] = {}
+        self._rates: dict[str, RateLimiter] = {}
         self._on_call_end = on_call_end
         self.counters = CallCounters()
         self.draining = False  # set by the app on SIGTERM: new calls get 503
@@ -99,21 +110,22 @@ class CallManager:
             self._on_request(event, leg)
         elif isinstance(event, ResponseReceived):
             found = self._by_local.get(_local_key(event.tx.request))
-            if found is not None and found[1] == "pbx":
-                found[0].on_pbx_response(event.response, event.tx, event.retransmission)
-            elif found is None:
+            if found is not None:
+                call, call_leg = found
+                call.on_response(call_leg, event.response, event.tx, event.retransmission)
+            else:
                 self._orphan_response(event)
         elif isinstance(event, CancelReceived):
-            call = self._by_server_tx.get(event.invite_tx)
-            if call is not None:
-                call.on_meta_cancel()
+            cancelled = self._by_server_tx.get(event.invite_tx)
+            if cancelled is not None:
+                cancelled.on_cancel()
         elif isinstance(event, TransactionTimeout):
             self._on_timeout(event)
         elif isinstance(event, TransportFailure):
             if isinstance(event.tx, ClientTransaction):
                 found = self._by_local.get(_local_key(event.tx.request))
-                if found is not None and found[1] == "pbx":
-                    found[0].on_pbx_transport_failure(event.tx)
+                if found is not None:
+                    found[0].on_client_failure(found[1], event.tx)
         else:
             self.endpoint.handle(event, leg)
 
@@ -122,11 +134,11 @@ class CallManager:
         if isinstance(tx, ServerTransaction):
             call = self._by_server_tx.get(tx)
             if call is not None and event.timer == "2xx-no-ack":
-                call.on_meta_ack_timeout()
+                call.on_ack_timeout()
             return
         found = self._by_local.get(_local_key(tx.request))
-        if found is not None and found[1] == "pbx":
-            found[0].on_pbx_timeout(tx)
+        if found is not None:
+            found[0].on_client_timeout(found[1], tx)
 
     def _on_request(self, event: RequestReceived, leg: str) -> None:
         req, tx = event.request, event.tx
@@ -136,15 +148,16 @@ class CallManager:
             if found is not None:
                 call, call_leg = found
                 if tx is None:
-                    if call_leg == "pbx" and req.method == "ACK":
-                        call.on_pbx_ack(req)
-                elif call_leg == "pbx":
-                    call.on_pbx_request(req, tx)
+                    if req.method == "ACK":
+                        call.on_ack(call_leg, req)
                 else:
-                    call.on_meta_request(req, tx)
+                    call.on_request(call_leg, req, tx)
                 return
-        if tx is not None and req.method == "INVITE" and not to_tag and leg == "whatsapp":
-            self._admit_inbound(req, tx, event.source)
+        if tx is not None and req.method == "INVITE" and not to_tag:
+            if leg == "whatsapp":
+                self._admit_inbound(req, tx, event.source)
+            else:
+                self._admit_outbound(req, tx, event.source)
             return
         self.endpoint.handle(event, leg)
 
@@ -198,14 +211,17 @@ class CallManager:
             bridge.close()
             self._reject(tx, exc.status, [], f"SDP not acceptable: {exc}")
             return
-        setup = self._setup(req, number.number, key, answer, wa_media, source)
-        call = InboundCall(setup, tx, self.sip, bridge, self._ended)
+        caller = req.from_.uri
+        user = (caller.user_number if isinstance(caller, SipUri) else None) or "anonymous"
+        legs = self._legs(number.number, user, source.conn_id)
+        setup = self._setup(req, number.number, user, answer, wa_media)
+        call = InboundCall(key, legs, setup, tx, self.sip, bridge, self._ended)
         self.calls[key] = call
         self._by_server_tx[tx] = call
         self._by_local[(req.call_id, call.wa_tag)] = (call, "whatsapp")
         pbx_tx = call.start()
         self._by_local[_local_key(pbx_tx.request)] = (call, "pbx")
-        log.info("call_admitted", call=key, number=number.number, user=setup.user)
+        log.info("call_admitted", call=key, number=number.number, user=user)
 
     def _call_key(self, req: Request) -> str | None:
         """A key no live call has: Meta's wacid, made unique when another call carries the
@@ -214,47 +230,51 @@ class CallManager:
         base = key = wacid(req) or req.call_id
         n = 1
         while (other := self.calls.get(key)) is not None:
-            first = other.wa_request
-            if first.call_id == req.call_id and first.from_.tag == req.from_.tag:
-                return None
+            if isinstance(other, InboundCall):
+                first = other.wa_request
+                if first.call_id == req.call_id and first.from_.tag == req.from_.tag:
+                    return None
             n += 1
             key = f"{base}#{n}"
         return key
+
+    def _legs(self, number: str, user: str, meta_conn_id: int | None) -> CallLegs:
+        cfg = self.cfg
+        wa = cfg.whatsapp.contact_hostport
+        return CallLegs(
+            number=number,
+            user=user,
+            pbx_via=self.pbx_via,
+            wa_via=LegAddress("tls", wa.host, wa.port),
+            media_address=cfg.media.sdp_address,
+            pbx_codecs=tuple(cfg.pbx.codecs),
+            dtmf_pt=cfg.pbx.dtmf_payload_type,
+            meta_conn_id=meta_conn_id,
+        )
 
     def _setup(
         self,
         req: Request,
         number: str,
-        key: str,
+        user: str,
         answer: SessionDescription,
         wa_media: MediaParams,
-        source: Target,
     ) -> InboundSetup:
         cfg = self.cfg
-        caller = req.from_
-        user = (caller.uri.user_number if isinstance(caller.uri, SipUri) else None) or "anonymous"
         pbx = cfg.pbx.address  # str(): host:port, [v6]:port
         ruser = cfg.pbx.request_uri_user.format(
             number=number, digits=number[1:], user=uri_user(user)
         )
         return InboundSetup(
-            key=key,
-            number=number,
-            user=user,
-            display=caller.display,
+            display=req.from_.display,
             pbx_uri=f"sip:{ruser}@{pbx}",
             pbx_to=f"<sip:{ruser}@{pbx}>",
             pbx_headers=pbx_context_headers(req, user=user, business_number=number),
             wa_answer=answer,
             wa_media=wa_media,
             wa_contact=f"sip:{number}@{cfg.whatsapp.contact_hostport};transport=tls",
-            pbx_via=self.pbx_via,
             pbx_target=self.pbx_target,
-            pbx_codecs=tuple(cfg.pbx.codecs),
-            dtmf_pt=cfg.pbx.dtmf_payload_type,
-            media_address=cfg.media.sdp_address,
             invite_timeout=cfg.pbx.invite_timeout,
-            meta_source=source,
         )
 
     def _business_number(self, ruri: SipUri) -> NumberConfig | None:
@@ -320,16 +340,133 @@ class CallManager:
             bye = dialog.create_request("BYE", headers=[("Reason", 'SIP;cause=487;text="ended"')])
             self.sip.send_request(bye, self.pbx_via, target)
 
+    # -- admission of a call from the PBX to WhatsApp -------------------------
+    def _admit_outbound(self, req: Request, tx: ServerTransaction, source: Target) -> None:
+        cfg = self.cfg
+        self.counters.attempts += 1
+        retry = [("Retry-After", str(OVERLOAD_RETRY_AFTER))]
+        if self.draining:
+            self._reject(tx, 503, retry, "draining")
+            return
+        if len(self.calls) >= cfg.limits.max_calls:
+            self._reject(tx, 503, retry, "capacity")
+            return
+        try:
+            ruri = req.parsed_uri
+            user = whatsapp_user(ruri.user_number)
+        except UriError:
+            self._reject(tx, 416, [], "not a SIP URI")
+            return
+        except RoutingError as exc:
+            self._reject(tx, exc.status, [], exc.why)
+            return
+        number = self._outbound_number(req)
+        if number is None:
+            self._reject(tx, 403, [], "no configured business number for this call")
+            return
+        active = sum(
+            1
+            for c in self.calls.values()
+            if c.direction == "outbound" and c.legs.number == number.number
+        )
+        if active >= number.max_outbound_calls:
+            self._reject(tx, 503, retry, f"outbound call cap of {number.number}")
+            return
+        rate = self._rates.setdefault(number.number, RateLimiter(number.max_call_rate))
+        if not rate.allow(self.sip.now()):
+            self._reject(tx, 503, [("Retry-After", "1")], f"call rate of {number.number}")
+            return
+        if req.content_type != "application/sdp" or not req.body:
+            self._reject(tx, 488, [("Accept", "application/sdp")], "INVITE without an SDP offer")
+            return
+        key = f"out.{req.call_id}"
+        if key in self.calls:
+            self._reject(tx, 482, [], "merged request")
+            return
+        try:
+            bridge = self.bridges(key, lambda leg: self._no_media(key, leg))
+        except NoMediaPorts:
+            self._reject(tx, 503, retry, "no media ports")
+            return
+        legs = self._legs(number.number, user, None)
+        try:
+            pbx_answer, pbx_media = answer_pbx_offer(
+                parse_sdp(req.body),
+                local_address=legs.media_address,
+                local_port=bridge.pbx_port,
+                codecs=legs.pbx_codecs,
+                dtmf_pt=legs.dtmf_pt,
+            )
+            wa_offer, wa_keys = make_whatsapp_offer(
+                local_address=legs.media_address,
+                local_port=bridge.whatsapp_port,
+                g711=legs.pbx_codecs if number.offer_g711 else (),
+                new_key=new_key_material,
+            )
+        except SdpError as exc:
+            bridge.close()
+            self._reject(tx, 400, [], f"bad SDP: {exc}")
+            return
+        except NegotiationError as exc:
+            bridge.close()
+            self._reject(tx, exc.status, [], f"SDP not acceptable: {exc}")
+            return
+        wa = cfg.whatsapp
+        domain = wa.meta_domain
+        pbx_via = LegAddress(source.transport, self.pbx_via.host, self.pbx_via.port)
+        setup = OutboundSetup(
+            meta_uri=f"sip:{uri_user(user)}@{domain};transport=tls",
+            meta_to=f"<sip:{uri_user(user)}@{domain}>",
+            meta_from=f"<sip:{number.number}@{wa.hostname}>",
+            wa_contact=f"sip:{number.number}@{wa.contact_hostport};transport=tls",
+            meta_target=Target("tls", wa.meta_proxy.host, wa.meta_proxy.port),
+            wa_offer=wa_offer,
+            wa_keys=wa_keys,
+            pbx_answer=pbx_answer,
+            pbx_media=pbx_media,
+            pbx_contact=f"sip:gw@{pbx_via.hostport};transport={pbx_via.transport}",
+            password=number.read_password,
+            invite_timeout=wa.invite_timeout,
+        )
+        call = OutboundCall(key, legs, setup, tx, self.sip, bridge, self._ended)
+        self.calls[key] = call
+        self._by_server_tx[tx] = call
+        self._by_local[(req.call_id, call.pbx_tag)] = (call, "pbx")
+        self._by_local[(call.meta_call_id, call.meta_from_tag)] = (call, "whatsapp")
+        call.start()
+        log.info("call_admitted", call=key, direction="outbound", number=number.number, user=user)
+
+    def _outbound_number(self, req: Request) -> NumberConfig | None:
+        """The business number: the configured header, else the From user when it is a
+        configured number, else whatsapp.default_number. A header naming an unknown
+        number is refused (None), not replaced by the default."""
+        wa = self.cfg.whatsapp
+        header = req.headers.get(self.cfg.pbx.business_number_header)
+        if header is not None:
+            named = normalise_number(header)
+            return wa.number(named) if named else None
+        try:
+            from_uri = req.from_.uri
+        except UriError:
+            from_uri = None
+        if isinstance(from_uri, SipUri):
+            named = normalise_number(from_uri.user_number)
+            entry = wa.number(named) if named else None
+            if entry is not None:
+                return entry
+        return wa.number(wa.default_number) if wa.default_number else None
+
     # -- lifecycle ----------------------------------------------------------
     def _no_media(self, key: str, leg: str) -> None:
         call = self.calls.get(key)
         if call is not None:
             call.on_no_media(leg)
 
-    def _ended(self, call: InboundCall, reason: str) -> None:
+    def _ended(self, call: Call, reason: str) -> None:
         if self.calls.get(call.key) is call:
             del self.calls[call.key]
-        self._by_server_tx.pop(call.wa_tx, None)
+        for tx in [tx for tx, c in self._by_server_tx.items() if c is call]:
+            del self._by_server_tx[tx]
         for k in [k for k, v in self._by_local.items() if v[0] is call]:
             del self._by_local[k]
         log.info("call_ended", call=call.key, reason=reason, status=call.final_status)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import quote
 
 from gateway.sdp.negotiate import MediaParams
 from gateway.sip.dialog import Dialog
@@ -69,6 +70,14 @@ class LegAddress:
     transport: str  # "udp" | "tcp" | "tls"
     host: str
     port: int
+
+    @property
+    def hostport(self) -> str:
+        """``host:port`` for a URI, an IPv6 host in brackets (RFC 3261 section 25.1)."""
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
 
 
 class SipPort:
@@ -131,6 +140,12 @@ class SipPort:
 
     def cancel(self, tx: ClientTransaction) -> None:
         self.manager.cancel(tx, self.now())
+
+
+def uri_user(user: str) -> str:
+    """``user`` (as decoded from Meta's From) escaped for the user part of a SIP URI:
+    RFC 3261 section 25.1 ``user``, with ';' escaped too (it would start user parameters)."""
+    return quote(user, safe="-_.!~*'()&=+$,?/")
 
 
 def target_for(uri: SipUri, default_transport: str, conn_id: int | None = None) -> Target:

@@ -325,6 +325,11 @@ class NumberConfig(_Model):
     sip_password_env: Annotated[str, PlainValidator(_v_env_name)] | None = None
     # Challenge Meta's INVITEs with 407 and verify them with the SIP password.
     challenge: bool = True
+    # Offer PCMA/PCMU to Meta on business-initiated calls (G.711 enabled at Meta).
+    offer_g711: bool = False
+    # Business-initiated calls: concurrent calls and call attempts per second.
+    max_outbound_calls: Annotated[int, Field(strict=True, ge=1)] = 1000
+    max_call_rate: Annotated[float, Field(gt=0)] = 10.0
 
     @model_validator(mode="after")
     def _one_source(self) -> NumberConfig:
@@ -355,6 +360,14 @@ class WhatsAppConfig(_Model):
     allowed_networks: NetworksField = tuple(ipaddress.ip_network(n) for n in META_NETWORKS)
     numbers: Annotated[tuple[NumberConfig, ...], AfterValidator(_nonempty)]
     request_uri_user_params: str = ""
+    # Host of the Request-URI and To of calls to Meta (never an IP address: Meta
+    # answers 404). The connection goes to meta_proxy.
+    meta_domain: Annotated[str, PlainValidator(_v_dns_name)] = "wa.meta.vc"
+    # Seconds to wait for any response from Meta (TLS connect included) before
+    # answering the PBX 503.
+    invite_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # Business number used for PBX calls that name none (header or From).
+    default_number: E164Field | None = None
     # "host:port" in the Contact and Via the gateway puts toward Meta
     # (default: hostname and the listen port).
     advertise: HostPortField | None = None
@@ -369,6 +382,12 @@ class WhatsAppConfig(_Model):
         if not _URI_PARAMS.match(value):
             raise _fail("uri_params", 'must be empty or ";name=value" parameters, e.g. ";tgrp=x"')
         return value
+
+    @model_validator(mode="after")
+    def _default_number(self) -> WhatsAppConfig:
+        if self.default_number is not None and self.number(self.default_number) is None:
+            raise _path_problem("default_number", "must be one of whatsapp.numbers")
+        return self
 
     @model_validator(mode="after")
     def _unique_numbers(self) -> WhatsAppConfig:
@@ -406,6 +425,9 @@ class PbxConfig(_Model):
     )
     # RTP payload type for telephone-event/8000 in offers to the PBX.
     dtmf_payload_type: Annotated[int, Field(strict=True, ge=96, le=127)] = 101
+    # Header a PBX call names its business number in (else the From user, else
+    # whatsapp.default_number).
+    business_number_header: Annotated[str, PlainValidator(_nonempty_line)] = "X-WA-Business-Number"
 
 
 def _is_wildcard(host: str) -> bool:
