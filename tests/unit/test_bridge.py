@@ -13,6 +13,7 @@ from itertools import pairwise
 import pytest
 
 from gateway.media.bridge import EARLY_AUDIO_FRAMES, RTCP_INTERVAL, SILENCE_AFTER
+from gateway.media.codecs import codec_for
 from gateway.media.dtmf import parse_event
 from gateway.media.rtcp import (
     RtcpReceiverReport,
@@ -614,3 +615,145 @@ def test_rtcp_follows_the_latched_pbx_address_with_rtcp_mux() -> None:
         rig.tick()
     rig.to_pbx()
     assert [addr for _, addr in rig.pbx_rtcp] == [moved]
+
+
+# --------------------------------------------------------------------------- no media
+
+
+def test_no_media_from_meta_is_reported_once() -> None:
+    rig = answered(no_media_timeout=5.0)
+    talk_both(rig, 10)
+    quiet = 0
+    while not rig.no_media:
+        rig.from_pbx(rig.pbx.audio(bytes(320)))  # only the PBX keeps sending
+        rig.tick()
+        quiet += 1
+        assert quiet < 1000
+    assert rig.no_media == ["whatsapp"]
+    assert quiet * FRAME == pytest.approx(5.0, abs=2 * FRAME)
+    talk_both(rig, 5)
+    rig.tick(500)
+    assert rig.no_media == ["whatsapp"]
+
+
+def test_a_pbx_leg_we_only_send_to_is_not_expected_to_send() -> None:
+    rig = answered(pbx=pbx_params(direction="sendonly"), no_media_timeout=5.0)
+    voice = tone_frames(300, 1)[0]
+    for _ in range(round(12.0 / FRAME)):
+        rig.from_meta(rig.meta.audio(voice))
+        rig.tick()
+    assert rig.no_media == []
+    assert len(rig.to_pbx()) == round(12.0 / FRAME)  # and it does get our audio
+
+
+def test_a_silent_pbx_that_should_send_is_reported() -> None:
+    rig = answered(no_media_timeout=5.0)
+    voice = tone_frames(300, 1)[0]
+    for _ in range(round(6.0 / FRAME)):
+        rig.from_meta(rig.meta.audio(voice))
+        rig.tick()
+    assert rig.no_media == ["pbx"]
+
+
+# --------------------------------------------------------------------------- re-INVITEs
+
+
+def test_pbx_hold_and_resume() -> None:
+    rig = answered()
+    rig.set_pbx(direction="recvonly")  # the PBX put us on hold: do not send to it
+    talk(rig, 10)
+    assert rig.to_pbx() == []
+    rig.set_pbx(direction="sendrecv")
+    talk(rig, 10)
+    assert len(rig.to_pbx()) == 10
+
+
+def test_pbx_codec_change_to_pcma() -> None:
+    rig = answered()
+    talk(rig, 5)
+    before = rig.to_pbx()
+    rig.set_pbx(codec="PCMA", payload_type=8)
+    for pcm in tone_frames(440, 50):
+        rig.from_meta(rig.meta.audio(pcm))
+        rig.tick()
+    after = rig.to_pbx()
+    assert {p.payload_type for p in after} == {8}
+    assert steps(before + after)[:3] == ({1}, {160}, {before[0].ssrc})
+    pcma = codec_for("PCMA")
+    pcm = b"".join(pcma.decode(p.payload) for p in after[10:])
+    assert frequency(pcm) == pytest.approx(440, rel=0.02)
+
+
+@pytest.mark.xfail(strict=True, reason="a latched PBX leg ignores a new SDP port on the same IP")
+def test_pbx_reinvite_to_a_new_port_on_the_same_host_is_followed() -> None:
+    rig = answered()
+    talk(rig, 2)
+    rig.set_pbx(remote_port=12000, remote_rtcp_port=12001)  # e.g. media moved to a phone
+    talk(rig, 2)
+    assert rig.pbx_sock.sent[-1][1] == (PBX_IP, 12000)
+
+
+def test_pbx_reinvite_with_the_same_sdp_keeps_the_latched_port() -> None:
+    rig = answered()
+    moved = (PBX_IP, 31000)
+    rig.from_pbx(rig.pbx.audio(bytes(320)), moved)
+    rig.set_pbx()  # a session refresh: same SDP
+    talk(rig, 2)
+    assert rig.pbx_sock.sent[-1][1] == moved
+
+
+# --------------------------------------------------------------------------- close, stats
+
+
+def test_close_closes_both_sockets_unsubscribes_and_is_idempotent() -> None:
+    rig = answered()
+    assert len(rig.media_clock.subscribers) == 1
+    rig.bridge.close()
+    rig.bridge.close()
+    assert rig.wa_sock.closes == rig.pbx_sock.closes == 1
+    assert rig.media_clock.subscribers == {} and len(rig.media_clock.unsubscribed) == 1
+    rig.tick(300)  # a tick already scheduled must not send on closed sockets
+    assert rig.wa_sock.sent_after_close == rig.pbx_sock.sent_after_close == 0
+
+
+def test_close_before_any_sdp() -> None:
+    rig = Rig()
+    rig.bridge.close()
+    assert rig.wa_sock.closes == rig.pbx_sock.closes == 1
+    assert rig.bridge.stats()["whatsapp"]["codec"] is None
+
+
+def test_stats_count_what_was_sent_and_received() -> None:
+    rig = Rig()
+    rig.answer()
+    meta_in = [rig.meta.audio(pcm) for pcm in tone_frames(440, 30)]
+    pbx_in = [rig.pbx.audio(pcm) for pcm in tone_frames(440, 20)]
+    for i in range(30):
+        rig.from_meta(meta_in[i])
+        if i < 20:
+            rig.from_pbx(pbx_in[i])
+        rig.tick()
+    dtmf = rig.meta.dtmf_event(3)
+    for packet in dtmf:
+        rig.from_meta(packet)
+    rig.from_meta(b"junk")
+    rig.from_pbx(b"junk")
+    rig.from_meta(rig.meta.audio(bytes(320)), ("198.51.100.1", 1))
+    to_meta, to_pbx = rig.to_meta(), rig.to_pbx()
+    stats = rig.bridge.stats()
+    wa, pbx = rig.stats("whatsapp"), rig.stats("pbx")
+    assert wa["rx_packets"] == 30 + 6 and pbx["rx_packets"] == 20
+    assert pbx["rx_octets"] == 20 * 160
+    srtp_overhead = 12 + 10  # RTP header, HMAC-SHA1-80 tag
+    assert wa["rx_octets"] == sum(len(d) - srtp_overhead for d in meta_in + dtmf)
+    silence = codec_for("opus").silence()
+    filler = [p for p in to_meta[21:] if p.payload == silence]
+    assert wa["tx_packets"] == len(to_meta) == 1 + 20 + len(filler)  # first, audio, filler
+    assert len(filler) >= 7
+    assert pbx["tx_packets"] == len(to_pbx) == 30 + 6
+    assert (wa["codec"], pbx["codec"]) == ("opus", "PCMU")
+    assert wa["lost"] == pbx["lost"] == 0
+    assert wa["srtp_auth_failures"] == 1 and pbx["bad_packets"] == 1
+    assert wa["foreign_packets"] == 1 and pbx["foreign_packets"] == 0
+    assert stats["passthrough"] is False
+    assert stats["dtmf_to_pbx"] == 6 and stats["dtmf_to_whatsapp"] == 0
