@@ -89,13 +89,20 @@ class Leg:
         self.receiving = True  # the peer is expected to send (not on hold/inactive)
 
     def configure(self, media: MediaParams, complexity: int) -> None:
-        same_codec = self.media is not None and self.media.codec == media.codec
+        previous = self.media
+        same_codec = previous is not None and previous.codec == media.codec
         self.media = media
         self.pt = media.payload_type  # what we send with (the remote's number)
         self.rx_pt = media.recv_payload_type or media.payload_type  # what we receive (ours)
         self.dtmf_pt = media.dtmf_payload_type
         self.rx_dtmf_pt = media.recv_dtmf_payload_type
-        if self.remote is None or not self.latch or media.remote_address != self.remote_ip:
+        # A latched address survives an SDP that repeats the old one (session refresh),
+        # not one that moves the media (re-INVITE to another port or host).
+        moved = previous is None or (previous.remote_address, previous.remote_port) != (
+            media.remote_address,
+            media.remote_port,
+        )
+        if self.remote is None or not self.latch or moved:
             self.remote = (media.remote_address, media.remote_port)
         self.remote_ip = media.remote_address
         self.rtcp_remote = (

@@ -684,7 +684,6 @@ def test_pbx_codec_change_to_pcma() -> None:
     assert frequency(pcm) == pytest.approx(440, rel=0.02)
 
 
-@pytest.mark.xfail(strict=True, reason="a latched PBX leg ignores a new SDP port on the same IP")
 def test_pbx_reinvite_to_a_new_port_on_the_same_host_is_followed() -> None:
     rig = answered()
     talk(rig, 2)
