@@ -186,6 +186,46 @@ def test_replayed_credentials_are_not_accepted_twice(h: Harness) -> None:
     assert final_to_meta(sent).status in (403, 407)
 
 
+def test_stale_nonce_is_challenged_again_with_stale_true(h: Harness) -> None:
+    first = meta_invite()
+    h.from_meta(first)
+    challenge = final_to_meta(h.sent()).headers.get("Proxy-Authenticate")
+    assert challenge is not None
+    h.advance(h.digest.nonce_ttl + 1)
+    h.sent()
+    uri = request_of(first).uri
+    h.from_meta(meta_invite(auth=h.credentials(challenge, uri)))
+    sent = h.sent()
+    resp = final_to_meta(sent)
+    assert resp.status == 407
+    assert "stale=true" in (resp.headers.get("Proxy-Authenticate") or "").lower()
+    assert to_pbx(sent) == []
+
+
+def test_credentials_in_authorization_are_accepted(h: Harness) -> None:
+    first = meta_invite()
+    h.from_meta(first)
+    challenge = final_to_meta(h.sent()).headers.get("Proxy-Authenticate")
+    assert challenge is not None
+    auth = h.credentials(challenge, request_of(first).uri)
+    h.from_meta(meta_invite(extra=[("Authorization", auth)]))
+    assert methods(to_pbx(h.sent())) == ["INVITE"]
+
+
+def test_invite_retransmission_is_one_call(h: Harness) -> None:
+    first = meta_invite()
+    h.from_meta(first)
+    challenge = final_to_meta(h.sent()).headers.get("Proxy-Authenticate")
+    assert challenge is not None
+    invite = meta_invite(auth=h.credentials(challenge, request_of(first).uri), branch="z9hG4bKre1")
+    h.from_meta(invite)
+    assert methods(to_pbx(h.sent())) == ["INVITE"]
+    h.from_meta(invite)  # the same INVITE again (same branch): a retransmission
+    sent = h.sent()
+    assert statuses(sent) == [100] and to_pbx(sent) == []
+    assert len(h.calls.calls) == 1 and len(h.bridges.bridges) == 1
+
+
 def test_capacity_503_with_retry_after(tmp_path: Path) -> None:
     h = Harness(tmp_path, {"limits": {"max_calls": 2}})
     first = h.start_call()
@@ -949,6 +989,18 @@ def test_hangup_all(h: Harness) -> None:
     assert 503 in statuses(to_meta(sent))  # the ringing one: "try another instance"
     assert methods(to_pbx(sent)).count("CANCEL") == 1
     assert up.bridge.closed == 1 and ringing.bridge.closed == 1
+
+
+def test_hangup_while_ringing_then_pbx_answers(h: Harness) -> None:
+    flow = h.start_call()
+    h.pbx_reply(flow, 180)
+    h.calls.hangup_all("shutdown")
+    sent = h.sent()
+    assert final_to_meta(sent).status == 503
+    assert methods(to_pbx(sent)) == ["CANCEL"]
+    assert_gone(h, flow)
+    sent = h.pbx_reply(flow, 200)  # crossed our CANCEL
+    assert methods(to_pbx(sent)) == ["ACK", "BYE"] and to_meta(sent) == []
 
 
 # =========================================================================== the tables
