@@ -8,6 +8,7 @@ and decoded (fakes in ``bridge_fakes``). Media rules: whatsapp-sip.md section 6.
 from __future__ import annotations
 
 import base64
+import time
 from itertools import pairwise
 
 import pytest
@@ -756,3 +757,39 @@ def test_stats_count_what_was_sent_and_received() -> None:
     assert wa["foreign_packets"] == 1 and pbx["foreign_packets"] == 0
     assert stats["passthrough"] is False
     assert stats["dtmf_to_pbx"] == 6 and stats["dtmf_to_whatsapp"] == 0
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def per_packet_us(
+    rig: Rig, handler_name: str, packets: list[bytes], addr: tuple[str, int]
+) -> float:
+    on_packet = getattr(rig.bridge, handler_name)
+    advance = rig.clock.advance
+    started = time.perf_counter()
+    for data in packets:
+        advance(FRAME)
+        on_packet(data, addr)
+    return (time.perf_counter() - started) / len(packets) * 1e6
+
+
+def test_per_packet_cost_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a pass/fail figure: the µs per packet for docs (no timing assertion)."""
+    count = 5000
+    lines = []
+    for label, wa in (("Opus<->PCMU", wa_params()), ("PCMU passthrough", wa_g711_params())):
+        rig = answered(wa=wa)
+        voice = tone_frames(440, 50)
+        from_pbx = [rig.pbx.audio(voice[i % 50]) for i in range(count)]
+        from_meta = [rig.meta.audio(voice[i % 50]) for i in range(count)]
+        pbx_us = per_packet_us(rig, "on_pbx_packet", from_pbx, PBX_ADDR)
+        wa_us = per_packet_us(rig, "on_whatsapp_packet", from_meta, META_ADDR)
+        assert rig.stats("whatsapp")["tx_packets"] == 1 + count  # the first packet, then these
+        assert rig.stats("pbx")["tx_packets"] == count
+        lines.append(
+            f"{label:17} on_pbx_packet {pbx_us:6.1f} us/packet   "
+            f"on_whatsapp_packet {wa_us:6.1f} us/packet   ({count} packets)"
+        )
+    with capsys.disabled():
+        print("\nbridge per-packet cost:\n  " + "\n  ".join(lines))
