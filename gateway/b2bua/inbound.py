@@ -178,6 +178,9 @@ class InboundCall(Call):
             self.sip.send_response(resp)
 
     def _on_pbx_answer(self, resp: Response, retransmission: bool) -> None:
+        if self.pbx_dialog is not None and (resp.to.tag or "") != self.pbx_dialog.remote_tag:
+            self._hang_up_fork(resp, retransmission)
+            return
         if self.pbx_dialog is None:
             self.pbx_dialog = Dialog.uac(self.pbx_request or Request(), resp)
         self._ack_pbx(resp)
@@ -199,6 +202,18 @@ class InboundCall(Call):
             return
         self.bridge.set_pbx(self.pbx_media)
         self._answer_meta()
+
+    def _hang_up_fork(self, resp: Response, retransmission: bool) -> None:
+        """Another fork answered as well (RFC 3261 13.2.2.4): ACK its 2xx, then BYE it."""
+        fork = Dialog.uac(self.pbx_request or Request(), resp)
+        via = self.legs.pbx_via
+        target = dialog_target(fork, via.transport)
+        self.sip.send_ack(fork.create_ack(resp.cseq.seq), via, target)
+        if not retransmission:
+            log.info("pbx_fork_hung_up", call=self.key)
+            reason = 'SIP;cause=200;text="answered elsewhere"'
+            bye = fork.create_request("BYE", headers=[("Reason", reason)])
+            self.sip.send_request(bye, via, target)
 
     def _answer_meta(self) -> None:
         resp = self.sip.response(

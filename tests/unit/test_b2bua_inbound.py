@@ -596,6 +596,28 @@ def test_pbx_200_retransmission_is_acked_again(h: Harness) -> None:
     assert flow.bridge.order() == ["pbx", "whatsapp"]
 
 
+def test_second_fork_answering_is_acked_and_hung_up(h: Harness) -> None:
+    """Two 2xx with different To tags (a forking proxy in front of the PBX): the second
+    dialog gets its own ACK and a BYE (RFC 3261 13.2.2.4); the call stays on the first."""
+    flow = answered(h)
+    fork_contact = f"<sip:{BUSINESS}@{PBX_HOST}:5070>"
+    sent = h.pbx_reply(flow, 200, to_tag="fork-2", contact=fork_contact)
+    assert to_meta(sent) == []
+    ack, bye = h.requests(sent)
+    assert (ack.method, bye.method) == ("ACK", "BYE")
+    for req in (ack, bye):
+        assert req.to.tag == "fork-2"
+        assert req.uri == f"sip:{BUSINESS}@{PBX_HOST}:5070"
+    assert [s.target for s in sent] == [Target("udp", PBX_HOST, 5070)] * 2
+    # Its retransmission is ACKed again, without another BYE.
+    assert methods(h.pbx_reply(flow, 200, to_tag="fork-2", contact=fork_contact)) == ["ACK"]
+    assert flow.call.state is State.CONFIRMED
+    assert flow.bridge.order() == ["pbx", "whatsapp"]
+    # The first dialog is untouched: a BYE from Meta goes to it.
+    bye = only(h.requests(to_pbx(h.meta_in_dialog(flow, "BYE")), "BYE"))
+    assert isinstance(bye, Request) and bye.to.tag == flow.pbx_to_tag
+
+
 # =========================================================================== BYE
 
 
