@@ -7,13 +7,14 @@ and decoded (fakes in ``bridge_fakes``). Media rules: whatsapp-sip.md section 6.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from itertools import pairwise
 
 import pytest
 
-from gateway.media.bridge import EARLY_AUDIO_FRAMES, RTCP_INTERVAL, SILENCE_AFTER
+from gateway.media.bridge import EARLY_AUDIO_FRAMES, RTCP_INTERVAL, SILENCE_AFTER, BridgeFactory
 from gateway.media.codecs import codec_for
 from gateway.media.dtmf import parse_event
 from gateway.media.rtcp import (
@@ -24,8 +25,10 @@ from gateway.media.rtcp import (
 )
 from gateway.media.rtp import RtpPacket
 from gateway.media.srtp import new_key_material
+from gateway.ops.config import MediaConfig
 from gateway.sdp.negotiate import accept_pbx_answer, answer_whatsapp_offer, make_pbx_offer
 from gateway.sdp.session import parse_sdp
+from gateway.transport.rtp import MediaClock, PortAllocator, PortsExhausted
 from tests.unit.bridge_fakes import (
     FRAME,
     META_ADDR,
@@ -292,6 +295,18 @@ def test_g711_passthrough_reframes_30ms_pbx_packets_to_20ms_for_meta() -> None:
     assert steps(sent)[:2] == ({1}, {160})
 
 
+@pytest.mark.xfail(strict=True, reason="passthrough forwards in arrival order")
+def test_g711_passthrough_puts_a_swapped_pair_right_and_keeps_time() -> None:
+    rig = answered(wa=wa_g711_params())
+    packets = [rig.meta.payload(bytes((i,)) * 160) for i in range(20)]
+    for i in [*range(10), 11, 10, *range(12, 20)]:
+        rig.from_meta(packets[i])
+        rig.tick()
+    sent = rig.to_pbx()
+    assert [p.payload[0] for p in sent] == list(range(20))
+    assert steps(sent)[:2] == ({1}, {160})
+
+
 # --------------------------------------------------------------------------- DTMF
 
 
@@ -484,8 +499,15 @@ def test_bad_srtp_auth_tag_is_dropped_counted_and_the_next_packet_flows() -> Non
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x80", b"\x80\x00\x00", b"garbage bytes that are not rtp", bytes(range(256)) * 4],
-    ids=["empty", "1-byte", "truncated-header", "text", "noise"],
+    [
+        b"",
+        b"\x80",
+        b"\x80\x00\x00",
+        b"garbage bytes that are not rtp",
+        bytes(range(256)) * 4,
+        b"\x80\xc8\x00\x40" + bytes(20),  # an SR header claiming more than there is
+    ],
+    ids=["empty", "1-byte", "truncated-header", "text", "noise", "rtcp-looking"],
 )
 def test_garbage_never_raises_and_is_counted(data: bytes) -> None:
     rig = answered()
@@ -793,3 +815,77 @@ def test_per_packet_cost_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
         )
     with capsys.disabled():
         print("\nbridge per-packet cost:\n  " + "\n  ".join(lines))
+
+
+# --------------------------------------------------------------------------- odds and ends
+
+
+def test_ports_are_the_sockets_ports() -> None:
+    rig = Rig()
+    assert (rig.bridge.whatsapp_port, rig.bridge.pbx_port) == (20000, 20002)
+
+
+def test_authentic_srtp_carrying_malformed_rtp_is_counted() -> None:
+    rig = answered()
+    padded = bytearray(rig.meta.sender.next_packet(OPUS_PT, b"\x08\x00", 960))
+    padded[0] |= 0x20  # P bit, and a last octet of 0: an invalid padding count
+    rig.from_meta(rig.meta.srtp.protect(bytes(padded)))
+    assert rig.stats("whatsapp")["bad_packets"] == 1
+    assert rig.to_pbx() == []
+
+
+def test_forged_srtcp_is_counted_as_an_auth_failure() -> None:
+    rig = answered()
+    report = rig.meta.rtcp(RtcpReceiverReport(META_SSRC).serialize())
+    rig.from_meta(report[:-1] + bytes((report[-1] ^ 0x55,)))
+    assert rig.stats("whatsapp")["srtp_auth_failures"] == 1
+    rig.from_meta(report)
+    assert rig.stats("whatsapp")["srtp_auth_failures"] == 1
+
+
+def test_meta_audio_before_the_pbx_answers_goes_nowhere() -> None:
+    rig = Rig()
+    rig.set_whatsapp()
+    talk(rig, 5)
+    for packet in rig.meta.dtmf_event(2):
+        rig.from_meta(packet)
+    assert rig.pbx_sock.sent == []
+    assert rig.stats("whatsapp")["rx_packets"] == 11
+    rig.set_pbx()
+    talk(rig, 5)
+    assert len(rig.to_pbx()) == 5
+
+
+def test_rtcp_only_goes_to_a_negotiated_leg() -> None:
+    rig = Rig()
+    rig.set_whatsapp()
+    rig.tick(round(RTCP_INTERVAL / FRAME) + 5)
+    rig.to_meta()
+    assert len(rig.meta_rtcp) == 1 and rig.pbx_sock.sent == []
+
+
+def test_a_tick_already_due_when_closed_does_nothing() -> None:
+    rig = answered(no_media_timeout=1.0)
+    rig.bridge.close()
+    rig.bridge.tick(rig.clock.advance(10.0))  # a clock snapshot taken before the close
+    assert rig.wa_sock.sent_after_close == 0 and rig.no_media == []
+
+
+def test_factory_binds_both_ports_and_gives_them_back_when_the_range_is_full() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        ports = PortAllocator("127.0.0.1", 47100, 47199)
+        clock = MediaClock(loop)
+        cfg = MediaConfig(no_media_timeout=7.0, opus_complexity=1)
+        bridge = BridgeFactory(loop, ports, clock, cfg)("call-9", lambda leg: None)
+        assert bridge.whatsapp_port % 2 == bridge.pbx_port % 2 == 0
+        assert bridge.whatsapp_port != bridge.pbx_port and ports.in_use == 2
+        bridge.close()
+        assert ports.in_use == 0
+        one = PortAllocator("127.0.0.1", 47200, 47201)  # room for one socket, not two
+        with pytest.raises(PortsExhausted):
+            BridgeFactory(loop, one, clock, cfg)("call-10", lambda leg: None)
+        assert one.in_use == 0
+        clock.close()
+    finally:
+        loop.close()
