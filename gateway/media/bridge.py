@@ -287,8 +287,12 @@ class Bridge:
             wa.rx_bad += 1
             return
         if self._passthrough:
-            self._follow_source_clock(packet.timestamp)
-            pbx.send(sender.next_packet(pbx.pt, packet.payload, len(packet.payload)))
+            # In sequence order too (the in-order case releases at once); a gap is left
+            # to the PBX to conceal, only its time is carried over.
+            for item in wa.reorder.push(packet.sequence, packet):
+                if not isinstance(item, Lost):
+                    self._follow_source_clock(item.timestamp)
+                    pbx.send(sender.next_packet(pbx.pt, item.payload, len(item.payload)))
             return
         codec_in = wa.codec
         codec_out = pbx.codec
@@ -323,7 +327,7 @@ class Bridge:
         per_frame = self.wa.samples
         delta = (ts - last) & 0xFFFFFFFF if last is not None else 0
         if delta >= 0x80000000:
-            return  # older than the last one (reordered): its time is already counted
+            return  # older than the last one: its time is already counted
         self._wa_src_ts = ts
         if last is None or self.pbx.sender is None:
             return
