@@ -125,6 +125,13 @@ class Leg:
 
     def send(self, data: bytes) -> None:
         if self.remote is None or not self.sending:
+            sender = self.sender
+            if sender is not None:
+                # Not sent (on hold): RFC 3550 5.1 sequence numbers and the SR counts are
+                # of packets sent, so give this one's back; its time has passed all the same.
+                sender.sequence = (sender.sequence - 1) & 0xFFFF
+                sender.packets -= 1
+                sender.octets -= len(data) - 12  # every packet here has a bare 12-octet header
             return
         if self.srtp is not None:
             data = self.srtp.protect(data)
