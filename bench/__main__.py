@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.report import render_stdout, verdict, write_markdown
 from bench.run import Params, run
+from bench.stats import save
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
@@ -46,7 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ref", metavar="GIT_REF",
         help="run the daemon from gateway/ as committed at GIT_REF (default: the working tree)",
     )  # fmt: skip
+    ap.add_argument(
+        "--daemon-gc", default="", metavar="threshold=A,B,C",
+        help="experiment: set the daemon's gc thresholds (its code is not changed)",
+    )  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the daemon's work directory")
+    ap.add_argument("--dump", type=Path, help="save per-packet send times and latencies (.npz)")
     ap.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
         help="the daemon's logging level (default warning; use with --keep)",
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         wait_quiet=args.wait_quiet,
         ref=args.ref,
+        daemon_gc=args.daemon_gc,
     )
     print(
         f"bench: {params.calls} calls, ramp {params.rate:g}/s, warm-up {params.warmup:g} s, "
@@ -90,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: could not run: {exc}", file=sys.stderr)
         return 1
     print(render_stdout(result))
+    if args.dump is not None:
+        save(str(args.dump), result.m2p, result.p2m)
+        print(f"bench: per-packet data in {args.dump}", file=sys.stderr)
     if not args.no_write:
         write_markdown(args.output, result)
         print(f"bench: wrote {args.output}", file=sys.stderr)

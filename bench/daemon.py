@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,6 +58,7 @@ class CpuSample:
     stime: float  # seconds
     run_ns: int  # scheduler run time of all threads (ns, precise), 0 when unavailable
     rss_kib: int
+    wait_ns: int = 0  # time runnable but waiting for a CPU (others had it), all threads
 
     @property
     def total(self) -> float:
@@ -68,18 +71,20 @@ def read_cpu(pid: int) -> CpuSample:
         stat = fh.read()
     fields = stat[stat.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-    run_ns = 0
+    run_ns = wait_ns = 0
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as fh:
-                run_ns += int(fh.read().split()[0])
+                fields3 = fh.read().split()
+                run_ns += int(fields3[0])
+                wait_ns += int(fields3[1])
     rss = 0
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
                 break
-    return CpuSample(time.monotonic(), utime, stime, run_ns, rss)
+    return CpuSample(time.monotonic(), utime, stime, run_ns, rss, wait_ns)
 
 
 CORE_COLUMNS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -145,6 +150,7 @@ class Daemon:
     nice: int = 0
     log_level: str = "warning"
     source: Path | None = None  # a directory holding gateway/ to run instead of the working tree
+    gc_mode: str = ""  # "" or "threshold=A,B,C" (an experiment; see bench.gcprobe)
     overrides: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -157,6 +163,18 @@ class Daemon:
     @property
     def tls_address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.ports["tls"])
+
+    @property
+    def gc_path(self) -> Path:
+        return self.workdir / "gc-pauses.json"
+
+    def gc_pauses(self) -> list[tuple[float, float, int]]:
+        """(monotonic time, seconds, generation) of each GC run; after the daemon exited."""
+        try:
+            data = json.loads(self.gc_path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [(float(t), float(d), int(g)) for t, d, g in data.get("pauses", [])]
 
     @property
     def log_path(self) -> Path:
@@ -204,10 +222,13 @@ class Daemon:
         config = self.write_config()
         log = self.log_path.open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if self.source is not None:
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (str(self.source), env.get("PYTHONPATH", "")) if p
-            )
+        probe = self.workdir / "probe"
+        probe.mkdir(exist_ok=True)
+        shutil.copy(Path(__file__).with_name("gcprobe.py"), probe / "sitecustomize.py")
+        env["WAGW_BENCH_GC_OUT"] = str(self.gc_path)
+        env["WAGW_BENCH_GC_MODE"] = self.gc_mode
+        paths = [str(probe), str(self.source) if self.source else "", env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         core, nice = self.core, self.nice
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "-c", str(config)],

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from bench.run import Params, Result, git_describe, summary_numbers
-from bench.stats import DirectionStats, percentile
+from bench.stats import DirectionStats, percentile, worst_moments
 
 TARGET_CALLS = 200
 TARGET_P99_MS = 5.0
@@ -113,11 +113,11 @@ def verdict(r: Result) -> tuple[bool, list[str]]:
 def caveats(r: Result) -> list[str]:
     """Conditions that make this run's latency figures less trustworthy."""
     out: list[str] = []
-    others = r.others_on_daemon_core_pct
-    if others >= 5:
+    if r.daemon_wait_pct >= 1:
         out.append(
-            f"other processes used {others:.0f} % of the daemon's core during the window "
-            "(a shared machine): latency is inflated by waiting for the CPU"
+            f"the daemon waited {1000 * r.daemon_wait:.0f} ms ({r.daemon_wait_pct:.1f} % of the "
+            "window) for its core while other processes ran on it (a shared machine): "
+            "latency is inflated by that wait and by the backlog it leaves"
         )
     if r.pacer_late_p99_ms > 3:
         out.append(
@@ -133,6 +133,17 @@ def capacity(r: Result) -> float:
     """Calls one core would carry at this per-call cost (linear, 100 % busy)."""
     cost = r.cpu_per_call_second
     return 1.0 / cost if cost and not math.isnan(cost) else float("nan")
+
+
+def gc_text(r: Result) -> str:
+    if not r.gc_pauses:
+        return "no runs recorded"
+    by_gen: dict[int, list[float]] = {}
+    for seconds, gen in r.gc_pauses:
+        by_gen.setdefault(gen, []).append(seconds * 1000)
+    total = sum(sum(v) for v in by_gen.values())
+    parts = [f"gen {g}: {len(v)} runs, max {max(v):.1f} ms" for g, v in sorted(by_gen.items())]
+    return f"{total:.0f} ms paused in total ({'; '.join(parts)})"
 
 
 def per_packet_us(r: Result) -> float:
@@ -152,6 +163,8 @@ def command_args(p: Params) -> str:
         args += f" --log-level {p.log_level}"
     if p.ref is not None:
         args += f" --ref {p.ref}"
+    if p.daemon_gc:
+        args += f" --daemon-gc {p.daemon_gc}"
     return args
 
 
@@ -209,7 +222,10 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         ],
         f"| last forwarded packet after the last send | {1000 * r.drain_seconds:.0f} ms |",
         f"| INVITE retransmissions seen by the PBX | {r.pbx_invite_retransmissions} |",
-        f"| ramp ({r.calls_ok + r.calls_failed} calls) | {r.ramp_seconds:.1f} s |",
+        f"| ramp ({r.calls_ok + r.calls_failed} calls) | {r.ramp_seconds:.1f} s, daemon CPU "
+        f"{r.ramp_daemon_cpu:.2f} s ({100 * r.ramp_daemon_cpu / max(r.ramp_seconds, 1e-9):.0f} % "
+        f"of its core); forwarding delay at its end {r.backlog_after_ramp_ms:.0f} ms |",
+        f"| warm-up until the delay stayed under 20 ms for 1 s | {r.settle_seconds:.1f} s |",
         f"| measurement window | {r.window_seconds:.1f} s, {r.call_seconds:.0f} call-seconds |",
         f"| **daemon CPU per call-second** | **{r.cpu_per_call_second * 1000:.2f} ms** "
         f"({r.daemon_cpu:.2f} s CPU: user {r.daemon_utime:.2f} s, system {r.daemon_stime:.2f} s) |",
@@ -226,7 +242,11 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         "| cores in the window (whole machine) | "
         + "; ".join(_core_text(c, u) for c, u in sorted(r.core_use.items()))
         + " |",
-        f"| other processes on the daemon's core | {r.others_on_daemon_core_pct:.0f} % |",
+        f"| other processes on the daemon's core (from /proc/stat) | "
+        f"{r.others_on_daemon_core_pct:.0f} % |",
+        f"| daemon runnable but waiting for its core (others running) | "
+        f"{1000 * r.daemon_wait:.0f} ms = {r.daemon_wait_pct:.1f} % of the window |",
+        f"| daemon's garbage collector in the window | {gc_text(r)} |",
         f"| datagrams dropped by the kernel on the benchmark's sockets | {r.socket_drops} "
         "(system-wide UDP counters: "
         + ", ".join(f"{k} {v}" for k, v in r.udp_drops.items())
@@ -241,6 +261,14 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *_direction_rows(r.m2p),
         *_direction_rows(r.p2m),
+        "",
+        "Worst moments (largest added latency per 100 ms of send time, seconds into the "
+        "window): "
+        + "; ".join(
+            f"{d.name}: " + ", ".join(f"{t:.1f} s {ms:.1f} ms" for t, ms in worst_moments(d))
+            for d in (r.m2p, r.p2m)
+        )
+        + ".",
         "",
         "Audio check (call 0, decoded): "
         + "; ".join(f"{k}: {v}" for k, v in r.audio.items())

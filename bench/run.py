@@ -35,6 +35,7 @@ from bench.loadgen import SLOTS, Call, MetaCaller, MetaLink, Pacer, PbxStub
 from bench.profile import PySpy
 from bench.stats import DirectionStats, percentile
 
+SETTLED_MS = 20.0  # the warm-up ends once forwarded packets are this fresh for 1 s
 DAEMON_CORE = 0
 GENERATOR_CORE = 1
 
@@ -44,7 +45,8 @@ class Params:
     calls: int = 200
     seconds: float = 20.0
     rate: float = 40.0  # new calls per second during the ramp
-    warmup: float = 3.0  # seconds of steady media before the window opens
+    warmup: float = 3.0  # seconds of media at least, after the ramp, before the window opens
+    settle_max: float = 30.0  # and at most, waiting for the daemon to work off the ramp
     pin: bool = True
     profile: bool = False
     keep: bool = False
@@ -54,6 +56,7 @@ class Params:
     log_level: str = "warning"  # the daemon's
     wait_quiet: float = 0.0  # wait up to this long for other work on the machine to calm down
     ref: str | None = None  # run the daemon from gateway/ at this git ref (default: working tree)
+    daemon_gc: str = ""  # experiment: "threshold=A,B,C" for the daemon's collector
 
 
 @dataclass
@@ -69,9 +72,13 @@ class Result:
     setup_phases_ms: dict[str, list[float]] = field(default_factory=dict)
     pbx_invite_retransmissions: int = 0
     ramp_seconds: float = 0.0
+    ramp_daemon_cpu: float = 0.0
+    backlog_after_ramp_ms: float = 0.0
+    settle_seconds: float = 0.0
     window_seconds: float = 0.0
     daemon_cpu: float = 0.0  # seconds in the window
     daemon_utime: float = 0.0
+    daemon_wait: float = 0.0  # seconds runnable but not running: the CPU was someone else's
     daemon_stime: float = 0.0
     daemon_rss_idle_kib: int = 0
     daemon_rss_kib: int = 0
@@ -90,6 +97,7 @@ class Result:
     pbx_byes: int = 0
     gateway_byes: int = 0
     daemon_exit: int | None = None
+    gc_pauses: list[tuple[float, int]] = field(default_factory=list)  # in the window: (s, gen)
     daemon_errors: list[str] = field(default_factory=list)
     profile: list[tuple[str, float, float]] = field(default_factory=list)  # fn, self%, total%
     profile_total: list[tuple[str, float, float]] = field(default_factory=list)
@@ -117,6 +125,11 @@ class Result:
             return 0.0
         busy = sum(v for k, v in use.items() if k not in ("idle", "iowait", "irq", "softirq"))
         return max(0.0, 100 * busy - self.daemon_core_pct)
+
+    @property
+    def daemon_wait_pct(self) -> float:
+        """Share of the window the daemon was ready to run but another task had its core."""
+        return 100 * self.daemon_wait / self.window_seconds if self.window_seconds else 0.0
 
     @property
     def generator_core_pct(self) -> float:
@@ -169,11 +182,13 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         nice=p.nice,
         log_level=p.log_level,
         source=source,
+        gc_mode=p.daemon_gc,
     )
     link: MetaLink | None = None
     pacer = Pacer(loop)
     calls: list[Call] = []
     spy: PySpy | None = None
+    m0 = m1 = 0.0
     try:
         await loop.run_in_executor(None, daemon.start)
         result.daemon_pid = daemon.pid
@@ -195,6 +210,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
             pacer.add((call.index + SLOTS // 2) % SLOTS, call.send_pbx)
 
         pacer.start()
+        cpu_before_ramp = read_cpu(daemon.pid)
         t_ramp = loop.time()
         tasks: list[asyncio.Task[None]] = []
         for i in range(p.calls):
@@ -232,12 +248,33 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         if not result.calls_ok:
             raise RuntimeError(f"no call was set up: {result.failures}")
 
-        await asyncio.sleep(p.warmup)
+        ramp_cpu = read_cpu(daemon.pid)
+        result.ramp_daemon_cpu = ramp_cpu.total - cpu_before_ramp.total
+        result.backlog_after_ramp_ms = _current_delay_ms(calls)
         # The generator must not pause itself inside the window: no cyclic GC there
         # (the objects it allocates per packet are freed by reference counting).
         gc.collect()
         gc.freeze()
         gc.disable()
+        # Steady state: the warm-up lasts until what the ramp queued up has drained.
+        t_settle = loop.time()
+        await asyncio.sleep(p.warmup)
+        calm_since: float | None = None
+        while loop.time() - t_settle < p.settle_max:
+            now = loop.time()
+            if _current_delay_ms(calls) < SETTLED_MS:
+                calm_since = calm_since or now
+                if now - calm_since >= 1.0:
+                    break
+            else:
+                calm_since = None
+            await asyncio.sleep(0.1)
+        else:
+            result.notes.append(
+                f"the daemon had not caught up {p.settle_max:g} s after the ramp (current "
+                f"delay {_current_delay_ms(calls):.0f} ms): it cannot keep up with this load"
+            )
+        result.settle_seconds = loop.time() - t_settle
         # -- the measurement window ------------------------------------------
         if p.profile:
             spy = PySpy(daemon.pid, p.seconds, workdir, GENERATOR_CORE if result.pinned else None)
@@ -247,14 +284,15 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         cores0, udp0 = read_core_times(), read_udp_counters()
         drops0 = read_socket_drops(our_ports)
         gen0 = time.process_time()
-        w0 = time.time_ns()
+        w0, m0 = time.time_ns(), time.monotonic()
         await asyncio.sleep(p.seconds)
-        w1 = time.time_ns()
+        w1, m1 = time.time_ns(), time.monotonic()
         gen1 = time.process_time()
         cpu1 = read_cpu(daemon.pid)
         cores1, udp1 = read_core_times(), read_udp_counters()
         result.window_seconds = (w1 - w0) / 1e9
         result.daemon_cpu = cpu1.total - cpu0.total
+        result.daemon_wait = (cpu1.wait_ns - cpu0.wait_ns) / 1e9
         result.daemon_utime = cpu1.utime - cpu0.utime
         result.daemon_stime = cpu1.stime - cpu0.stime
         result.daemon_rss_kib = cpu1.rss_kib
@@ -284,8 +322,8 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         result.socket_drops = read_socket_drops(our_ports) - drops0
         for call in calls:
             if call.answered_at is not None and call.failure is None:
-                result.m2p.add(call.m2p, w0, w1)
-                result.p2m.add(call.p2m, w0, w1)
+                result.m2p.add(call.m2p, w0, w1, call.index)
+                result.p2m.add(call.p2m, w0, w1, call.index)
         _check_audio(calls, result)
 
         # -- hang up ------------------------------------------------------------
@@ -317,6 +355,8 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
                 loop.remove_reader(call.pbx_sock.fileno())
             call.close()
         result.daemon_exit = await loop.run_in_executor(None, daemon.stop)
+        if m0 and m1:
+            result.gc_pauses = [(d, g) for t, d, g in daemon.gc_pauses() if m0 <= t <= m1]
         stub_transport = stub.transport
         if stub_transport is not None:
             stub_transport.close()
@@ -325,6 +365,26 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
             for line in daemon.log_text().splitlines()
             if '"error"' in line or "Traceback" in line
         ][:20]
+
+
+def _current_delay_ms(calls: list[Call]) -> float:
+    """How late the most recently forwarded packets are, worst call and direction (ms).
+
+    The n-th audio packet received matches the n-th sent (no loss assumed here), so
+    arrival of the last one minus the send time of its match is the current delay.
+    """
+    worst = 0.0
+    for c in calls:
+        for d in (c.m2p, c.p2m):
+            n = d.audio_rx
+            if n and n <= len(d.send_ns) and d.rx_ns:
+                last_audio = len(d.rx_kind) - 1
+                while last_audio > 0 and d.rx_kind[last_audio]:
+                    last_audio -= 1
+                worst = max(worst, (d.rx_ns[last_audio] - d.send_ns[n - 1]) / 1e6)
+            elif len(d.send_ns) > 25 and not n:
+                worst = max(worst, (time.time_ns() - d.send_ns[0]) / 1e6)
+    return worst
 
 
 async def _drain(calls: list[Call], quiet: float = 0.5, limit: float = 10.0) -> float:

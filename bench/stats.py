@@ -34,8 +34,10 @@ class DirectionStats:
     rx_bad: int = 0
     rx_rtcp: int = 0
     latencies_us: list[np.ndarray] = field(default_factory=list)
+    send_times_ns: list[np.ndarray] = field(default_factory=list)  # of the matched packets
+    calls: list[np.ndarray] = field(default_factory=list)  # call index of each matched packet
 
-    def add(self, d: Direction, w0: int, w1: int) -> None:
+    def add(self, d: Direction, w0: int, w1: int, call: int = 0) -> None:
         sent_ns = np.frombuffer(d.send_ns, dtype=np.int64)
         self.send_errors += d.send_errors
         self.rx_bad += d.rx_bad
@@ -78,6 +80,8 @@ class DirectionStats:
         lat = (rx_at[matched] - sent_ns[matched]) / 1000.0
         self.negative += int((lat < 0).sum())
         self.latencies_us.append(lat)
+        self.send_times_ns.append(sent_ns[matched])
+        self.calls.append(np.full(lat.size, call, dtype=np.int32))
 
     def latency(self) -> dict[str, float]:
         """p50/p90/p99/p99.9/max and mean of added latency, in milliseconds."""
@@ -103,3 +107,32 @@ class DirectionStats:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def worst_moments(
+    d: DirectionStats, bin_ms: float = 100.0, top: int = 5
+) -> list[tuple[float, float]]:
+    """(seconds into the window, max latency ms) of the worst ``bin_ms`` bins: stalls show here."""
+    if not d.latencies_us:
+        return []
+    lat = np.concatenate(d.latencies_us)
+    sent = np.concatenate(d.send_times_ns)
+    if not lat.size:
+        return []
+    t0 = int(sent.min())
+    bins = ((sent - t0) // int(bin_ms * 1e6)).astype(np.int64)
+    worst = np.zeros(int(bins.max()) + 1)
+    np.maximum.at(worst, bins, lat / 1000.0)
+    order = np.argsort(worst)[::-1][:top]
+    return [(float(b) * bin_ms / 1000.0, float(worst[b])) for b in order]
+
+
+def save(path: str, *dirs: DirectionStats) -> None:
+    """Per-packet send time and added latency of each direction, for a closer look."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, d in enumerate(dirs):
+        if d.latencies_us:
+            arrays[f"d{i}_send_ns"] = np.concatenate(d.send_times_ns)
+            arrays[f"d{i}_latency_us"] = np.concatenate(d.latencies_us)
+            arrays[f"d{i}_call"] = np.concatenate(d.calls)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
