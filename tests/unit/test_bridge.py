@@ -33,6 +33,7 @@ from tests.unit.bridge_fakes import (
     FRAME,
     META_ADDR,
     META_DTMF_PT,
+    META_IP,
     META_PORT,
     META_SSRC,
     OPUS_PT,
@@ -914,3 +915,34 @@ def test_factory_binds_both_ports_and_gives_them_back_when_the_range_is_full() -
         clock.close()
     finally:
         loop.close()
+
+
+def test_early_pbx_audio_in_passthrough_reaches_meta_unchanged() -> None:
+    rig = Rig(wa=wa_g711_params())
+    rig.set_pbx()
+    # Held as PCM until Meta's keys are known, so re-encoded: 0x7f and 0xff are both
+    # mu-law zero and only 0xff comes back; every other octet is itself again.
+    ramp = bytes(range(256)).replace(b"\x7f", b"\xff")
+    payloads = [ramp[:160], ramp[96:]]
+    for payload in payloads:
+        rig.from_pbx(rig.pbx.payload(payload))
+    rig.set_whatsapp()
+    assert [p.payload for p in rig.to_meta()] == payloads
+
+
+def test_meta_from_another_port_of_its_address_is_authenticated_not_followed() -> None:
+    rig = answered()
+    rig.from_meta(rig.meta.audio(bytes(320)), (META_IP, META_PORT + 2))
+    assert len(rig.to_pbx()) == 1  # SRTP authenticates it: Meta's
+    rig.tick(5)
+    assert {addr for _, addr in rig.wa_sock.sent} == {META_ADDR}  # we keep to its SDP
+
+
+def test_dtmf_toward_a_pbx_without_telephone_event_is_dropped_quietly() -> None:
+    rig = answered(pbx=pbx_params(dtmf_payload_type=None, dtmf_clock_rate=None))
+    talk(rig, 2)
+    for packet in rig.meta.dtmf_event(7):
+        rig.from_meta(packet)
+    talk(rig, 2)
+    assert {p.payload_type for p in rig.to_pbx()} == {PCMU_PT}
+    assert rig.bridge.stats()["dtmf_to_pbx"] == 0
