@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter_ns
 
 from gateway.ops.logging import get_logger
 
@@ -23,6 +25,38 @@ log = get_logger(__name__)
 
 PacketHandler = Callable[[bytes, tuple[str, int]], None]
 MAX_DRAIN = 64  # datagrams read per readable event before yielding to the loop
+
+
+FRAME_BOUNDS_NS = (5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 5_000_000)
+
+
+FRAME_SAMPLE = 4  # time one received packet in this many
+
+
+class FrameTimes:
+    """Time spent handling a received packet (decrypt, transcode, send), one packet in
+    :data:`FRAME_SAMPLE`, in fixed buckets of plain ints. Two clock reads and a bisect
+    cost about 370 ns here (11 us is the cheapest packet), so sampling keeps the cost
+    near 100 ns a packet. The metrics collector reads it at scrape time
+    (``wagw_media_frame_seconds``)."""
+
+    __slots__ = ("bounds", "counts", "skip", "sum_ns")
+
+    def __init__(self, bounds: tuple[int, ...] = FRAME_BOUNDS_NS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # last: above the largest bound
+        self.sum_ns = 0
+        self.skip = 0  # packets to let through untimed before the next sample
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound in ns, packets at or under it), ending with (inf, all)."""
+        out: list[tuple[float, int]] = []
+        running = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            out.append((float(bound), running))
+        out.append((float("inf"), running + self.counts[-1]))
+        return out
 
 
 class PortsExhausted(Exception):
@@ -74,7 +108,9 @@ class PortAllocator:
 class RtpSocket:
     """One bound UDP socket feeding ``handler`` packet by packet."""
 
-    __slots__ = ("_closed", "_fd", "_loop", "_ports", "dropped_sends", "handler", "port", "sock")
+    __slots__ = (
+        "_closed", "_fd", "_loop", "_ports", "dropped_sends", "handler", "port", "sock", "timing",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -88,6 +124,7 @@ class RtpSocket:
         self._ports = ports
         self._fd = self.sock.fileno()
         self.handler = handler
+        self.timing: FrameTimes | None = None  # set by the owner to time each packet
         self.dropped_sends = 0
         self._closed = False
         loop.add_reader(self._fd, self._readable)
@@ -95,6 +132,7 @@ class RtpSocket:
     def _readable(self) -> None:
         recv = self.sock.recvfrom
         handler = self.handler
+        timing = self.timing
         for _ in range(MAX_DRAIN):
             try:
                 data, addr = recv(2048)
@@ -102,11 +140,25 @@ class RtpSocket:
                 return
             except OSError:
                 return  # ICMP errors surface here on Linux; nothing to do
-            if handler is not None:
+            if handler is None:
+                continue
+            if timing is None or timing.skip:
+                if timing is not None:
+                    timing.skip -= 1
                 try:
                     handler(data, addr)
                 except Exception:
                     log.exception("rtp_handler_error", port=self.port)
+                continue
+            timing.skip = FRAME_SAMPLE - 1
+            start = perf_counter_ns()
+            try:
+                handler(data, addr)
+            except Exception:
+                log.exception("rtp_handler_error", port=self.port)
+            spent = perf_counter_ns() - start
+            timing.counts[bisect_left(timing.bounds, spent)] += 1
+            timing.sum_ns += spent
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
