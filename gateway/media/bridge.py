@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from gateway.media.codecs import PCM_FRAME_BYTES, AudioCodec, CodecError, codec_for
 from gateway.media.dtmf import DtmfRelay
@@ -24,7 +24,13 @@ from gateway.media.srtp import SrtpAuthError, SrtpContext
 from gateway.ops.config import MediaConfig
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams
-from gateway.transport.rtp import MediaClock, PortAllocator, PortsExhausted, RtpSocket
+from gateway.transport.rtp import (
+    FrameTimes,
+    MediaClock,
+    PortAllocator,
+    PortsExhausted,
+    RtpSocket,
+)
 
 log = get_logger(__name__)
 
@@ -230,6 +236,8 @@ class Bridge:
             "passthrough": self._passthrough,
             "dtmf_to_pbx": self.dtmf_to_pbx,
             "dtmf_to_whatsapp": self.dtmf_to_wa,
+            "dtmf_events_to_pbx": self._to_pbx_dtmf.events,
+            "dtmf_events_to_whatsapp": self._to_wa_dtmf.events,
         }
 
     def close(self) -> None:
@@ -491,11 +499,14 @@ class BridgeFactory:
         ports: PortAllocator,
         clock: MediaClock,
         cfg: MediaConfig,
+        frame_times: Mapping[str, FrameTimes] | None = None,
     ) -> None:
         self._loop = loop
         self._ports = ports
         self._clock = clock
         self._cfg = cfg
+        # Per-packet processing time by the leg a packet arrives on (metrics).
+        self._frame_times = frame_times or {}
 
     def __call__(self, key: str, on_no_media: Callable[[str], None]) -> Bridge:
         """A bridge with both ports bound; raises PortsExhausted when the range is full."""
@@ -505,6 +516,8 @@ class BridgeFactory:
         except PortsExhausted:
             wa_sock.close()
             raise
+        wa_sock.timing = self._frame_times.get("whatsapp")
+        pbx_sock.timing = self._frame_times.get("pbx")
         return Bridge(
             key,
             wa_sock,
