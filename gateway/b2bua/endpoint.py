@@ -30,6 +30,7 @@ ACCEPT = "application/sdp"
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
 IN_DIALOG_METHODS = frozenset({"BYE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"})
 INVITE_RETRY_AFTER = 30
+DRAIN_RETRY_AFTER = 5
 
 
 class Endpoint:
@@ -43,6 +44,9 @@ class Endpoint:
         self._manager = manager
         self._clock = clock
         self._ua = user_agent
+        # Set by the app on SIGTERM: OPTIONS get 503 + Retry-After, so a SIP load
+        # balancer probing with OPTIONS moves traffic to another instance.
+        self.draining = False
 
     def handle(self, event: Event, leg: str) -> None:
         if isinstance(event, RequestReceived):
@@ -76,7 +80,9 @@ class Endpoint:
             status, extra = problem
             self.reply(tx, status, headers=extra)
             return
-        if method == "OPTIONS":
+        if method == "OPTIONS" and self.draining:
+            self.reply(tx, 503, headers=[("Retry-After", str(DRAIN_RETRY_AFTER))])
+        elif method == "OPTIONS":
             self.reply(
                 tx,
                 200,
