@@ -450,6 +450,22 @@ def test_reordered_packets_are_put_right_and_late_ones_dropped() -> None:
     assert stats["reorder_late"] == 1 and stats["srtp_auth_failures"] == 1
 
 
+@pytest.mark.xfail(strict=True, reason="a source timestamp behind the last is never re-based")
+def test_a_restarted_meta_stream_is_followed_through_its_silences() -> None:
+    rig = answered()
+    talk(rig, 5)
+    sender = rig.meta.sender
+    sender.sequence = (sender.sequence + 5000) & 0xFFFF  # a new stream: far away in
+    sender.timestamp = (sender.timestamp - 10_000_000) & U32  # sequence, behind in time
+    talk(rig, 5)
+    sender.skip(10 * 960)  # then 200 ms of DTX (nothing sent; sequence unbroken)
+    talk(rig, 5)
+    sent = rig.to_pbx()
+    assert len(sent) == 15 and steps(sent)[0] == {1}
+    gaps = [(b.timestamp - a.timestamp) & U32 for a, b in pairwise(sent)]
+    assert gaps == [160] * 9 + [11 * 160] + [160] * 4
+
+
 # --------------------------------------------------------------------------- robustness
 
 CORRUPT_OPUS = b"\x03"  # code 3 without its frame count: opus_decode says invalid
