@@ -339,13 +339,11 @@ class Bridge:
         """Carry gaps of the WhatsApp stream (DTX) into the PBX stream's timestamps;
         ``sent`` frames (concealment) have already filled part of the gap."""
         last = self._wa_src_ts
-        per_frame = self.wa.samples
-        delta = (ts - last) & 0xFFFFFFFF if last is not None else 0
-        if delta >= 0x80000000:
-            return  # older than the last one: its time is already counted
         self._wa_src_ts = ts
         if last is None or self.pbx.sender is None:
             return
+        per_frame = self.wa.samples
+        delta = (ts - last) & 0xFFFFFFFF
         if per_frame * (1 + sent) < delta < per_frame * 250:
             missing = delta - per_frame * (1 + sent)
             rate_ratio = (self.wa.media.clock_rate if self.wa.media else 48000) // 8000

@@ -450,7 +450,6 @@ def test_reordered_packets_are_put_right_and_late_ones_dropped() -> None:
     assert stats["reorder_late"] == 1 and stats["srtp_auth_failures"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a source timestamp behind the last is never re-based")
 def test_a_restarted_meta_stream_is_followed_through_its_silences() -> None:
     rig = answered()
     talk(rig, 5)
