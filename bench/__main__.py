@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.daemon import PRIORITIES
 from bench.report import render_stdout, verdict, write_markdown
 from bench.run import Params, run
 from bench.stats import save
@@ -33,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override media.opus_complexity (default: the gateway's default)",
     )  # fmt: skip
     ap.add_argument(
-        "--nice", type=int, default=0,
-        help="scheduling priority for the daemon and the generator (negative needs root)",
+        "--priority", choices=PRIORITIES, default="normal",
+        help="daemon and generator over other work on a shared machine: high = nice -20 "
+        "(and its autogroup), realtime = SCHED_FIFO (root); default normal",
     )  # fmt: skip
     ap.add_argument("--no-pin", action="store_true", help="do not pin to cores 0 and 1")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile,
         keep=args.keep,
         opus_complexity=args.opus_complexity,
-        nice=args.nice,
+        priority=args.priority,
         log_level=args.log_level,
         wait_quiet=args.wait_quiet,
         ref=args.ref,

@@ -127,12 +127,42 @@ def read_udp_counters() -> dict[str, int]:
     return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=False)}
 
 
-def _child_setup(core: int | None, nice: int) -> None:
-    """Runs in the child between fork and exec: pin, priority, die with the parent."""
+PRIORITIES = ("normal", "high", "realtime")
+RT_PRIORITY = 10
+
+
+def set_priority(priority: str, pid: int = 0) -> str:
+    """Make ``pid`` (0: this process) win its core against other work on the machine.
+
+    ``high``: nice -20, also for its autogroup (with sched_autogroup, nice only ranks
+    tasks inside one session). ``realtime``: SCHED_FIFO, above every normal task
+    (the kernel still leaves others 5 %). Returns what was done, for the report.
+    """
+    if priority == "high":
+        os.setpriority(os.PRIO_PROCESS, pid, -20)
+        with contextlib.suppress(OSError), open(f"/proc/{pid or 'self'}/autogroup", "w") as fh:
+            fh.write("-20")
+        return "nice -20 (process and autogroup)"
+    if priority == "realtime":
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
+        return f"SCHED_FIFO {RT_PRIORITY}"
+    return "normal"
+
+
+def autogroup_nice(pid: int = 0) -> int | None:
+    try:
+        with open(f"/proc/{pid or 'self'}/autogroup") as fh:
+            return int(fh.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _child_setup(core: int | None, priority: str) -> None:
+    """Runs in the child between fork and exec (a new session, so its own autogroup):
+    pin, priority, die with the parent."""
     if core is not None:
         os.sched_setaffinity(0, {core})
-    if nice:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    set_priority(priority)
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -147,7 +177,7 @@ class Daemon:
     max_calls: int
     core: int | None
     media_ports: tuple[int, int] = (20000, 21999)
-    nice: int = 0
+    priority: str = "normal"
     log_level: str = "warning"
     source: Path | None = None  # a directory holding gateway/ to run instead of the working tree
     gc_mode: str = ""  # "" or "threshold=A,B,C" (an experiment; see bench.gcprobe)
@@ -229,14 +259,15 @@ class Daemon:
         env["WAGW_BENCH_GC_MODE"] = self.gc_mode
         paths = [str(probe), str(self.source) if self.source else "", env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        core, nice = self.core, self.nice
+        core, priority = self.core, self.priority
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "-c", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
             env=env,
-            preexec_fn=lambda: _child_setup(core, nice),
+            preexec_fn=lambda: _child_setup(core, priority),
+            start_new_session=True,  # its own autogroup; stopped by PID, and with us
         )
         log.close()
         deadline = time.monotonic() + timeout

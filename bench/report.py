@@ -155,8 +155,8 @@ def command_args(p: Params) -> str:
     args = f"--calls {p.calls} --seconds {p.seconds:g}"
     if p.opus_complexity is not None:
         args += f" --opus-complexity {p.opus_complexity}"
-    if p.nice:
-        args += f" --nice {p.nice}"
+    if p.priority != "normal":
+        args += f" --priority {p.priority}"
     if p.profile:
         args += " --profile"
     if p.log_level != "warning":

@@ -25,11 +25,13 @@ from bench.daemon import (
     SIP_PASSWORD,
     CpuSample,
     Daemon,
+    autogroup_nice,
     export_ref,
     read_core_times,
     read_cpu,
     read_socket_drops,
     read_udp_counters,
+    set_priority,
 )
 from bench.loadgen import SLOTS, Call, MetaCaller, MetaLink, Pacer, PbxStub
 from bench.profile import PySpy
@@ -46,13 +48,13 @@ class Params:
     seconds: float = 20.0
     rate: float = 40.0  # new calls per second during the ramp
     warmup: float = 3.0  # seconds of media at least, after the ramp, before the window opens
-    settle_max: float = 30.0  # and at most, waiting for the daemon to work off the ramp
+    settle_max: float = 15.0  # and at most, waiting for the daemon to work off the ramp
     pin: bool = True
     profile: bool = False
     keep: bool = False
     setup_timeout: float = 15.0
     opus_complexity: int | None = None  # None: the gateway's default
-    nice: int = 0  # scheduling priority of the daemon and the generator (root for < 0)
+    priority: str = "normal"  # of the daemon and the generator: normal, high, realtime
     log_level: str = "warning"  # the daemon's
     wait_quiet: float = 0.0  # wait up to this long for other work on the machine to calm down
     ref: str | None = None  # run the daemon from gateway/ at this git ref (default: working tree)
@@ -136,9 +138,7 @@ class Result:
         return 100 * self.generator_cpu / self.window_seconds if self.window_seconds else 0.0
 
 
-def _pin_self(pin: bool, nice: int) -> bool:
-    if nice:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+def _pin_self(pin: bool) -> bool:
     if not pin or not hasattr(os, "sched_setaffinity"):
         return False
     cores = os.sched_getaffinity(0)
@@ -179,7 +179,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         core=DAEMON_CORE if result.pinned else None,
         media_ports=media_ports,
         overrides=overrides,
-        nice=p.nice,
+        priority=p.priority,
         log_level=p.log_level,
         source=source,
         gc_mode=p.daemon_gc,
@@ -461,13 +461,24 @@ def run(p: Params) -> Result:
             f"{100 * machine_busy(1.0):.0f} % of the cores were busy with other work just "
             "before the run"
         )
-    result.pinned = _pin_self(p.pin, p.nice)
+    result.pinned = _pin_self(p.pin)
+    old_autogroup = autogroup_nice()
+    if p.priority != "normal":
+        try:
+            result.notes.append(
+                f"priority {p.priority}: daemon and load generator each {set_priority(p.priority)}"
+            )
+        except (OSError, PermissionError) as exc:
+            raise RuntimeError(f"cannot set priority {p.priority}: {exc}") from exc
     if p.pin and not result.pinned:
         result.notes.append("not pinned: the machine lacks cores 0 and 1 for this process")
     workdir = Path(tempfile.mkdtemp(prefix="wagw-bench-"))
     try:
         asyncio.run(_run(p, result, workdir))
     finally:
+        if p.priority == "high" and old_autogroup is not None:
+            with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as fh:
+                fh.write(str(old_autogroup))  # our session's autogroup is shared: put it back
         if p.keep:
             print(f"workdir kept: {workdir}", file=sys.stderr)
         else:
