@@ -86,7 +86,9 @@ async def _asterisk_call(
             behaviour,
             pbx={"address": f"127.0.0.1:{pbx.ast_port}", "listen": f"127.0.0.1:{gw_port}"},
         ) as (server, _gw):
-            await asyncio.to_thread(pbx.originate, f"PJSIP/{USER}@wagw", exten=exten)
+            # Through the shipped dialplan: [to-whatsapp] Dial(PJSIP/+<number>@wagw).
+            dest = f"Local/00{USER[1:]}@to-whatsapp"
+            await asyncio.to_thread(pbx.originate, dest, exten=exten)
             result = await server.wait_call(timeout=40)
             wav = None
             if exten.startswith("record"):
