@@ -55,7 +55,7 @@ OPTIONS_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 INVITE_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="invite refused until calls are enabled">
+<scenario name="INVITE naming a business number that is not configured">
   <send retrans="500">
     <![CDATA[
       INVITE sip:+12195550714@[remote_ip]:[remote_port] SIP/2.0
@@ -66,6 +66,7 @@ INVITE_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       CSeq: 1 INVITE
       Max-Forwards: 70
       Contact: <sip:agent@[local_ip]:[local_port];transport=[transport]>
+      X-WA-Business-Number: +15559990000
       Content-Type: application/sdp
       Content-Length: [len]
 
@@ -79,16 +80,11 @@ INVITE_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
     ]]>
   </send>
   <recv response="100" optional="true"/>
-  <recv response="503">
-    <action>
-      <ereg regexp="[0-9]+" search_in="hdr" header="Retry-After:" check_it="true" assign_to="ra"/>
-    </action>
-  </recv>
-  <Reference variables="ra"/>
+  <recv response="403"/>
   <send>
     <![CDATA[
       ACK sip:+12195550714@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
       From: "Agent" <sip:+15550001111@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
       To: <sip:+12195550714@[remote_ip]:[remote_port]>[peer_tag_param]
       Call-ID: [call_id]
@@ -98,7 +94,7 @@ INVITE_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
     ]]>
   </send>
-  <!-- the 503 is not retransmitted once ACKed: nothing more may arrive -->
+  <!-- the 403 is not retransmitted once ACKed: nothing more may arrive -->
   <pause milliseconds="1200"/>
 </scenario>
 """
@@ -129,12 +125,15 @@ def test_sipp_options_keepalive(gateway: GatewayProcess, tmp_path: Path, transpo
 
 
 @needs_sipp
-def test_sipp_invite_refused_with_retry_after(gateway: GatewayProcess, tmp_path: Path) -> None:
+def test_sipp_invite_for_unknown_business_number_is_403(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
     result = run_sipp(INVITE_SCENARIO, tmp_path, _pbx_remote(gateway), calls=3, rate=10)
     assert result.returncode == 0, result.stdout + sipp_messages(tmp_path)
     trace = sipp_messages(tmp_path)
     assert "SIP/2.0 100 Trying" in trace
-    assert "SIP/2.0 503 Service Unavailable" in trace
+    assert "SIP/2.0 403 Forbidden" in trace
+    assert trace.count("SIP/2.0 403 Forbidden") == 3  # one per call: ACKed, no retransmission
 
 
 def _udp_exchange(port: int, data: bytes, timeout: float = 2.0) -> bytes | None:
