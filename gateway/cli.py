@@ -128,9 +128,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import gateway.app as app
 
     try:
-        return app.run(cfg)
+        return app.run(cfg, args.config)
     except KeyboardInterrupt:
         return 130
+
+
+def _setup_health(parser: argparse.ArgumentParser) -> None:
+    _add_config_option(parser)
+    parser.add_argument("--json", action="store_true", help="print the /health JSON as is")
+    parser.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the statuses (default: auto, when stdout is a terminal and NO_COLOR unset)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="HTTP timeout (default: 5)"
+    )
+
+
+@_command(
+    "health",
+    "print the running gateway's health (exit 0 AVAILABLE/LIMITED, 2 BLOCKED, 1 bad config)",
+    _setup_health,
+)
+def _cmd_health(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    from gateway.ops.health_cli import fetch_health, render
+
+    report, source = fetch_health(cfg, timeout=args.timeout)
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        colour = args.color == "always" or (
+            args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        )
+        print(render(report, source=source, colour=colour))
+    status = report.get("health_status", {}).get("can_receive_call_sip")
+    return 2 if status == "BLOCKED" else 0
 
 
 def _parser() -> argparse.ArgumentParser:

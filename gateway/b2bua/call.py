@@ -299,7 +299,28 @@ class Call:
 
     def hangup(self, why: str) -> None:
         """End the call from our side (shutdown, drain timeout, admin)."""
+        if self.state is State.CONFIRMED:
+            self._bye_meta(why)
+            self._bye_pbx(why)
+        elif self.state in SETUP_STATES:
+            self._fail_caller(503, why)
+            self._cancel_callee()
+        self._end(why, "gateway")
+
+    def _fail_caller(self, status: int, why: str) -> None:
+        """Answer the caller's INVITE with a failure and end the call."""
         raise NotImplementedError
+
+    def _cancel_callee(self) -> None:
+        """CANCEL the INVITE we sent on the far leg."""
+        raise NotImplementedError
+
+    def _ack(self, dialog: Dialog | None, resp: Response, via: LegAddress) -> None:
+        """ACK a 2xx in ``dialog`` (RFC 3261 13.2.2.4), routed by its route set."""
+        if dialog is None:
+            return
+        ack = dialog.create_ack(resp.cseq.seq)
+        self.sip.send_ack(ack, via, dialog_target(dialog, via.transport))
 
     # -- record -------------------------------------------------------------
     def record(self) -> dict[str, object]:

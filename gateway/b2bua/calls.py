@@ -203,13 +203,9 @@ class CallManager:
                 g711_order=tuple(cfg.pbx.codecs),
                 new_key=new_key_material,
             )
-        except SdpError as exc:
+        except (SdpError, NegotiationError) as exc:
             bridge.close()
-            self._reject(tx, 400, [], f"bad SDP: {exc}")
-            return
-        except NegotiationError as exc:
-            bridge.close()
-            self._reject(tx, exc.status, [], f"SDP not acceptable: {exc}")
+            self._reject_sdp(tx, exc)
             return
         caller = req.from_.uri
         user = (caller.user_number if isinstance(caller, SipUri) else None) or "anonymous"
@@ -314,6 +310,12 @@ class CallManager:
         self._reject(tx, 403, [], f"digest {result.value}")
         return False
 
+    def _reject_sdp(self, tx: ServerTransaction, exc: SdpError | NegotiationError) -> None:
+        if isinstance(exc, NegotiationError):
+            self._reject(tx, exc.status, [], f"SDP not acceptable: {exc}")
+        else:
+            self._reject(tx, 400, [], f"bad SDP: {exc}")
+
     def _challenge(self, tx: ServerTransaction, *, stale: bool) -> None:
         challenges = self.digest.challenge(self.sip.now(), stale=stale)
         headers = [("Proxy-Authenticate", c.to_header()) for c in challenges]
@@ -403,13 +405,9 @@ class CallManager:
                 g711=legs.pbx_codecs if number.offer_g711 else (),
                 new_key=new_key_material,
             )
-        except SdpError as exc:
+        except (SdpError, NegotiationError) as exc:
             bridge.close()
-            self._reject(tx, 400, [], f"bad SDP: {exc}")
-            return
-        except NegotiationError as exc:
-            bridge.close()
-            self._reject(tx, exc.status, [], f"SDP not acceptable: {exc}")
+            self._reject_sdp(tx, exc)
             return
         wa = cfg.whatsapp
         domain = wa.meta_domain

@@ -270,22 +270,14 @@ class InboundCall(Call):
         self._end(f"failed_{status}", self.ended_by or "gateway")
 
     def _ack_pbx(self, resp: Response) -> None:
-        dialog = self.pbx_dialog
-        if dialog is None:
-            return
-        ack = dialog.create_ack(resp.cseq.seq)
-        via = self.legs.pbx_via
-        self.sip.send_ack(ack, via, dialog_target(dialog, via.transport))
+        self._ack(self.pbx_dialog, resp, self.legs.pbx_via)
 
-    def hangup(self, why: str) -> None:
-        if self.state is State.CONFIRMED:
-            self._bye_meta(why)
-            self._bye_pbx(why)
-        elif self.state in SETUP_STATES:
-            self._fail_toward_meta(503, why)
-            if self.pbx_tx is not None:
-                self.sip.cancel(self.pbx_tx)
-        self._end(why, "gateway")
+    def _fail_caller(self, status: int, why: str) -> None:
+        self._fail_toward_meta(status, why)
+
+    def _cancel_callee(self) -> None:
+        if self.pbx_tx is not None:
+            self.sip.cancel(self.pbx_tx)
 
     def record(self) -> dict[str, object]:
         out = super().record()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gateway.b2bua import mapping
 from gateway.b2bua.call import ALLOW, SDP, SETUP_STATES, Call, CallLegs, State
-from gateway.b2bua.legs import MediaBridge, SipPort, dialog_target
+from gateway.b2bua.legs import MediaBridge, SipPort
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams, NegotiationError, accept_whatsapp_answer, describe
 from gateway.sdp.session import SdpError, SessionDescription, parse_sdp
@@ -285,21 +285,14 @@ class OutboundCall(Call):
         self._end(f"failed_{status}", self.ended_by or "gateway")
 
     def _ack_meta(self, resp: Response) -> None:
-        dialog = self.wa_dialog
-        if dialog is None:
-            return
-        ack = dialog.create_ack(resp.cseq.seq)
-        self.sip.send_ack(ack, self.legs.wa_via, dialog_target(dialog, "tls"))
+        self._ack(self.wa_dialog, resp, self.legs.wa_via)
 
-    def hangup(self, why: str) -> None:
-        if self.state is State.CONFIRMED:
-            self._bye_meta(why)
-            self._bye_pbx(why)
-        elif self.state in SETUP_STATES:
-            self._fail_toward_pbx(503, why)
-            if self.meta_tx is not None:
-                self.sip.cancel(self.meta_tx)
-        self._end(why, "gateway")
+    def _fail_caller(self, status: int, why: str) -> None:
+        self._fail_toward_pbx(status, why)
+
+    def _cancel_callee(self) -> None:
+        if self.meta_tx is not None:
+            self.sip.cancel(self.meta_tx)
 
     def record(self) -> dict[str, object]:
         out = super().record()

@@ -53,8 +53,9 @@ from gateway import __version__
 
 __all__ = [
     "META_NETWORKS", "Config", "ConfigError", "FileCheck", "HostPort", "HttpConfig",
-    "LimitsConfig", "LoggingConfig", "MediaConfig", "NumberConfig", "PbxConfig", "SipConfig",
-    "TlsConfig", "WhatsAppConfig", "check_files", "load_config", "parse_hostport", "summary",
+    "LimitsConfig", "LoggingConfig", "MediaConfig", "NumberConfig", "PbxConfig", "RecordsConfig",
+    "ShutdownConfig", "SipConfig", "TlsConfig", "WhatsAppConfig", "check_files", "load_config",
+    "parse_hostport", "summary",
 ]  # fmt: skip
 
 IPNetwork = IPv4Network | IPv6Network
@@ -490,6 +491,29 @@ class SipConfig(_Model):
     advertise: HostPortField | None = None
 
 
+def _v_records_path(value: object, info: ValidationInfo) -> Path | str:
+    if value == "-":
+        return "-"
+    return _v_path(value, info)
+
+
+class ShutdownConfig(_Model):
+    """``shutdown``: what SIGTERM does (drain)."""
+
+    # Seconds active calls may go on after SIGTERM; then they get a BYE with a Reason.
+    drain_timeout: Annotated[float, Field(ge=0)] = 300.0
+
+
+class RecordsConfig(_Model):
+    """``records``: one JSON line per ended call.  ``path`` "-" is stdout, None: off."""
+
+    path: Annotated[Path | str, PlainValidator(_v_records_path), _to_str] | None = None
+    # Rotate (calls.jsonl -> calls.jsonl.1 ...) before a record would pass this size;
+    # 0: never (leave rotation to logrotate: the file is reopened when moved).
+    max_bytes: Annotated[int, Field(strict=True, ge=0)] = 100 * 1024 * 1024
+    keep: Annotated[int, Field(strict=True, ge=1, le=1000)] = 10
+
+
 class Config(_Model):
     """The whole configuration file."""
 
@@ -501,13 +525,15 @@ class Config(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     sip: SipConfig = Field(default_factory=SipConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    records: RecordsConfig = Field(default_factory=RecordsConfig)
 
     @model_validator(mode="before")
     @classmethod
     def _empty_sections(cls, data: object) -> object:
         """A section whose keys are all commented out (YAML null) means "all defaults"."""
         if isinstance(data, dict):
-            optional = ("pbx", "media", "http", "logging", "limits", "sip")
+            optional = ("pbx", "media", "http", "logging", "limits", "sip", "shutdown", "records")
             return {k: v for k, v in data.items() if not (k in optional and v is None)}
         return data
 

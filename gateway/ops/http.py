@@ -1,18 +1,39 @@
-"""HTTP server for metrics and liveness (aiohttp)."""
+"""HTTP server for health, readiness, liveness and metrics (aiohttp).
+
+``/health``: the health report in Meta's Health Status API shape (200, or 503
+when BLOCKED). ``/readyz``: 200 when the listeners are up and the gateway is
+not draining, else 503 (for orchestrators and HTTP load balancers).
+``/livez``: 200 whenever the event loop answers. ``/metrics``: Prometheus text.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
+from gateway.ops.health import Report
 from gateway.ops.metrics import CONTENT_TYPE, Metrics
+
+HealthFn = Callable[[], Report]
+ReadyFn = Callable[[], tuple[bool, dict[str, object]]]
 
 
 class HttpServer:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        health: HealthFn | None = None,
+        ready: ReadyFn | None = None,
+    ) -> None:
         self._metrics = metrics
+        self._health = health
+        self._ready = ready
         app = web.Application()
         app.router.add_get("/metrics", self._on_metrics)
         app.router.add_get("/livez", self._on_livez)
+        app.router.add_get("/readyz", self._on_readyz)
+        app.router.add_get("/health", self._on_health)
         self._runner = web.AppRunner(app, access_log=None)
 
     async def start(self, host: str, port: int) -> None:
@@ -28,3 +49,15 @@ class HttpServer:
 
     async def _on_livez(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def _on_readyz(self, _request: web.Request) -> web.Response:
+        if self._ready is None:
+            return web.json_response({"ready": True, "reasons": []})
+        ok, body = self._ready()
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def _on_health(self, _request: web.Request) -> web.Response:
+        if self._health is None:
+            raise web.HTTPNotFound()
+        report = self._health()
+        return web.json_response(report.to_json(), status=report.http_status)

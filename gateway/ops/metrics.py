@@ -1,23 +1,246 @@
 """Prometheus metrics.
 
-The protocol layers keep plain counters (:class:`gateway.transport.sip.SipStats`)
-and this module reads them at scrape time through a custom collector, so the
-hot paths never call into prometheus-client.
+The protocol layers keep plain counters (:class:`gateway.transport.sip.SipStats`,
+the bridges' per-leg counters, :class:`gateway.transport.rtp.FrameTimes`) and
+this module reads them at scrape time through custom collectors, so the hot
+paths never call into prometheus-client. What happens once per call (setup
+time, duration, MOS, results) is kept in :class:`CallStats`, fed by the app
+when a call is answered or ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.ops.health import Report
 from gateway.sip.transaction import TransactionManager
+from gateway.transport.rtp import FrameTimes
 from gateway.transport.sip import SipStats
 
+__all__ = ["CONTENT_TYPE", "Buckets", "CallStats", "Metrics", "OpsView", "meta_failure"]
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LEGS = ("whatsapp", "pbx")
+SETUP_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+MOS_BUCKETS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5)
+_LABEL = re.compile(r"[^a-z0-9_]+")
+
+
+class Buckets:
+    """A histogram in plain Python: fixed upper bounds, counts per bucket, a sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            out.append((_float(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+def _float(value: float) -> str:
+    return repr(float(value))
+
+
+def _label(text: object, limit: int = 40) -> str:
+    return _LABEL.sub("_", str(text).lower()).strip("_")[:limit] or "none"
+
+
+def meta_failure(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(code, reason) when a call failed on Meta's side, else None.
+
+    Business-initiated calls: Meta's failure response (``meta_failure`` in the call's
+    record: its status and a short label of its Warning). Both directions: Meta never
+    ACKed our 200 (``ack_timeout``), or stopped sending media (``media_timeout``).
+    """
+    failure = record.get("meta_failure")
+    if isinstance(failure, Mapping) and failure.get("code") is not None:
+        return str(failure.get("code")), _label(failure.get("reason") or "none")
+    cause = str(record.get("end_cause") or record.get("end_reason") or "")
+    if cause == "meta_no_ack":
+        return "ack_timeout", "no_ack_from_meta"
+    if cause == "no_media_whatsapp":
+        return "media_timeout", "no_media_from_whatsapp"
+    return None
+
+
+def _result(record: Mapping[str, Any]) -> str:
+    if record.get("answer_time") is not None:
+        return "answered"
+    if record.get("status") == 487 or record.get("end_cause") == "cancelled":
+        return "cancelled"
+    return "failed"
+
+
+class ActiveCall(Protocol):
+    key: str
+    started: float
+    answered_at: float | None
+
+    @property
+    def bridge(self) -> Any: ...
+
+
+class CallStats:
+    """Per-call totals and histograms (updated a few times per call, read at scrape)."""
+
+    def __init__(self) -> None:
+        self.results: Counter[tuple[str, str]] = Counter()  # (direction, result)
+        self.rejections: Counter[tuple[str, str]] = Counter()  # (direction, code)
+        self.setup = Buckets(SETUP_BUCKETS)
+        self.duration = Buckets(DURATION_BUCKETS)
+        self.mos = Buckets(MOS_BUCKETS)
+        self.jitter = {leg: Buckets(JITTER_BUCKETS) for leg in LEGS}
+        self.packets: Counter[tuple[str, str]] = Counter()  # (leg, rx|tx) of ended calls
+        self.lost: Counter[str] = Counter()
+        self.srtp_auth_failures = 0
+        self.dtmf: Counter[str] = Counter()  # to_pbx | to_whatsapp
+        self.meta_failures: Counter[tuple[str, str]] = Counter()
+        self._setup_seen: set[str] = set()
+        self._lost_high: dict[tuple[str, str], int] = {}
+
+    def rejected(self, direction: str, status: int, count: int = 1) -> None:
+        self.rejections[(direction, str(status))] += count
+        self.results[(direction, "rejected")] += count
+
+    def answered(self, key: str, setup_seconds: float) -> None:
+        if key not in self._setup_seen:
+            self._setup_seen.add(key)
+            self.setup.observe(max(0.0, setup_seconds))
+
+    def sample_active(self, calls: Iterable[ActiveCall]) -> None:
+        """Setup time of newly answered calls, and one jitter sample per receiving leg."""
+        for call in calls:
+            if call.answered_at is not None and call.key not in self._setup_seen:
+                self.answered(call.key, call.answered_at - call.started)
+            stats = call.bridge.stats()
+            for leg in LEGS:
+                item = stats.get(leg) or {}
+                if item.get("rx_packets"):
+                    self.jitter[leg].observe(float(item.get("jitter_seconds") or 0.0))
+
+    def ended(self, call: ActiveCall, record: Mapping[str, Any]) -> None:
+        """Account an ended call from its built record (see :mod:`gateway.ops.records`)."""
+        direction = str(record.get("direction") or "inbound")
+        self.results[(direction, _result(record))] += 1
+        if call.answered_at is not None:
+            self.answered(call.key, call.answered_at - call.started)
+            self.duration.observe(float(record.get("duration_seconds") or 0.0))
+        self._setup_seen.discard(call.key)
+        stats = call.bridge.stats()
+        for leg in LEGS:
+            item = stats.get(leg) or {}
+            self.packets[(leg, "rx")] += int(item.get("rx_packets") or 0)
+            self.packets[(leg, "tx")] += int(item.get("tx_packets") or 0)
+            self.lost[leg] += self._lost(call.key, leg, item)
+            self._lost_high.pop((call.key, leg), None)
+            self.srtp_auth_failures += int(item.get("srtp_auth_failures") or 0)
+        dtmf = record.get("dtmf")
+        if isinstance(dtmf, Mapping):
+            for direction_key in ("to_pbx", "to_whatsapp"):
+                self.dtmf[direction_key] += int(dtmf.get(direction_key) or 0)
+        mos = record.get("mos")
+        if isinstance(mos, float | int):
+            self.mos.observe(float(mos))
+        failure = meta_failure(record)
+        if failure is not None:
+            self.meta_failures[failure] += 1
+
+    def _lost(self, key: str, leg: str, item: Mapping[str, Any]) -> int:
+        """Lost packets of one live leg, never decreasing (RFC 3550 cumulative loss goes
+        down when duplicates arrive; a counter must not)."""
+        value = max(0, int(item.get("lost") or 0), self._lost_high.get((key, leg), 0))
+        self._lost_high[(key, leg)] = value
+        return value
+
+    def live_media(self, calls: Iterable[ActiveCall]) -> tuple[Counter[Any], Counter[str], int]:
+        """(packets, lost, srtp auth failures) summed over live calls."""
+        packets: Counter[tuple[str, str]] = Counter()
+        lost: Counter[str] = Counter()
+        auth = 0
+        for call in calls:
+            stats = call.bridge.stats()
+            for leg in LEGS:
+                item = stats.get(leg) or {}
+                packets[(leg, "rx")] += int(item.get("rx_packets") or 0)
+                packets[(leg, "tx")] += int(item.get("tx_packets") or 0)
+                lost[leg] += self._lost(call.key, leg, item)
+                auth += int(item.get("srtp_auth_failures") or 0)
+        return packets, lost, auth
+
+    def live_dtmf(self, calls: Iterable[ActiveCall]) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for call in calls:
+            stats = call.bridge.stats()
+            out["to_pbx"] += int(stats.get("dtmf_events_to_pbx") or 0)
+            out["to_whatsapp"] += int(stats.get("dtmf_events_to_whatsapp") or 0)
+        return out
+
+
+class OpsView(Protocol):
+    """What the collectors read from the running gateway (the app implements it)."""
+
+    def active_calls(self) -> Sequence[Any]: ...
+
+    def health_report(self) -> Report: ...
+
+    def cert_expiry(self) -> float | None: ...
+
+    def loop_lag(self) -> float: ...
+
+    def draining(self) -> bool: ...
+
+    def capacity(self) -> tuple[int, int]:
+        """(limits.max_calls, free media ports)."""
+        ...
+
+    def frame_times_view(self) -> Mapping[str, FrameTimes]: ...
+
+    def extra_counters(self) -> Mapping[str, float]:
+        """pbx_probe_misses, records_written, record_errors, reloads_ok, reloads_refused."""
+        ...
+
+
+def _histogram(
+    name: str, doc: str, parts: Iterable[tuple[Sequence[str], Buckets]], labels: Sequence[str] = ()
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=list(labels))
+    for values, buckets in parts:
+        family.add_metric(list(values), buckets.cumulative(), sum_value=buckets.total)
+    return family
 
 
 class _SipCollector(Collector):
@@ -42,7 +265,7 @@ class _SipCollector(Collector):
         errors = CounterMetricFamily(
             "wagw_sip_parse_errors", "SIP messages that failed to parse", labels=["leg"]
         )
-        for leg in ("whatsapp", "pbx"):
+        for leg in LEGS:
             errors.add_metric([leg], s.parse_errors.get(leg, 0))
         yield errors
         rejected = CounterMetricFamily(
@@ -50,7 +273,7 @@ class _SipCollector(Collector):
             "Packets or connections refused by the source-address allow list",
             labels=["leg"],
         )
-        for leg in ("whatsapp", "pbx"):
+        for leg in LEGS:
             rejected.add_metric([leg], s.rejected_sources.get(leg, 0))
         yield rejected
         yield GaugeMetricFamily(
@@ -58,21 +281,180 @@ class _SipCollector(Collector):
         )
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self._bound = False
+class _OpsCollector(Collector):
+    def __init__(self, view: OpsView, calls: CallStats) -> None:
+        self._view = view
+        self._calls = calls
 
-    def bind(self, stats: SipStats, manager: TransactionManager) -> None:
-        if not self._bound:
-            self.registry.register(_SipCollector(stats, manager))
-            self.registry.register(_BuildInfo())
-            self._bound = True
+    def collect(self) -> Iterator[Any]:
+        view = self._view
+        active = list(view.active_calls())
+        yield from self._calls_families(active)
+        yield from self._media_families(active)
+        yield from self._health_families()
+        extra = view.extra_counters()
+        yield GaugeMetricFamily(
+            "wagw_pbx_probe_misses",
+            "Consecutive SIP OPTIONS probes the PBX left unanswered (3 = BLOCKED)",
+            value=extra.get("pbx_probe_misses", 0),
+        )
+        records = CounterMetricFamily(
+            "wagw_call_records", "Call records written, by result", labels=["result"]
+        )
+        records.add_metric(["written"], extra.get("records_written", 0))
+        records.add_metric(["error"], extra.get("record_errors", 0))
+        yield records
+        reloads = CounterMetricFamily(
+            "wagw_config_reloads", "SIGHUP reloads, by result", labels=["result"]
+        )
+        reloads.add_metric(["applied"], extra.get("reloads_ok", 0))
+        reloads.add_metric(["refused"], extra.get("reloads_refused", 0))
+        yield reloads
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def _calls_families(self, active: list[Any]) -> Iterator[Any]:
+        cs = self._calls
+        gauge = GaugeMetricFamily("wagw_calls_active", "Calls in progress", labels=["direction"])
+        by_direction = Counter(getattr(c, "direction", "inbound") for c in active)
+        for direction in sorted({"inbound", "outbound", *by_direction}):
+            gauge.add_metric([direction], by_direction.get(direction, 0))
+        yield gauge
+        max_calls, ports_free = self._view.capacity()
+        yield GaugeMetricFamily("wagw_calls_max", "limits.max_calls", value=max_calls)
+        yield GaugeMetricFamily(
+            "wagw_media_ports_free", "Free RTP ports (two per call)", value=ports_free
+        )
+        total = CounterMetricFamily(
+            "wagw_calls",
+            "Calls by direction and result (answered, failed, cancelled, rejected)",
+            labels=["direction", "result"],
+        )
+        for (direction, result), n in sorted(cs.results.items()):
+            total.add_metric([direction, result], n)
+        yield total
+        rejections = CounterMetricFamily(
+            "wagw_call_rejections",
+            "INVITEs refused at admission, by SIP status (503 capacity/drain, 404, 403, ...)",
+            labels=["direction", "code"],
+        )
+        for (direction, code), n in sorted(cs.rejections.items()):
+            rejections.add_metric([direction, code], n)
+        yield rejections
+        yield _histogram(
+            "wagw_call_setup_seconds", "Time from the INVITE to the answer", [((), cs.setup)]
+        )
+        yield _histogram(
+            "wagw_call_duration_seconds", "Answered calls' duration", [((), cs.duration)]
+        )
+        yield _histogram(
+            "wagw_call_mos_estimate",
+            "Estimated MOS of ended calls (E-model from loss and jitter, worse leg)",
+            [((), cs.mos)],
+        )
+        meta = CounterMetricFamily(
+            "wagw_meta_failures",
+            "Calls that failed on Meta's side, by Meta's status (or ack_timeout,"
+            " media_timeout) and reason",
+            labels=["code", "reason"],
+        )
+        for (code, reason), n in sorted(cs.meta_failures.items()):
+            meta.add_metric([code, reason], n)
+        yield meta
+
+    def _media_families(self, active: list[Any]) -> Iterator[Any]:
+        cs = self._calls
+        live_packets, live_lost, live_auth = cs.live_media(active)
+        packets = CounterMetricFamily(
+            "wagw_rtp_packets",
+            "RTP packets per leg, received (rx) and sent (tx)",
+            labels=["leg", "direction"],
+        )
+        for leg in LEGS:
+            for direction in ("rx", "tx"):
+                key = (leg, direction)
+                packets.add_metric([leg, direction], cs.packets[key] + live_packets[key])
+        yield packets
+        lost = CounterMetricFamily(
+            "wagw_rtp_packets_lost", "RTP packets lost (RFC 3550 cumulative)", labels=["leg"]
+        )
+        for leg in LEGS:
+            lost.add_metric([leg], cs.lost[leg] + live_lost[leg])
+        yield lost
+        yield CounterMetricFamily(
+            "wagw_srtp_auth_failures",
+            "SRTP/SRTCP packets from Meta that failed authentication (dropped)",
+            value=cs.srtp_auth_failures + live_auth,
+        )
+        yield _histogram(
+            "wagw_rtp_jitter_seconds",
+            "Interarrival jitter (RFC 3550) of each receiving leg, sampled every 5 s",
+            [((leg,), cs.jitter[leg]) for leg in LEGS],
+            ["leg"],
+        )
+        frames = HistogramMetricFamily(
+            "wagw_media_frame_seconds",
+            "Processing time of one received RTP packet (decrypt, transcode, send)",
+            labels=["leg"],
+        )
+        for leg, times in sorted(self._view.frame_times_view().items()):
+            buckets = [(_float(b / 1e9), float(n)) for b, n in times.cumulative()]
+            frames.add_metric([leg], buckets, sum_value=times.sum_ns / 1e9)
+        yield frames
+        live_dtmf = cs.live_dtmf(active)
+        dtmf = CounterMetricFamily(
+            "wagw_dtmf_events", "RFC 4733 events relayed", labels=["direction"]
+        )
+        for direction in ("to_pbx", "to_whatsapp"):
+            dtmf.add_metric([direction], cs.dtmf[direction] + live_dtmf[direction])
+        yield dtmf
+
+    def _health_families(self) -> Iterator[Any]:
+        view = self._view
+        report = view.health_report()
+        health = GaugeMetricFamily(
+            "wagw_health_status",
+            "can_receive_call_sip per entity: 0 AVAILABLE, 1 LIMITED, 2 BLOCKED",
+            labels=["entity", "id"],
+        )
+        for entity in report.entities:
+            health.add_metric([entity.entity_type.lower(), entity.id], int(entity.status))
+        yield health
+        expiry = view.cert_expiry()
+        if expiry is not None:
+            yield GaugeMetricFamily(
+                "wagw_tls_certificate_expiry_timestamp_seconds",
+                "notAfter of the TLS certificate in force (Unix time)",
+                value=expiry,
+            )
+        yield GaugeMetricFamily(
+            "wagw_event_loop_lag_seconds",
+            "Largest event-loop delay seen in the last 10 s",
+            value=view.loop_lag(),
+        )
+        yield GaugeMetricFamily(
+            "wagw_draining", "1 while draining (SIGTERM received)", value=int(view.draining())
+        )
 
 
 class _BuildInfo(Collector):
     def collect(self) -> Iterator[InfoMetricFamily]:
         yield InfoMetricFamily("wagw_build", "Gateway build", value={"version": __version__})
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.calls = CallStats()
+        self._bound = False
+
+    def bind(
+        self, stats: SipStats, manager: TransactionManager, view: OpsView | None = None
+    ) -> None:
+        if not self._bound:
+            self.registry.register(_SipCollector(stats, manager))
+            if view is not None:
+                self.registry.register(_OpsCollector(view, self.calls))
+            self.registry.register(_BuildInfo())
+            self._bound = True
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,81 @@
+"""``wa-sip-gateway health``: the running gateway's report, or what can be checked without it.
+
+The report comes from ``GET /health`` on ``http.listen`` (a wildcard address is
+reached on loopback). When nothing answers, the command checks what it can
+from the files (certificate, key, SIP passwords) and reports the GATEWAY as
+BLOCKED with code 1002.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+
+from gateway.ops.config import Config
+from gateway.ops.health import (
+    Finding,
+    Report,
+    certificate_findings,
+    chain_finding,
+    not_running_finding,
+    number_findings,
+    render_text,
+    verify_chain,
+)
+from gateway.ops.tlsstate import TlsState, roots_context
+
+__all__ = ["fetch_health", "health_url", "offline_report", "render"]
+
+render = render_text
+
+
+def health_url(cfg: Config) -> str:
+    host, port = cfg.http.listen
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/health"
+
+
+def fetch_health(cfg: Config, *, timeout: float = 5.0) -> tuple[dict[str, Any], str]:
+    """(the report as JSON, where it came from)."""
+    url = health_url(cfg)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read().decode()), url
+    except urllib.error.HTTPError as exc:  # 503 carries the BLOCKED report
+        try:
+            return json.loads(exc.read().decode()), url
+        except ValueError:
+            why = f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        why = str(getattr(reason, "strerror", None) or reason)
+    return offline_report(cfg, not_running_finding(url, why)).to_json(), "checked from the files"
+
+
+def offline_report(cfg: Config, gateway_down: Finding) -> Report:
+    shared: list[Finding] = [gateway_down]
+    tls = cfg.whatsapp.tls
+    prepared, problems = TlsState.prepare(tls.cert_file, tls.key_file)
+    if prepared is None:
+        shared += problems
+    else:
+        now = dt.datetime.now(dt.UTC)
+        shared += certificate_findings(prepared.info, cfg.whatsapp.hostname, now)
+        try:
+            ok, why = verify_chain(prepared.context, roots_context(), prepared.info, now)
+        except ssl.SSLError as exc:
+            ok, why = False, str(exc)
+        finding = chain_finding(ok, why, cfg.development)
+        if finding is not None:
+            shared.append(finding)
+    numbers = [(n.number, number_findings(n)) for n in cfg.whatsapp.numbers]
+    return Report.build(cfg.whatsapp.hostname, shared, numbers)
