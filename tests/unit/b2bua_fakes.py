@@ -26,6 +26,7 @@ from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
 from gateway.b2bua.inbound import InboundCall
 from gateway.b2bua.legs import NoMediaPorts, SipPort
+from gateway.b2bua.outbound import OutboundCall
 from gateway.ops.config import Config, load_config
 from gateway.sdp.negotiate import MediaParams
 from gateway.sip.auth import DigestServer, answer_challenge, parse_challenge
@@ -743,3 +744,319 @@ def pbx_ack(flow: Flow, cseq: int, *, sdp: str | None = None) -> bytes:
     if sdp is not None:
         headers.append(("Content-Type", "application/sdp"))
     return _msg(f"ACK {contact.uri} SIP/2.0", headers, sdp or "")
+
+
+# =========================================================================== outbound calls
+# Calls from the PBX to WhatsApp (gateway/b2bua/outbound.py): the PBX (Asterisk-like)
+# sends the INVITE, Meta's edge is the UAS (whatsapp-sip.md section 4).
+
+PBX_AGENT = "agent"
+GW_PBX_HOSTPORT = "127.0.0.1:5090"  # BASE_CONFIG pbx.listen
+META_DOMAIN = "wa.meta.vc"
+META_REALM = "wa.meta.vc"
+META_SERVER = "Facebook SipGateway"
+META_ALLOW = "INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS"
+# Record-Route of Meta's 18x/2xx to our INVITE: the hop next to us (wa.meta.vc) is the
+# last entry; the UAC's route set is the reverse (RFC 3261 12.1.2).
+META_RR_ANSWER = (
+    "<sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr>",
+    "<sip:wa.meta.vc;transport=tls;lr>",
+)
+META_TO_TAG = "meta-uas-1"
+PBX_OFFER = pbx_sdp(codecs=((0, "PCMU"), (8, "PCMA")))
+
+
+def meta_contact(user: str = USER) -> str:
+    return f"<sip:{user}@wa.meta.vc;transport=tls;ob>;isfocus"
+
+
+def pbx_invite(
+    target: str = USER,
+    *,
+    from_user: str = PBX_AGENT,
+    call_id: str | None = None,
+    from_tag: str | None = None,
+    branch: str | None = None,
+    cseq: int = 1,
+    sdp: str | None = PBX_OFFER,
+    headers: Iterable[tuple[str, str]] = (),
+    record_route: Iterable[str] = (),
+) -> bytes:
+    """An INVITE from the PBX (Asterisk-like, UDP) to the gateway's PBX leg for ``target``."""
+    call_id = call_id or f"{new_tag()}@{PBX_HOST}"
+    from_tag = from_tag or "ast" + new_tag()
+    branch = branch or new_branch()
+    hdrs = [
+        ("Via", f"SIP/2.0/UDP {PBX_HOST}:{PBX_PORT};rport;branch={branch}"),
+        *[("Record-Route", rr) for rr in record_route],
+        ("Max-Forwards", "70"),
+        ("From", f'"Agent" <sip:{from_user}@{PBX_HOST}:{PBX_PORT}>;tag={from_tag}'),
+        ("To", f"<sip:{target}@{GW_PBX_HOSTPORT}>"),
+        ("Contact", f"<sip:{from_user}@{PBX_HOST}:{PBX_PORT}>"),
+        ("Call-ID", call_id),
+        ("CSeq", f"{cseq} INVITE"),
+        ("Allow", "INVITE, ACK, CANCEL, OPTIONS, BYE, REFER, UPDATE, NOTIFY"),
+        ("Supported", "timer, replaces, norefersub"),
+        ("Session-Expires", "1800"),
+        ("Min-SE", "90"),
+        ("User-Agent", "Asterisk PBX 20.5.0"),
+        *headers,
+    ]
+    if sdp is not None:
+        hdrs.append(("Content-Type", "application/sdp"))
+    return _msg(f"INVITE sip:{target}@{GW_PBX_HOSTPORT} SIP/2.0", hdrs, sdp or "")
+
+
+def meta_response(
+    req: Request,
+    status: int,
+    *,
+    to_tag: str | None = META_TO_TAG,
+    record_route: Iterable[str] | None = None,
+    contact: str | None = None,
+    sdp: str | None = None,
+    extra: Iterable[tuple[str, str]] = (),
+    reason: str | None = None,
+) -> bytes:
+    """Meta's response to the gateway's INVITE (or CANCEL/BYE): Record-Route pair and
+    Contact ``;ob`` on dialog-creating responses, ``Supported: timer`` on the 2xx."""
+    to = req.headers.get("To") or ""
+    if to_tag and status > 100 and ";tag=" not in to:
+        to += f";tag={to_tag}"
+    headers = [("Via", v) for v in req.headers.lines("Via")]
+    dialog = req.method == "INVITE" and 100 < status < 300
+    if dialog:
+        rr = META_RR_ANSWER if record_route is None else tuple(record_route)
+        headers += [("Record-Route", v) for v in rr]
+    headers += [
+        ("From", req.headers.get("From") or ""),
+        ("To", to),
+        ("Call-ID", req.call_id),
+        ("CSeq", str(req.cseq)),
+        ("Server", META_SERVER),
+    ]
+    if dialog:
+        user = req.parsed_uri.user_number or USER
+        headers += [("Contact", contact or meta_contact(user)), ("Allow", META_ALLOW)]
+        if status >= 200:
+            headers.append(("Supported", "timer"))
+    headers += list(extra)
+    if sdp is not None:
+        headers.append(("Content-Type", "application/sdp"))
+    start = f"SIP/2.0 {status} {reason or reason_phrase(status)}"
+    return _msg(start, headers, sdp or "")
+
+
+def meta_challenge(
+    req: Request,
+    server: DigestServer,
+    now: float,
+    *,
+    status: int = 407,
+    stale: bool = False,
+    to_tag: str = "meta-407",
+) -> bytes:
+    """Meta's digest challenge (407 Proxy-Authenticate, or 401 WWW-Authenticate)."""
+    name = "Proxy-Authenticate" if status == 407 else "WWW-Authenticate"
+    values = [(name, c.to_header()) for c in server.challenge(now, stale=stale)]
+    return meta_response(req, status, to_tag=to_tag, extra=values)
+
+
+@dataclass
+class OutFlow:
+    """One PBX -> WhatsApp call driven through the harness."""
+
+    pbx_invite: Request  # the PBX's INVITE as sent
+    call: OutboundCall
+    meta_invite: Request  # the latest INVITE the gateway sent to Meta (wire form)
+    bridge: FakeBridge
+    meta_target: Target
+    answered: Response | None = None  # our 200 to the PBX
+    meta_ok: Response | None = None  # Meta's 200
+    pbx_cseq: int = 1  # the PBX's CSeq in its dialog (it is the UAC)
+    meta_cseq: int = 100  # Meta's CSeq in its dialog
+    sent_at_start: list[Sent] = field(default_factory=list)
+
+
+def pbx_cancel(invite: Request) -> bytes:
+    """The PBX's CANCEL of its INVITE (same branch, section 9.1)."""
+    headers = [
+        ("Via", invite.headers.lines("Via")[0]),
+        ("Max-Forwards", "70"),
+        ("From", invite.headers.get("From") or ""),
+        ("To", invite.headers.get("To") or ""),
+        ("Call-ID", invite.call_id),
+        ("CSeq", f"{invite.cseq.seq} CANCEL"),
+    ]
+    return _msg(f"CANCEL {invite.uri} SIP/2.0", headers)
+
+
+def pbx_out_request(
+    flow: OutFlow,
+    method: str,
+    cseq: int,
+    *,
+    sdp: str | None = None,
+    extra: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """An in-dialog request (or the 2xx ACK) from the PBX, the UAC of the PBX leg."""
+    assert flow.answered is not None
+    inv = flow.pbx_invite
+    contact = flow.answered.contact
+    assert contact is not None
+    headers = [
+        ("Via", f"SIP/2.0/UDP {PBX_HOST}:{PBX_PORT};rport;branch={new_branch()}"),
+        ("Max-Forwards", "70"),
+        ("From", inv.headers.get("From") or ""),
+        ("To", flow.answered.headers.get("To") or ""),
+        ("Call-ID", inv.call_id),
+        ("CSeq", f"{cseq} {method}"),
+        ("User-Agent", "Asterisk PBX 20.5.0"),
+    ]
+    if method in ("INVITE", "UPDATE"):
+        headers.append(("Contact", f"<sip:{PBX_AGENT}@{PBX_HOST}:{PBX_PORT}>"))
+    headers += list(extra)
+    if sdp is not None:
+        headers.append(("Content-Type", "application/sdp"))
+    return _msg(f"{method} {contact.uri} SIP/2.0", headers, sdp or "")
+
+
+def meta_out_request(
+    flow: OutFlow,
+    method: str,
+    cseq: int,
+    *,
+    extra: Iterable[tuple[str, str]] = (),
+    duration: str | None = "42",
+) -> bytes:
+    """An in-dialog request from Meta (the UAS of the WhatsApp leg) to our Contact; a BYE
+    carries ``x-wa-meta-call-duration`` and a Q.850 Reason (section 4)."""
+    assert flow.meta_ok is not None
+    inv = flow.meta_invite
+    contact = inv.contact
+    assert contact is not None
+    headers = [
+        ("Via", f"SIP/2.0/TLS 157.240.19.1:5061;branch={new_branch()};rport"),
+        ("Max-Forwards", "69"),
+        ("From", flow.meta_ok.headers.get("To") or ""),
+        ("To", inv.headers.get("From") or ""),
+        ("Call-ID", inv.call_id),
+        ("CSeq", f"{cseq} {method}"),
+        ("User-Agent", META_SERVER),
+    ]
+    if method == "BYE":
+        if duration is not None:
+            headers.append(("x-wa-meta-call-duration", duration))
+        headers.append(("Reason", 'Q.850;cause=16;text="NORMAL_CLEARING"'))
+    headers += list(extra)
+    return _msg(f"{method} {contact.uri} SIP/2.0", headers)
+
+
+OUTBOUND_CONFIG: dict[str, Any] = {"whatsapp": {"default_number": BUSINESS}}
+
+
+class OutboundHarness(Harness):
+    """:class:`Harness` plus the PBX -> WhatsApp direction: Meta is the UAS and
+    challenges with ``meta_digest`` (realm wa.meta.vc, qop=auth, opaque)."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        config: dict[str, Any] | None = None,
+        *,
+        meta_algorithm: str = "MD5",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(tmp_path, _merge(OUTBOUND_CONFIG, config or {}), **kwargs)
+        self.meta_digest = DigestServer(
+            b"meta-edge-secret-0123456789abcdef",
+            META_REALM,
+            algorithms=(meta_algorithm,),
+            opaque="meta-opaque-1",
+        )
+
+    @property
+    def meta_target(self) -> Target:
+        proxy = self.cfg.whatsapp.meta_proxy
+        return Target("tls", proxy.host, proxy.port)
+
+    # Told apart by transport: everything toward Meta is TLS, the PBX leg is UDP/TCP.
+    def to_meta(self, sent: Iterable[Sent]) -> list[Sent]:
+        return [s for s in sent if s.target.transport == "tls"]
+
+    def to_pbx(self, sent: Iterable[Sent]) -> list[Sent]:
+        return [s for s in sent if s.target.transport != "tls"]
+
+    def place_call(self, target: str = USER, **invite_kwargs: Any) -> OutFlow:
+        """The PBX's INVITE; asserts an INVITE went to Meta and returns the flow."""
+        before = set(self.calls.calls)
+        data = pbx_invite(target, **invite_kwargs)
+        self.from_pbx(data)
+        sent = self.sent()
+        new = [k for k in self.calls.calls if k not in before]
+        assert len(new) == 1, [s.message for s in sent]
+        call = self.calls.calls[new[0]]
+        assert isinstance(call, OutboundCall)
+        invites = [s for s in self.to_meta(sent) if isinstance(s.message, Request)]
+        assert [s.request.method for s in invites] == ["INVITE"], sent
+        bridge = call.bridge
+        assert isinstance(bridge, FakeBridge)
+        return OutFlow(
+            request_of(data), call, invites[0].request, bridge, invites[0].target,
+            sent_at_start=sent,
+        )  # fmt: skip
+
+    def meta_reply(self, flow: OutFlow, status: int, **kwargs: Any) -> list[Sent]:
+        """Meta answers the latest INVITE; a 200 gets Meta's SDES answer unless given."""
+        if status == 200 and "sdp" not in kwargs:
+            kwargs["sdp"] = META_SDP
+        self.from_meta(meta_response(flow.meta_invite, status, **kwargs))
+        return self.sent()
+
+    def meta_challenges(
+        self, flow: OutFlow, *, status: int = 407, stale: bool = False
+    ) -> list[Sent]:
+        """Meta challenges the latest INVITE; ``flow.meta_invite`` follows a re-sent one."""
+        now = self.scheduler.time()
+        self.from_meta(meta_challenge(flow.meta_invite, self.meta_digest, now, status=status,
+                                      stale=stale))  # fmt: skip
+        sent = self.sent()
+        again = [s.request for s in self.to_meta(sent)
+                 if isinstance(s.message, Request) and s.message.method == "INVITE"]  # fmt: skip
+        if again:
+            flow.meta_invite = again[-1]
+        return sent
+
+    def connect(self, flow: OutFlow, *, challenge: bool = True, ack: bool = True) -> list[Sent]:
+        """407 answered, 180, 200 from Meta; then (with ``ack``) the PBX's ACK."""
+        sent: list[Sent] = []
+        if challenge:
+            sent += self.meta_challenges(flow)
+        sent += self.meta_reply(flow, 100)
+        sent += self.meta_reply(flow, 180)
+        sent += self.meta_reply(flow, 200)
+        flow.meta_ok = response_of(meta_response(flow.meta_invite, 200, sdp=META_SDP))
+        oks = [s.response for s in self.to_pbx(sent)
+               if isinstance(s.message, Response) and s.message.status == 200]  # fmt: skip
+        assert len(oks) == 1, [s.message for s in sent]
+        flow.answered = oks[0]
+        if ack:
+            self.from_pbx(pbx_out_request(flow, "ACK", flow.pbx_invite.cseq.seq))
+            sent += self.sent()
+        return sent
+
+    def pbx_out(self, flow: OutFlow, method: str, **kwargs: Any) -> list[Sent]:
+        flow.pbx_cseq += 1
+        self.from_pbx(pbx_out_request(flow, method, flow.pbx_cseq, **kwargs))
+        return self.sent()
+
+    def meta_out(self, flow: OutFlow, method: str, **kwargs: Any) -> list[Sent]:
+        flow.meta_cseq += 1
+        self.from_meta(meta_out_request(flow, method, flow.meta_cseq, **kwargs))
+        return self.sent()
+
+
+def response_of(data: bytes) -> Response:
+    msg = parse_message(data)
+    assert isinstance(msg, Response)
+    return msg
