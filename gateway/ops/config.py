@@ -288,6 +288,18 @@ PathField = Annotated[Path, PlainValidator(_v_path), _to_str]
 E164Field = Annotated[str, PlainValidator(_v_e164)]
 
 
+def _v_graph_id(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    text = _need_str(value, "a Graph API id, digits").strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 32:
+        raise _fail("graph_id", "must be a Graph API id (digits only, e.g. 106540352242922)")
+    return text
+
+
+GraphIdField = Annotated[str, PlainValidator(_v_graph_id)]
+
+
 def _nonempty(value: tuple[_T, ...]) -> tuple[_T, ...]:
     # Field(min_length=1) would also complain when an item is invalid (pydantic drops it).
     if not value:
@@ -331,6 +343,12 @@ class NumberConfig(_Model):
     # Business-initiated calls: concurrent calls and call attempts per second.
     max_outbound_calls: Annotated[int, Field(strict=True, ge=1)] = 1000
     max_call_rate: Annotated[float, Field(gt=0)] = 10.0
+    # Meta's Graph API id of this number (WhatsApp Manager > Phone numbers, or the
+    # WABA's /phone_numbers edge): needed by `wa-sip-gateway meta ...` and
+    # meta_api.poll_health; the number is skipped by both without it.
+    phone_number_id: GraphIdField | None = None
+    # The WhatsApp Business Account the number belongs to (optional; shown).
+    waba_id: GraphIdField | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> NumberConfig:
@@ -514,6 +532,139 @@ class RecordsConfig(_Model):
     keep: Annotated[int, Field(strict=True, ge=1, le=1000)] = 10
 
 
+#: Graph API version used when meta_api.api_version is not set.
+DEFAULT_GRAPH_VERSION = "v24.0"
+_GRAPH_VERSION = re.compile(r"^v\d{1,3}\.\d{1,2}$")
+_BASE_URL = re.compile(r"^https?://[^\s/?#@]+(/[^\s?#]*)?$")
+_HHMM = re.compile(r"^([01]\d|2[0-3])[0-5]\d$")
+_DATE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
+
+
+def _v_hhmm(value: object) -> str:
+    text = _need_str(value, '"HHMM", quoted')
+    if not _HHMM.match(text):
+        raise _fail("hhmm", 'must be a 24-hour time "HHMM" in quotes, e.g. "0830"')
+    return text
+
+
+def _v_date(value: object) -> str:
+    text = value.isoformat() if hasattr(value, "isoformat") else _need_str(value, "YYYY-MM-DD")
+    if not isinstance(text, str) or not _DATE.match(text):
+        raise _fail("date", "must be a date YYYY-MM-DD")
+    return text
+
+
+HhmmField = Annotated[str, PlainValidator(_v_hhmm)]
+OnOff = Literal["ENABLED", "DISABLED"]
+
+
+class MetaHoursConfig(_Model):
+    """One ``meta_api.calling.call_hours.weekly_operating_hours`` entry."""
+
+    day_of_week: Literal[
+        "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"
+    ]  # fmt: skip
+    open_time: HhmmField
+    close_time: HhmmField
+
+
+class MetaHolidayConfig(_Model):
+    """One ``meta_api.calling.call_hours.holiday_schedule`` entry."""
+
+    date: Annotated[str, PlainValidator(_v_date)]
+    start_time: HhmmField
+    end_time: HhmmField
+
+
+class MetaCallHoursConfig(_Model):
+    """``meta_api.calling.call_hours``: replaces Meta's whole call_hours object."""
+
+    status: OnOff = "ENABLED"
+    timezone_id: Annotated[str, PlainValidator(_nonempty_line)]
+    weekly_operating_hours: tuple[MetaHoursConfig, ...] = ()
+    holiday_schedule: tuple[MetaHolidayConfig, ...] = ()
+
+
+class MetaVoicemailConfig(_Model):
+    """``meta_api.calling.voicemail``: Meta answers unanswered/rejected calls itself."""
+
+    status: OnOff = "ENABLED"
+    triggers: tuple[Literal["REJECT", "TIMEOUT"], ...] = ("REJECT", "TIMEOUT")
+    announcement_media_id: GraphIdField | None = None
+    timeout_seconds: Annotated[int, Field(strict=True, ge=0, le=30)] | None = None
+
+
+class MetaCallingConfig(_Model):
+    """``meta_api.calling``: optional settings ``meta apply`` sets for every number.
+    A key left out (None) is not touched at Meta."""
+
+    call_icon_visibility: Literal["DEFAULT", "DISABLE_ALL"] | None = None
+    callback_permission_status: OnOff | None = None
+    call_hours: MetaCallHoursConfig | None = None
+    voicemail: MetaVoicemailConfig | None = None
+
+
+class MetaApiConfig(_Model):
+    """``meta_api``: Meta's Graph API, for ``wa-sip-gateway meta ...`` and health polling.
+    Holds no token: see :meth:`read_token`."""
+
+    access_token_file: PathField | None = None
+    access_token_env: Annotated[str, PlainValidator(_v_env_name)] | None = None
+    api_version: str = DEFAULT_GRAPH_VERSION
+    base_url: str = "https://graph.facebook.com"
+    # Seconds per HTTP request; retries (with backoff) on 5xx, rate limits, timeouts.
+    timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    retries: Annotated[int, Field(strict=True, ge=0, le=10)] = 3
+    # The app whose token this is (its health_status is polled too when set).
+    app_id: GraphIdField | None = None
+    # Poll Meta's health_status for every number (and app_id) while running.
+    poll_health: bool = False
+    health_interval: Annotated[float, Field(ge=1)] = 300.0
+    calling: MetaCallingConfig = Field(default_factory=MetaCallingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_token(cls, data: object) -> object:
+        if isinstance(data, dict) and "access_token" in data:
+            raise _path_problem("access_token", "must not be in the YAML file; put the token in"
+                                " a file (access_token_file) or an environment variable"
+                                " (access_token_env)")  # fmt: skip
+        return data
+
+    @field_validator("api_version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not _GRAPH_VERSION.match(value):
+            raise _fail("graph_version", 'must be a Graph API version such as "v24.0"')
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not _BASE_URL.match(value):
+            message = "must be an http(s) URL without query, e.g. https://graph.facebook.com"
+            raise _fail("url", message)
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MetaApiConfig:
+        if (self.access_token_file is None) == (self.access_token_env is None):
+            message = "exactly one of access_token_file or access_token_env is required"
+            raise _fail("token_source", message)
+        return self
+
+    def read_token(self) -> str | None:
+        """The access token, read now; None if missing, unreadable or empty."""
+        if self.access_token_file is not None:
+            try:
+                secret = self.access_token_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                return None
+        else:
+            secret = os.environ.get(self.access_token_env or "", "").strip()
+        return secret or None
+
+
 class Config(_Model):
     """The whole configuration file."""
 
@@ -525,6 +676,7 @@ class Config(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     sip: SipConfig = Field(default_factory=SipConfig)
+    meta_api: MetaApiConfig | None = None
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     records: RecordsConfig = Field(default_factory=RecordsConfig)
 
