@@ -114,7 +114,9 @@ class Leg:
         self.rtcp_remote = (
             self.remote if media.rtcp_mux else (media.remote_address, media.remote_rtcp_port)
         )
-        self.receiving = media.may_receive
+        # The no-media rule applies only to a stream both ways: a PBX that holds the call
+        # (sendonly/inactive) may well send nothing (no music on hold) for minutes.
+        self.receiving = media.direction == "sendrecv"
         self.sending = media.may_send
         if not same_codec or self.codec is None:
             if media.codec.lower() == "opus":

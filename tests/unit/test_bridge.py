@@ -694,6 +694,17 @@ def test_a_pbx_leg_we_only_send_to_is_not_expected_to_send() -> None:
     assert len(rig.to_pbx()) == round(12.0 / FRAME)  # and it does get our audio
 
 
+def test_a_pbx_holding_without_music_is_not_a_dead_call() -> None:
+    """The PBX holds (its sendonly, our recvonly) and plays nothing: hold can last."""
+    rig = answered(pbx=pbx_params(direction="recvonly"), no_media_timeout=5.0)
+    voice = tone_frames(300, 1)[0]
+    for _ in range(round(12.0 / FRAME)):
+        rig.from_meta(rig.meta.audio(voice))
+        rig.tick()
+    assert rig.no_media == []
+    assert len(rig.to_meta()) >= round(12.0 / FRAME) - 5  # Meta still gets silence frames
+
+
 def test_a_silent_pbx_that_should_send_is_reported() -> None:
     rig = answered(no_media_timeout=5.0)
     voice = tone_frames(300, 1)[0]
