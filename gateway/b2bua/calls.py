@@ -329,18 +329,23 @@ class CallManager:
         self.sip.reply(tx, status, to_tag=new_tag(), headers=headers)
 
     def _orphan_response(self, event: ResponseReceived) -> None:
-        """A 2xx to a PBX INVITE whose call has ended (it crossed our CANCEL, or the call
-        gave up on the PBX): ACK it and hang it up (RFC 3261 sections 9.1 and 15)."""
+        """A 2xx to an INVITE whose call has ended (it crossed our CANCEL, or the call
+        gave up on the far leg): ACK it and hang it up (RFC 3261 sections 9.1 and 15),
+        on the leg the INVITE went out on (PBX, or Meta over TLS)."""
         resp, tx = event.response, event.tx
         if tx.method != "INVITE" or not 200 <= resp.status < 300:
             return
+        via, leg = self.pbx_via, "pbx"
+        if tx.target.transport == "tls":  # an INVITE to Meta: the PBX leg is UDP or TCP
+            wa = self.cfg.whatsapp.contact_hostport
+            via, leg = LegAddress("tls", wa.host, wa.port), "whatsapp"
         dialog = Dialog.uac(tx.request, resp)
-        target = dialog_target(dialog, self.pbx_via.transport)
-        self.sip.send_ack(dialog.create_ack(resp.cseq.seq), self.pbx_via, target)
+        target = dialog_target(dialog, via.transport)
+        self.sip.send_ack(dialog.create_ack(resp.cseq.seq), via, target)
         if not event.retransmission:
-            log.info("pbx_late_answer_hung_up", call_id=tx.request.call_id)
+            log.info("late_answer_hung_up", leg=leg, call_id=tx.request.call_id)
             bye = dialog.create_request("BYE", headers=[("Reason", 'SIP;cause=487;text="ended"')])
-            self.sip.send_request(bye, self.pbx_via, target)
+            self.sip.send_request(bye, via, target)
 
     # -- admission of a call from the PBX to WhatsApp -------------------------
     def _admit_outbound(self, req: Request, tx: ServerTransaction, source: Target) -> None:

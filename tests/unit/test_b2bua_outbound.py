@@ -793,9 +793,6 @@ def test_quotes_in_meta_warning_do_not_break_the_reason(h: OutboundHarness) -> N
 
 # =========================================================================== Meta silent or gone
 
-XFAIL_ORPHAN_VIA = pytest.mark.xfail(
-    strict=True, reason="a late Meta 2xx is ACKed and hung up with the PBX leg's Via"
-)
 
 
 def test_no_response_from_meta_within_invite_timeout_is_503(tmp_path: Path) -> None:
@@ -840,7 +837,6 @@ def test_a_provisional_stops_the_invite_timeout(tmp_path: Path) -> None:
     assert flow.call.state is State.EARLY
 
 
-@XFAIL_ORPHAN_VIA
 def test_meta_answers_after_our_invite_timeout(tmp_path: Path) -> None:
     """The PBX already has its 503; Meta's late 200 is ACKed and hung up on the WhatsApp
     leg, over TLS like everything toward Meta."""
@@ -963,7 +959,6 @@ def test_meta_200_racing_the_cancel_is_acked_and_hung_up(h: OutboundHarness) -> 
     assert_gone(h, flow)
 
 
-@XFAIL_ORPHAN_VIA
 def test_meta_200_retransmitted_after_the_cancel_race(h: OutboundHarness) -> None:
     """Meta retransmits its 200 (our ACK was lost): ACK it again, over TLS, no second BYE."""
     flow = h.place_call()
