@@ -9,6 +9,7 @@ not the target was met), 1 when it could not run.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM like Ctrl-C: unwind, hang up, stop the daemon by its PID.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     params = Params(
         calls=args.calls,
         seconds=args.seconds,

@@ -295,19 +295,22 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """TERM the process by PID, KILL it if it lingers; its exit status."""
+        """TERM the process by PID; TERM again if it is still draining calls (the gateway
+        stops at once on a second signal); KILL if it lingers. Its exit status."""
         proc = self.proc
         if proc is None:
             return None
+        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGTERM, timeout)):
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(wait)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
         return proc.returncode
 
     def log_text(self) -> str:
