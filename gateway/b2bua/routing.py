@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 
@@ -48,17 +49,23 @@ def normalise_number(value: str | None) -> str | None:
 
 
 class RateLimiter:
-    """At most ``rate`` events per second (sliding one-second window), time passed in."""
+    """At most ``rate`` events per second (sliding window), time passed in.
+
+    The window is one second holding ``floor(rate)`` events; a rate below one a
+    second widens it to ``1/rate`` seconds holding one (0.5: one every two seconds).
+    """
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
+        self.window = max(1.0, 1.0 / rate)
+        self.limit = max(1, math.floor(rate * self.window + 1e-9))
         self._times: deque[float] = deque()
 
     def allow(self, now: float) -> bool:
         times = self._times
-        while times and now - times[0] >= 1.0:
+        while times and now - times[0] >= self.window:
             times.popleft()
-        if len(times) >= self.rate:
+        if len(times) >= self.limit:
             return False
         times.append(now)
         return True

@@ -155,7 +155,6 @@ def test_rate_limiter_never_exceeds_the_rate_in_any_second(rate: int) -> None:
     assert len(allowed) == 5 * rate  # and uses all of it
 
 
-@pytest.mark.xfail(strict=True, reason="RateLimiter lets floor(rate)+1 through, 1/s below 1")
 @pytest.mark.parametrize("rate", [2.5, 1.5, 0.5, 0.2, 0.3])
 def test_fractional_rate_is_a_ceiling(rate: float) -> None:
     """numbers[].max_call_rate accepts any positive number: 2.5 is at most 2 in any one
