@@ -172,6 +172,9 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return 2 if status == "BLOCKED" else 0
 
 
+import gateway.metaapi.cli  # noqa: E402, F401  registers "meta" (needs _command above)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wa-sip-gateway",
