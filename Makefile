@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.example.yaml
-APT_PACKAGES := sip-tester openssl libopus0 baresip-core sox debootstrap
+APT_PACKAGES := sip-tester openssl libopus0 baresip-core sox debootstrap prometheus systemd
 
-.PHONY: run demo test lint typecheck unit integration bench deps apt-deps asterisk-chroot clean
+.PHONY: install-service run demo test lint typecheck unit integration bench deps apt-deps asterisk-chroot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ run: deps
 demo: deps apt-deps
 	$(BIN)/python scripts/demo.py
 
-## apt-deps: system packages: libopus0 (the Opus codec), and the peers the integration tests drive (SIPp, baresip, sox, debootstrap for the Asterisk chroot)
+## apt-deps: system packages: libopus0 (the Opus codec), the peers the integration tests drive (SIPp, baresip, sox, debootstrap for the Asterisk chroot), promtool (package prometheus) and systemd-analyze (systemd) for the ops tests
 apt-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -67,3 +67,8 @@ bench: deps
 
 clean:
 	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+## install-service: install the gateway as a systemd service on this Debian host (root):
+## /opt/wa-sip-gateway/venv, /etc/wa-sip-gateway, /var/lib/wa-sip-gateway, unit enabled (systemd/install.sh)
+install-service:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) sh systemd/install.sh

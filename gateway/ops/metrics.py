@@ -396,7 +396,10 @@ class _OpsCollector(Collector):
             labels=["leg"],
         )
         for leg, times in sorted(self._view.frame_times_view().items()):
-            buckets = [(_float(b / 1e9), float(n)) for b, n in times.cumulative()]
+            buckets = [
+                ("+Inf" if b == float("inf") else _float(b / 1e9), float(n))
+                for b, n in times.cumulative()
+            ]
             frames.add_metric([leg], buckets, sum_value=times.sum_ns / 1e9)
         yield frames
         live_dtmf = cs.live_dtmf(active)
