@@ -68,6 +68,13 @@ def graph_error(
     return web.json_response({"error": error}, status=status)
 
 
+async def _body(request: web.Request) -> Any:
+    try:
+        return await request.json() if request.can_read_body else None
+    except ValueError:
+        return "<not json>"
+
+
 @dataclass
 class NumberState:
     """One business number at "Meta": its ``calling`` object and SIP password."""
@@ -99,6 +106,7 @@ class Fault:
     body: str | None = None  # raw non-JSON body
     delay: float = 0.0
     retry_after: str | None = None
+    skip: int = 0  # let this many matching requests through first
 
 
 @dataclass
@@ -244,11 +252,7 @@ class GraphEmulator:
             loop.close()
 
     # -- handlers ----------------------------------------------------------------
-    async def _prelude(self, request: web.Request) -> web.Response | None:
-        try:
-            body = await request.json() if request.can_read_body else None
-        except ValueError:
-            body = "<not json>"
+    async def _prelude(self, request: web.Request, body: Any) -> web.Response | None:
         auth = request.headers.get("Authorization", "")
         authorized = auth == f"Bearer {self.token}"
         rest = request.path.split("/", 2)[2] if request.path.count("/") >= 2 else ""
@@ -258,6 +262,9 @@ class GraphEmulator:
             )
         for fault in self.faults:
             if fault.times > 0 and fault.method == request.method and re.search(fault.path, rest):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    continue
                 fault.times -= 1
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
@@ -287,7 +294,6 @@ class GraphEmulator:
                 190,
                 463,
             )
-        request["json"] = body
         return None
 
     def _unknown(self, node: str) -> web.Response:
@@ -301,7 +307,7 @@ class GraphEmulator:
         )
 
     async def _node(self, request: web.Request) -> web.Response:
-        early = await self._prelude(request)
+        early = await self._prelude(request, await _body(request))
         if early is not None:
             return early
         node = request.match_info["node"]
@@ -354,7 +360,8 @@ class GraphEmulator:
         return app
 
     async def _edge(self, request: web.Request) -> web.Response:
-        early = await self._prelude(request)
+        body = await _body(request)
+        early = await self._prelude(request, body)
         if early is not None:
             return early
         node, edge = request.match_info["node"], request.match_info["edge"]
@@ -364,7 +371,7 @@ class GraphEmulator:
         if edge == "settings" and request.method == "GET":
             return self._get_settings(state, request.query.get("include_sip_credentials"))
         if edge == "settings" and request.method == "POST":
-            return self._post_settings(state, request["json"])
+            return self._post_settings(state, body)
         if edge == "calls" and request.method == "POST":
             if state.sip().get("status") == "ENABLED":
                 return graph_error(
