@@ -20,6 +20,7 @@ import pytest
 
 from tests.emulator import CallResult, MetaCaller, default_tls, measure_tone
 from tests.integration.harness import SIPP, GatewayProcess, free_port
+from tests.peers import free_port as free_block  # SIPp binds audio and video RTP pairs
 from tests.peers.asterisk import AsteriskPbx
 
 pytestmark = pytest.mark.integration
@@ -342,7 +343,7 @@ def sipp_pbx(tmp_path: Path, scenario: str) -> Iterator[tuple[int, subprocess.Po
     scen.write_text(scenario)
     proc = subprocess.Popen(
         [SIPP, "-sf", str(scen), "-i", "127.0.0.1", "-p", str(port), "-m", "1",
-         "-mp", str(free_port()), "-timeout", "40s", "-timeout_error", "-nostdin",
+         "-mp", str(free_block(4, tcp=False)), "-timeout", "40s", "-timeout_error", "-nostdin",
          "-trace_err", "-trace_msg"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -28,6 +28,7 @@ from tests.emulator import (
     measure_tone,
 )
 from tests.integration.harness import SIPP, GatewayProcess, free_port
+from tests.peers import free_port as free_block  # SIPp binds audio and video RTP pairs
 from tests.peers.asterisk import AsteriskPbx
 from tests.peers.audio import assert_tone
 
@@ -251,7 +252,7 @@ def _sipp_pbx_call(
     log = tmp_path / f"sipp-{expect}.log"
     proc = subprocess.run(
         [SIPP, f"127.0.0.1:{gw.ports['pbx_listen']}", "-sf", str(scen), "-m", "1",
-         "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+         "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_block(4, tcp=False)),
          "-timeout", "30s", "-timeout_error", "-nostdin", "-trace_err", "-trace_msg",
          "-trace_logs", "-log_file", str(log)],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
