@@ -33,6 +33,7 @@ from gateway.metaapi.settings import (
     plan,
 )
 from gateway.ops.config import Config
+from gateway.ops.logging import configure_logging
 
 __all__: list[str] = []
 
@@ -151,6 +152,7 @@ def _cmd_meta(args: argparse.Namespace) -> int:
         "fetch-password": lambda g, t: _fetch_password(g, t, args),
     }
     command = commands[args.meta_command]
+    configure_logging("info", "console", stream=sys.stderr)  # retries are noted on stderr
 
     async def run() -> int:
         assert cfg is not None and cfg.meta_api is not None
