@@ -794,7 +794,6 @@ def test_quotes_in_meta_warning_do_not_break_the_reason(h: OutboundHarness) -> N
 # =========================================================================== Meta silent or gone
 
 
-
 def test_no_response_from_meta_within_invite_timeout_is_503(tmp_path: Path) -> None:
     h = OutboundHarness(tmp_path, {"whatsapp": {"invite_timeout": 3.0}})
     flow = h.place_call()
@@ -1139,3 +1138,47 @@ def test_many_calls_leave_nothing_behind(h: OutboundHarness) -> None:
     assert h.bridges.open == []
     h.drain_timers()
     assert len(h.manager) == 0
+
+
+# =========================================================================== more edges
+
+
+@pytest.mark.xfail(strict=True, reason="after 100 + 407 the new INVITE has no invite_timeout")
+def test_invite_timeout_after_100_then_challenge(tmp_path: Path) -> None:
+    """Meta sends 100 Trying before its 407 (as a proxy does): the re-sent INVITE is a new
+    transaction, and no response to it within invite_timeout is still a 503 in time."""
+    h = OutboundHarness(tmp_path, {"whatsapp": {"invite_timeout": 3.0}})
+    flow = h.place_call()
+    h.meta_reply(flow, 100)
+    h.meta_challenges(flow)
+    h.advance(3.1)
+    assert final_to_pbx(h, h.sent()).status == 503
+    assert_gone(h, flow)
+
+
+def test_pbx_record_route_is_kept_on_the_pbx_leg(h: OutboundHarness) -> None:
+    rr = ("<sip:192.0.2.5:5060;lr>", "<sip:192.0.2.6:5060;lr>")
+    flow = h.place_call(record_route=rr)
+    sent = h.connect(flow)
+    ok = final_to_pbx(h, sent)
+    assert ok.headers.lines("Record-Route") == list(rr)
+    assert "Record-Route" not in flow.meta_invite.headers  # never toward Meta
+    sent = h.meta_out(flow, "BYE")
+    bye_sent = one(h.to_pbx(sent))
+    assert bye_sent.request.headers.lines("Route") == list(rr)
+    assert (bye_sent.target.host, bye_sent.target.port) == ("192.0.2.5", 5060)
+
+
+@pytest.mark.xfail(strict=True, reason="another fork's 2xx is ACKed in the first dialog")
+def test_second_meta_2xx_with_another_to_tag_gets_its_own_ack_and_bye(h: OutboundHarness) -> None:
+    """RFC 3261 13.2.2.4: a 2xx from another fork is ACKed in its own dialog and hung up;
+    the call stays on the first."""
+    flow = answered(h)
+    sent = h.meta_reply(flow, 200, to_tag="meta-fork-2")
+    reqs = [s.request for s in meta_requests(h, sent)]
+    assert [r.method for r in reqs] == ["ACK", "BYE"]
+    assert all(r.to.tag == "meta-fork-2" for r in reqs)
+    assert h.to_pbx(sent) == []
+    assert flow.call.state is State.CONFIRMED
+    bye = one(meta_requests(h, h.pbx_out(flow, "BYE"))).request
+    assert bye.to.tag == META_TO_TAG
