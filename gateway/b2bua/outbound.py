@@ -162,6 +162,9 @@ class OutboundCall(Call):
         )
         auth_header = "Proxy-Authorization" if resp.status == 407 else "Authorization"
         cseq = resp.cseq.seq + 1  # the same dialog attempt, CSeq + 1 (RFC 3261 22.2)
+        # A new transaction with nothing heard on it yet (Meta may send 100 before its
+        # 407): invite_timeout guards it again.
+        self.state = State.CALLING
         self._send_invite(cseq, ((auth_header, creds.to_header()),))
 
     def _on_meta_answer(self, resp: Response, retrans: bool) -> None:

@@ -1143,7 +1143,6 @@ def test_many_calls_leave_nothing_behind(h: OutboundHarness) -> None:
 # =========================================================================== more edges
 
 
-@pytest.mark.xfail(strict=True, reason="after 100 + 407 the new INVITE has no invite_timeout")
 def test_invite_timeout_after_100_then_challenge(tmp_path: Path) -> None:
     """Meta sends 100 Trying before its 407 (as a proxy does): the re-sent INVITE is a new
     transaction, and no response to it within invite_timeout is still a 503 in time."""
