@@ -9,6 +9,7 @@ not draining, else 503 (for orchestrators and HTTP load balancers).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from gateway.ops.metrics import CONTENT_TYPE, Metrics
 
 HealthFn = Callable[[], Report]
 ReadyFn = Callable[[], tuple[bool, dict[str, object]]]
+AnnotateFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class HttpServer:
@@ -25,10 +27,12 @@ class HttpServer:
         metrics: Metrics,
         health: HealthFn | None = None,
         ready: ReadyFn | None = None,
+        annotate: AnnotateFn | None = None,
     ) -> None:
         self._metrics = metrics
         self._health = health
         self._ready = ready
+        self._annotate = annotate  # adds Meta's view (gateway.metaapi.health) to /health
         app = web.Application()
         app.router.add_get("/metrics", self._on_metrics)
         app.router.add_get("/livez", self._on_livez)
@@ -60,4 +64,7 @@ class HttpServer:
         if self._health is None:
             raise web.HTTPNotFound()
         report = self._health()
-        return web.json_response(report.to_json(), status=report.http_status)
+        body: dict[str, Any] = report.to_json()
+        if self._annotate is not None:
+            body = self._annotate(body)
+        return web.json_response(body, status=report.http_status)
