@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from gateway.b2bua.legs import LegAddress, Scheduler, SipPort, TimerHandle
+from gateway.metaapi.health import meta_lines
 from gateway.ops.config import NumberConfig
 from gateway.ops.logging import get_logger
 from gateway.sip.ids import new_call_id, new_tag
@@ -690,4 +691,5 @@ def render_text(health: dict[str, Any], *, source: str, colour: bool) -> str:
             lines.append(f"    [{code}] {text}")
             if fix:
                 lines.append(dim(f"           fix: {fix}"))
+        lines += meta_lines(entity, word, dim)  # Meta's own view, when polled (meta_api)
     return "\n".join(lines)
