@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import secrets
 import signal
 import ssl
@@ -38,6 +39,7 @@ from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
 from gateway.b2bua.legs import LegAddress, SipPort
 from gateway.media.bridge import BridgeFactory
+from gateway.metaapi.health import MetaHealthCollector, MetaHealthPoller
 from gateway.ops.config import Config, ConfigError, check_files, load_config
 from gateway.ops.health import (
     Finding,
@@ -129,6 +131,7 @@ class Gateway:
         self.ports: PortAllocator | None = None
         self.prober: PbxProber | None = None
         self.metrics = Metrics()
+        self.meta_health = MetaHealthPoller(cfg)  # Meta's health_status (meta_api.poll_health)
         self.frame_times = {"whatsapp": FrameTimes(), "pbx": FrameTimes()}
         self.tls = TlsState()
         self.tls_listening = False
@@ -150,6 +153,7 @@ class Gateway:
         self._next_tls_retry = 0.0
         self._next_watchdog = 0.0
         self._status = ""
+        self._ready = False  # READY=1 sent: STATUS= updates may follow
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reloading = False
         self._drain_task: asyncio.Task[None] | None = None
@@ -204,7 +208,11 @@ class Gateway:
         )
         self.prober.start()
         self.metrics.bind(stack.stats, manager, self)
-        self.http = HttpServer(self.metrics, self.health_report, self.readiness)
+        self.metrics.registry.register(MetaHealthCollector(self.meta_health))
+        self.meta_health.start()
+        self.http = HttpServer(
+            self.metrics, self.health_report, self.readiness, annotate=self.meta_health.annotate
+        )
         await self.http.start(cfg.http.listen.host, cfg.http.listen.port)
         log.info("listening", leg="http", address=f"{cfg.http.listen.host}:{cfg.http.listen.port}")
         with contextlib.suppress(TimeoutError):
@@ -218,6 +226,7 @@ class Gateway:
         log.info("ready", version=__version__, health=report.status.name)
         self._status = self._status_text(report)
         self.notifier.ready(self._status)
+        self._ready = True
         self._watchdog(now)
 
     def _load_certificate(self, cfg: Config) -> bool:
@@ -251,7 +260,7 @@ class Gateway:
         try:
             host, port = await stack.listen_stream("whatsapp", listen.host, listen.port, acl, ctx)
         except OSError as exc:
-            why = exc.strerror or str(exc)
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
             if self.tls_listen_error != why:
                 log.error("tls_listen_failed", address=str(listen), error=why, retry=TLS_RETRY)
             self.tls_listen_error = why
@@ -262,6 +271,7 @@ class Gateway:
         self._update_status()
 
     async def stop(self) -> None:
+        await self.meta_health.stop()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         if self.prober is not None:
@@ -425,6 +435,8 @@ class Gateway:
         return text
 
     def _update_status(self) -> None:
+        if not self._ready:
+            return
         status = self._status_text()
         if status != self._status:
             self._status = status
@@ -473,6 +485,7 @@ class Gateway:
         except (OSError, ssl.SSLError) as exc:
             return self._refuse([f"whatsapp.tls.cert_file: changed while loading ({exc})"])
         self.cfg = effective
+        self.meta_health.configure(effective)
         if self.calls is not None:
             self.calls.cfg = effective
         if self.prober is not None:
