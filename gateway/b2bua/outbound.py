@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gateway.b2bua import mapping
 from gateway.b2bua.call import ALLOW, SDP, SETUP_STATES, Call, CallLegs, State
-from gateway.b2bua.legs import MediaBridge, SipPort
+from gateway.b2bua.legs import MediaBridge, SipPort, dialog_target
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams, NegotiationError, accept_whatsapp_answer, describe
 from gateway.sdp.session import SdpError, SessionDescription, parse_sdp
@@ -168,6 +168,9 @@ class OutboundCall(Call):
         self._send_invite(cseq, ((auth_header, creds.to_header()),))
 
     def _on_meta_answer(self, resp: Response, retrans: bool) -> None:
+        if self.wa_dialog is not None and (resp.to.tag or "") != self.wa_dialog.remote_tag:
+            self._hang_up_fork(resp, retrans)
+            return
         if self.wa_dialog is None:
             # Meta's Record-Route (reversed) is the route set, its Contact the target.
             self.wa_dialog = Dialog.uac(self.meta_request or Request(), resp)
@@ -191,6 +194,16 @@ class OutboundCall(Call):
         self.bridge.set_whatsapp(media)
         self._answer_pbx()
         log.info("call_answered", call=self.key, wa_media=describe(media))
+
+    def _hang_up_fork(self, resp: Response, retrans: bool) -> None:
+        """Another fork answered as well (RFC 3261 13.2.2.4): ACK its 2xx, then BYE it."""
+        fork = Dialog.uac(self.meta_request or Request(), resp)
+        self._ack(fork, resp, self.legs.wa_via)
+        if not retrans:
+            log.info("meta_fork_hung_up", call=self.key)
+            reason = 'SIP;cause=200;text="answered elsewhere"'
+            bye = fork.create_request("BYE", headers=[("Reason", reason)])
+            self.sip.send_request(bye, self.legs.wa_via, dialog_target(fork, "tls"))
 
     def _answer_pbx(self) -> None:
         resp = self.sip.response(

@@ -1168,7 +1168,6 @@ def test_pbx_record_route_is_kept_on_the_pbx_leg(h: OutboundHarness) -> None:
     assert (bye_sent.target.host, bye_sent.target.port) == ("192.0.2.5", 5060)
 
 
-@pytest.mark.xfail(strict=True, reason="another fork's 2xx is ACKed in the first dialog")
 def test_second_meta_2xx_with_another_to_tag_gets_its_own_ack_and_bye(h: OutboundHarness) -> None:
     """RFC 3261 13.2.2.4: a 2xx from another fork is ACKed in its own dialog and hung up;
     the call stays on the first."""
