@@ -390,6 +390,9 @@ class MetaHealthCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         poller = self._poller
+        meta = poller.cfg.meta_api
+        if meta is None or not meta.poll_health:
+            return
         gauge = GaugeMetricFamily(
             "wagw_meta_health_status",
             "Meta's can_receive_call_sip (health_status API): 0 AVAILABLE, 1 LIMITED, 2 BLOCKED;"
