@@ -1180,3 +1180,19 @@ def test_second_meta_2xx_with_another_to_tag_gets_its_own_ack_and_bye(h: Outboun
     assert flow.call.state is State.CONFIRMED
     bye = one(meta_requests(h, h.pbx_out(flow, "BYE"))).request
     assert bye.to.tag == META_TO_TAG
+
+
+@pytest.mark.xfail(strict=True, reason="Require of a new INVITE is not checked (no 420)")
+@pytest.mark.parametrize("require", ["100rel", "timer", "precondition, 100rel"])
+def test_pbx_invite_requiring_an_extension_is_420(h: OutboundHarness, require: str) -> None:
+    """RFC 3261 8.2.2.3: the gateway supports no extension; a PBX that requires one
+    (100rel, timer) learns so, and nothing reaches Meta."""
+    resp = rejected(h, headers=[("Require", require)])
+    assert resp.status == 420
+    assert resp.headers.get("Unsupported") == require
+    assert h.bridges.open == []
+
+
+def test_pbx_invite_merely_supporting_extensions_is_fine(h: OutboundHarness) -> None:
+    flow = h.place_call(headers=[("Supported", "100rel, timer, replaces")])
+    assert "Require" not in flow.meta_invite.headers
