@@ -1182,7 +1182,6 @@ def test_second_meta_2xx_with_another_to_tag_gets_its_own_ack_and_bye(h: Outboun
     assert bye.to.tag == META_TO_TAG
 
 
-@pytest.mark.xfail(strict=True, reason="Require of a new INVITE is not checked (no 420)")
 @pytest.mark.parametrize("require", ["100rel", "timer", "precondition, 100rel"])
 def test_pbx_invite_requiring_an_extension_is_420(h: OutboundHarness, require: str) -> None:
     """RFC 3261 8.2.2.3: the gateway supports no extension; a PBX that requires one
