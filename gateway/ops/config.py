@@ -629,6 +629,9 @@ class MetaApiConfig(_Model):
             raise _path_problem("access_token", "must not be in the YAML file; put the token in"
                                 " a file (access_token_file) or an environment variable"
                                 " (access_token_env)")  # fmt: skip
+        if isinstance(data, dict) and "calling" in data and data["calling"] is None:
+            # every key commented out (YAML null): all defaults
+            return {k: v for k, v in data.items() if k != "calling"}
         return data
 
     @field_validator("api_version")
