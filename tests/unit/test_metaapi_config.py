@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -153,3 +154,31 @@ def test_calling_settings(tmp_path: Path) -> None:
     assert calling.call_hours.holiday_schedule[0].date == "2026-12-24"  # a YAML date
     assert calling.voicemail.status == "ENABLED"
     assert calling.voicemail.triggers == ("TIMEOUT",)
+
+
+def test_example_documents_meta_api(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "gateway.example.yaml"
+    cfg = load_config(example)
+    assert cfg.meta_api is not None and cfg.meta_api.access_token_env == "WA_META_ACCESS_TOKEN"
+    assert cfg.meta_api.calling.call_hours is None  # every calling key commented out
+    # the commented-out examples are valid as written
+    text = example.read_text()
+    for key in ("phone_number_id", "waba_id", "app_id"):
+        text = re.sub(rf"(?m)^(\s+)# ({key}:)", r"\1\2", text)
+    head, marker, calling = text.partition("\n  calling:\n")
+    calling = re.sub(
+        r"(?m)^(\s+)# ((call_icon_visibility|callback_permission_status|call_hours|voicemail):|  )",
+        r"\1\2",
+        calling,
+    )
+    text = head + marker + calling
+    copy = tmp_path / "uncommented.yaml"  # relative paths move; load_config does not open them
+    copy.write_text(text)
+    full = load_config(copy)
+    number = full.whatsapp.numbers[0]
+    assert (number.phone_number_id, number.waba_id) == ("106540352242922", "102290129340398")
+    assert full.meta_api is not None
+    calling = full.meta_api.calling
+    assert calling.call_icon_visibility == "DEFAULT"
+    assert calling.call_hours is not None and calling.call_hours.timezone_id == "Europe/Berlin"
+    assert calling.voicemail is not None and calling.voicemail.timeout_seconds == 20
