@@ -272,12 +272,12 @@ async def _show(graph: GraphClient, targets: list[_Target], args: argparse.Names
 def _print_comparison(target: _Target, result: Comparison, args: argparse.Namespace) -> None:
     problems = len(result.errors)
     warnings = len(result.findings) - problems
-    verdict = (
-        "matches the config"
-        if not result.findings
-        else f"{problems} problem{'s' if problems != 1 else ''},"
-        f" {warnings} warning{'s' if warnings != 1 else ''}"
-    )
+    counts = [
+        f"{n} {word}{'s' if n != 1 else ''}"
+        for n, word in ((problems, "problem"), (warnings, "warning"))
+        if n
+    ]
+    verdict = ", ".join(counts) or "matches the config"
     waba = f", WABA {target.desired.number.waba_id}" if target.desired.number.waba_id else ""
     print(f"{target.label}{waba}: {verdict}")
     print("\n".join(_table(result.rows)))
