@@ -44,6 +44,7 @@ import pytest
 
 from tests.emulator.tlsutil import EmulatorTls
 from tests.integration.harness import GatewayProcess, free_port
+from tests.peers import free_port as free_block  # SIPp binds audio and video RTP pairs
 from tests.peers import require_binary, skip_allowed, start_process, stop_process
 from tests.peers.asterisk import require_asterisk_root
 
@@ -339,7 +340,7 @@ class MetaUas:
         d = self.chroot_dir
         argv = [
             "sipp", "-sf", "meta.xml", "-t", "l1", "-i", "127.0.0.1", "-p", str(self.port),
-            "-mi", "127.0.0.1", "-mp", str(free_port()),
+            "-mi", "127.0.0.1", "-mp", str(free_block(4, tcp=False)),
             "-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin",
             "-trace_msg", "-message_file", f"{d}/messages.log",
             "-trace_err", "-error_file", f"{d}/errors.log",
@@ -412,7 +413,7 @@ def pbx_call(tmp_path: Path, gw: GatewayProcess, tail: str, name: str) -> tuple[
     (work / "pbx.xml").write_text(PBX_CALL.format(expect=name, tail=tail))
     argv = [
         sipp, f"127.0.0.1:{gw.ports['pbx_listen']}", "-sf", "pbx.xml", "-m", "1",
-        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_block(4, tcp=False)),
         "-timeout", "30s", "-timeout_error", "-nostdin",
         "-trace_msg", "-message_file", "messages.log", "-trace_err", "-error_file", "errors.log",
         "-trace_logs", "-log_file", "logs.log",
