@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -401,6 +402,11 @@ async def _fetch_password(
         app = f" (app {credential.app_id})" if credential.app_id else ""
         if result.changed:
             print(f"{target.label}: SIP password{app} written to {path_} (mode 0600).")
+            if result.created and os.geteuid() == 0:
+                print(
+                    f"  note: {path_} is new and owned by root; if the gateway runs as another"
+                    f" user: chown that-user {path_} (later runs keep the owner)"
+                )
         else:
             print(f"{target.label}: {path_} already holds Meta's SIP password{app}; unchanged.")
     if status == OK:

@@ -133,6 +133,7 @@ async def rotate_password(
 class WriteResult:
     path: Path
     changed: bool
+    created: bool = False  # there was no file before
 
 
 def write_password_file(path: Path, password: Secret) -> WriteResult:
@@ -151,6 +152,7 @@ def write_password_file(path: Path, password: Secret) -> WriteResult:
     with contextlib.suppress(OSError):
         st = path.stat()
         owner = (st.st_uid, st.st_gid)
+    created = owner is None
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
@@ -174,7 +176,7 @@ def write_password_file(path: Path, password: Secret) -> WriteResult:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    return WriteResult(path, changed=True)
+    return WriteResult(path, changed=True, created=created)
 
 
 def _mode(path: Path) -> int | None:

@@ -180,3 +180,15 @@ def test_secret_hides_itself() -> None:
     assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
     assert f"{secret}" == "Secret(***)"
     assert secret.matches("hunter2") and not secret.matches("hunter3") and not secret.matches(None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_write_as_root_keeps_the_service_users_ownership(tmp_path: Path) -> None:
+    path = tmp_path / "n.password"
+    result = write_password_file(path, Secret("pw-1"))
+    assert result.created and path.stat().st_uid == 0
+    os.chown(path, 12345, 12346)  # e.g. install -o wa-sip-gateway
+    result = write_password_file(path, Secret("pw-2"))
+    assert result.changed and not result.created
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (12345, 12346, 0o600)
