@@ -436,6 +436,7 @@ class CallManager:
             pbx_contact=f"sip:gw@{pbx_via.hostport};transport={pbx_via.transport}",
             password=number.read_password,
             invite_timeout=wa.invite_timeout,
+            ring_timeout=wa.ring_timeout,
         )
         call = OutboundCall(key, legs, setup, tx, self.sip, bridge, self._ended)
         self.calls[key] = call

@@ -50,6 +50,7 @@ class OutboundSetup:
     pbx_contact: str  # our Contact toward the PBX
     password: Callable[[], str | None]  # the number's Meta SIP password, read when needed
     invite_timeout: float
+    ring_timeout: float = 120.0
 
 
 class OutboundCall(Call):
@@ -105,6 +106,12 @@ class OutboundCall(Call):
         self._arm(s.invite_timeout, self._on_invite_timeout)
         return self.meta_tx
 
+    def _on_ring_timeout(self) -> None:
+        if self.state is State.EARLY:
+            log.info("meta_ring_timeout", call=self.key, after=self.s.ring_timeout)
+            self._fail_toward_pbx(480, "no answer from the WhatsApp user")
+            self._cancel_callee()
+
     def _on_invite_timeout(self) -> None:
         if self.state is State.CALLING:
             log.warning("meta_no_response", call=self.key, after=self.s.invite_timeout)
@@ -127,9 +134,10 @@ class OutboundCall(Call):
             self._on_meta_failure(resp)
 
     def _on_meta_provisional(self, resp: Response) -> None:
-        self._disarm()
         if self.state is State.CALLING:
             self.state = State.EARLY
+            # Meta is there; now only the user may take long. Bound the ringing too.
+            self._arm(self.s.ring_timeout, self._on_ring_timeout)
         if self.state is not State.EARLY or resp.status == 100:
             return
         relay = 183 if resp.status == 183 else 180  # the WhatsApp user's phone is ringing
@@ -276,6 +284,7 @@ class OutboundCall(Call):
 
     def _meta_gone_early(self, req: Request) -> None:
         self._fail_toward_pbx(480, "WhatsApp ended the call")
+        self._cancel_callee()
 
     # -- helpers ------------------------------------------------------------
     def _pbx_contact_h(self) -> list[tuple[str, str]]:

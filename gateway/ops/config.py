@@ -385,6 +385,9 @@ class WhatsAppConfig(_Model):
     # Seconds to wait for any response from Meta (TLS connect included) before
     # answering the PBX 503.
     invite_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # Seconds a WhatsApp user's phone may ring before the gateway gives up (CANCEL
+    # toward Meta, 480 to the PBX).
+    ring_timeout: Annotated[float, Field(gt=0, le=600)] = 120.0
     # Business number used for PBX calls that name none (header or From).
     default_number: E164Field | None = None
     # "host:port" in the Contact and Via the gateway puts toward Meta

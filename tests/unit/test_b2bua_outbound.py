@@ -836,6 +836,22 @@ def test_a_provisional_stops_the_invite_timeout(tmp_path: Path) -> None:
     assert flow.call.state is State.EARLY
 
 
+def test_ringing_is_bounded_by_ring_timeout(tmp_path: Path) -> None:
+    """The user's phone rings on and on: 480 to the PBX and CANCEL toward Meta."""
+    h = OutboundHarness(tmp_path, {"whatsapp": {"ring_timeout": 30.0}})
+    flow = h.place_call()
+    h.meta_challenges(flow)
+    h.meta_reply(flow, 180)
+    h.sent()
+    h.advance(29.9)
+    assert h.to_pbx(h.sent()) == []
+    h.advance(0.2)
+    sent = h.sent()
+    assert final_to_pbx(h, sent).status == 480
+    assert [s.request.method for s in meta_requests(h, sent)] == ["CANCEL"]
+    assert_gone(h, flow)
+
+
 def test_meta_answers_after_our_invite_timeout(tmp_path: Path) -> None:
     """The PBX already has its 503; Meta's late 200 is ACKed and hung up on the WhatsApp
     leg, over TLS like everything toward Meta."""
