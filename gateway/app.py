@@ -423,7 +423,7 @@ class Gateway:
     def _watchdog(self, now: float) -> None:
         interval = self.notifier.watchdog_interval
         if interval is not None and now >= self._next_watchdog:
-            self._next_watchdog = now + min(interval, TICK)
+            self._next_watchdog = now + interval  # checked every TICK (WatchdogSec >= 2 s)
             self.notifier.watchdog()
 
     def _status_text(self, report: Report | None = None) -> str:
