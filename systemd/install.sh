@@ -18,7 +18,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 DESTDIR=${DESTDIR:-}
 PREFIX=${PREFIX:-/opt/wa-sip-gateway}
 USER_NAME=wa-sip-gateway
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-/usr/bin/python3}  # Debian's, not one under /root or a user's PATH
 NO_VENV=${NO_VENV:-}
 
 if [ -z "$DESTDIR" ] && [ "$(id -u)" != 0 ]; then
@@ -80,8 +80,15 @@ mkdir -p "$DESTDIR/etc/systemd/system"
 install -m 0644 "$SRC/systemd/wa-sip-gateway.service" "$DESTDIR/etc/systemd/system/wa-sip-gateway.service"
 
 if [ -z "$DESTDIR" ]; then
-    systemctl daemon-reload
-    systemctl enable wa-sip-gateway.service >/dev/null
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+        systemctl enable wa-sip-gateway.service >/dev/null
+    else  # a container or chroot: enable it by hand, as systemctl would
+        mkdir -p /etc/systemd/system/multi-user.target.wants
+        ln -sf /etc/systemd/system/wa-sip-gateway.service \
+            /etc/systemd/system/multi-user.target.wants/wa-sip-gateway.service
+        echo "systemd is not running here: unit linked into multi-user.target.wants"
+    fi
 fi
 
 if [ -n "$DESTDIR" ]; then
