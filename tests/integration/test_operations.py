@@ -373,6 +373,11 @@ def test_missing_password_blocks_that_number_and_the_health_command(
         assert "\033[" not in out.stdout  # not a terminal: no colour
         as_json = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=30)
         assert summary(json.loads(as_json.stdout)) == summary(body)
+        # Meta calling that number is refused (after the digest round): counted by status.
+        refused = asyncio.run(MetaCaller(("127.0.0.1", gw.ports["tls"]), second, PASSWORD).call())
+        assert refused.status == 403
+        assert gw.metric("wagw_call_rejections_total", direction="inbound", code="403") == 1.0
+        assert gw.metric("wagw_calls_total", direction="inbound", result="rejected") == 1.0
         # The password file appears: healthy on the next request, no reload.
         path.write_text("another-secret\n")
         assert gw.health()[0] == 200
