@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="daemon and generator over other work on a shared machine: high = nice -20 "
         "(and its autogroup), realtime = SCHED_FIFO (root); default normal",
     )  # fmt: skip
+    ap.add_argument(
+        "--no-meta-rtcp", action="store_true",
+        help="the WhatsApp side sends no RTCP receiver reports (the gateway then keeps "
+        "planning Opus FEC for the configured loss)",
+    )  # fmt: skip
     ap.add_argument("--no-pin", action="store_true", help="do not pin to cores 0 and 1")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--output", type=Path, default=DOCS, help="markdown file to rewrite")
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_quiet=args.wait_quiet,
         ref=args.ref,
         daemon_gc=args.daemon_gc,
+        meta_rtcp=not args.no_meta_rtcp,
     )
     print(
         f"bench: {params.calls} calls, ramp {params.rate:g}/s, warm-up {params.warmup:g} s, "

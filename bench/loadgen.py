@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+from gateway.media.rtcp import ReportBlock, RtcpReceiverReport, RtcpSdes, SdesChunk
 from gateway.media.srtp import SrtpContext, SrtpError, decode_inline, encode_inline
 from gateway.media.srtp import new_key_material as srtp_key
 from gateway.sip.auth import answer_challenge, parse_challenge, select_challenge
@@ -60,6 +61,7 @@ OPUS_FMTP = (
     "maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;"
     "sprop-maxcapturerate=16000;useinbandfec=1"
 )
+RR_EVERY = 250  # packets (5 s) between Meta's RTCP receiver reports, as RFC 3550 6.2
 _HDR = struct.Struct("!BBHII")
 _TS = struct.Struct("=qq")
 _C_RE = re.compile(r"^c=IN IP4 (\S+)", re.M)
@@ -127,7 +129,9 @@ class Direction:
 class Call:
     """One benchmark call: signalling state, both media sockets, both directions."""
 
-    def __init__(self, index: int, silence: bytes, keep_audio: bool) -> None:
+    def __init__(
+        self, index: int, silence: bytes, keep_audio: bool, meta_rtcp: bool = True
+    ) -> None:
         self.index = index
         self.wacid = "wacid." + base64.b64encode(b"\x1c\x18\x0b" + secrets.token_bytes(27)).decode()
         self.call_id = f"outgoing:{self.wacid}"
@@ -149,6 +153,13 @@ class Call:
         self.opus: list[bytes] = []
         self.pcmu: list[bytes] = []
         self.poll: Callable[[], None] = _nothing  # the pacer's catch-up, run between reads
+        # Meta's receiver reports on the gateway's stream (fraction lost since the last)
+        self.meta_rtcp = meta_rtcp
+        self.gw_ssrc: int | None = None
+        self.rr_sent = 0
+        self._rr_index = 0  # rx_seq entries already reported on
+        self._rr_high: int | None = None  # extended highest sequence at the last report
+        self._rr_lost = 0
         # signalling
         self.invite_at = 0.0
         self.challenged_at: float | None = None  # 407 received
@@ -187,6 +198,40 @@ class Call:
             self.m2p.send_errors += 1
             t = -1
         self.m2p.send_ns.append(t)
+        if k % RR_EVERY == RR_EVERY - 1 and self.meta_rtcp:
+            self.send_meta_report()
+
+    def send_meta_report(self) -> None:
+        """SRTCP RR + SDES toward the gateway, as an RTP peer sends every few seconds:
+        a block on the gateway's stream with the loss since the last report."""
+        seqs = self.p2m.rx_seq
+        if self.gw_ssrc is None or self.srtp is None or not seqs or self.gw_wa_addr is None:
+            return
+        new = seqs[self._rr_index :]
+        self._rr_index = len(seqs)
+        if self._rr_high is None:
+            self._rr_high = seqs[0] - 1
+        start = high = self._rr_high
+        for seq in new:
+            delta = ((seq - high + 0x8000) & 0xFFFF) - 0x8000
+            if delta > 0:
+                high += delta
+        self._rr_high = high
+        expected = high - start
+        lost = max(0, expected - len(new))
+        self._rr_lost += lost
+        block = ReportBlock(
+            self.gw_ssrc,
+            fraction_lost=min(255, lost * 256 // expected) if expected > 0 else 0,
+            cumulative_lost=self._rr_lost,
+            highest_sequence=high & 0xFFFFFFFF,
+        )
+        rtcp = RtcpReceiverReport(self.m_ssrc, [block]).serialize() + RtcpSdes(
+            [SdesChunk(self.m_ssrc, [(1, b"WhatsAppAudioStream1")])]
+        ).serialize()
+        with contextlib.suppress(OSError):
+            self.meta_sock.sendto(self.srtp.protect_rtcp(rtcp), self.gw_wa_addr)
+            self.rr_sent += 1
 
     def send_pbx(self) -> None:
         k = self.p_k
@@ -236,6 +281,8 @@ class Call:
             if plain[1] & 0x7F != OPUS_PT:
                 d.rx_bad += 1
                 continue
+            if self.gw_ssrc is None:
+                self.gw_ssrc = int.from_bytes(plain[8:12], "big")
             payload = plain[_payload_offset(plain) :]
             kind = 1 if payload == self.silence else 0
             d.rx_seq.append((plain[2] << 8) | plain[3])

@@ -173,6 +173,8 @@ def command_args(p: Params) -> str:
         args += f" --ref {p.ref}"
     if p.daemon_gc:
         args += f" --daemon-gc {p.daemon_gc}"
+    if not p.meta_rtcp:
+        args += " --no-meta-rtcp"
     return args
 
 
@@ -283,7 +285,8 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         + ".",
         f"Gateway keep-alive (silence) frames toward WhatsApp inside the window: "
         f"{r.p2m.gateway_silence}. SRTCP/RTCP reports received: WhatsApp side {r.p2m.rx_rtcp}, "
-        f"PBX side {r.m2p.rx_rtcp}. Bad packets (auth failures, wrong type): "
+        f"PBX side {r.m2p.rx_rtcp}; SRTCP receiver reports sent by the WhatsApp side (whole "
+        f"run): {r.meta_reports_sent}. Bad packets (auth failures, wrong type): "
         f"{r.p2m.rx_bad + r.m2p.rx_bad}. Unmatched or negative matches: "
         f"{r.p2m.late_or_stray + r.m2p.late_or_stray} / {r.p2m.negative + r.m2p.negative}.",
         f"Teardown: {r.byes_ok} BYEs answered 200, {r.byes_failed} not; {r.pbx_byes} BYEs "
@@ -369,11 +372,15 @@ with a real SDES key, the 407 digest challenge answered, ACK, BYE) and the PBX
 then media flows both ways at 50 packets/s per stream: real SRTP/Opus from
 the WhatsApp side (a pre-encoded 440 Hz tone, 20 kbit/s, protected per packet
 with the offered key), RTP/PCMU from the PBX side (800 Hz), sends spread over
-the 20 ms by one 1 ms timer. Every call is transcoded both ways (Opus <->
-PCMU, SRTP <-> RTP). After a warm-up, a window of steady state is measured:
-the daemon's CPU (/proc: all threads' run time), packets sent on one leg
-against packets forwarded to the other (the k-th sent is the k-th forwarded;
-the gateway's own keep-alive silence frames are recognised and left out), and
+the 20 ms by one 1 ms timer. Like an RTP peer, the WhatsApp side sends an
+SRTCP receiver report every 5 s (250 packets) with the loss it saw on the
+gateway's stream since the last one; the gateway plans its Opus FEC by these
+(`--no-meta-rtcp`: none sent, FEC stays planned as configured). Every call is
+transcoded both ways (Opus <-> PCMU, SRTP <-> RTP). After a warm-up, a
+window of steady state is measured: the daemon's CPU (/proc: all threads'
+run time), packets sent on one leg against packets forwarded to the other
+(the k-th sent is the k-th forwarded; the gateway's own keep-alive silence
+frames are recognised and left out), and
 added latency per packet = kernel receive timestamp (`SO_TIMESTAMPNS`) on the
 receiving leg minus the time of `sendto` on the sending leg, same clock, same
 process. CPU seconds per call-second = daemon CPU seconds / (calls x window

@@ -59,6 +59,7 @@ class Params:
     wait_quiet: float = 0.0  # wait up to this long for other work on the machine to calm down
     ref: str | None = None  # run the daemon from gateway/ at this git ref (default: working tree)
     daemon_gc: str = ""  # experiment: "threshold=A,B,C" for the daemon's collector
+    meta_rtcp: bool = True  # Meta's side sends RTCP receiver reports every 5 s
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Result:
     setup_ms: list[float] = field(default_factory=list)
     setup_phases_ms: dict[str, list[float]] = field(default_factory=dict)
     pbx_invite_retransmissions: int = 0
+    meta_reports_sent: int = 0  # SRTCP receiver reports from the WhatsApp side, whole run
     ramp_seconds: float = 0.0
     ramp_daemon_cpu: float = 0.0
     backlog_after_ramp_ms: float = 0.0
@@ -214,7 +216,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         t_ramp = loop.time()
         tasks: list[asyncio.Task[None]] = []
         for i in range(p.calls):
-            call = Call(i, silence, keep_audio=(i == 0))
+            call = Call(i, silence, keep_audio=(i == 0), meta_rtcp=p.meta_rtcp)
             calls.append(call)
             calls_by_wacid[call.wacid] = call
             tasks.append(loop.create_task(caller.place(call, on_answer, p.setup_timeout)))
@@ -320,6 +322,7 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         pacer.stop()
         result.drain_seconds = await _drain(calls)
         result.socket_drops = read_socket_drops(our_ports) - drops0
+        result.meta_reports_sent = sum(call.rr_sent for call in calls)
         for call in calls:
             if call.answered_at is not None and call.failure is None:
                 result.m2p.add(call.m2p, w0, w1, call.index)
