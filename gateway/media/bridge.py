@@ -18,7 +18,13 @@ from collections.abc import Callable, Mapping
 from gateway.media.codecs import PCM_FRAME_BYTES, AudioCodec, CodecError, codec_for
 from gateway.media.dtmf import DtmfRelay
 from gateway.media.jitter import Lost, ReorderBuffer
-from gateway.media.rtcp import ReceiveStats, RtcpSenderReport, build_report, parse_rtcp
+from gateway.media.rtcp import (
+    ReceiveStats,
+    RtcpReceiverReport,
+    RtcpSenderReport,
+    build_report,
+    parse_rtcp,
+)
 from gateway.media.rtp import RtpError, RtpPacket, RtpSender, is_rtcp, parse_rtp
 from gateway.media.srtp import SrtpAuthError, SrtpContext
 from gateway.ops.config import MediaConfig
@@ -175,7 +181,7 @@ class Bridge:
         on_no_media: Callable[[str], None],
         *,
         no_media_timeout: float = 30.0,
-        opus_complexity: int = 3,
+        opus_complexity: int = 1,
     ) -> None:
         self.key = key
         self.wa = Leg("whatsapp", wa_sock, latch=False)
@@ -444,6 +450,12 @@ class Bridge:
         for p in packets:
             if isinstance(p, RtcpSenderReport) and leg.rx is not None:
                 leg.rx.sender_report(p, now)
+            if isinstance(p, (RtcpSenderReport, RtcpReceiverReport)):
+                sender, codec = leg.sender, leg.codec
+                for block in p.reports:
+                    # The peer's loss on what we send: the encoder plans FEC by it.
+                    if sender is not None and codec is not None and block.ssrc == sender.ssrc:
+                        codec.peer_loss(block.fraction_lost)
 
     def tick(self, now: float) -> None:
         if self._closed:

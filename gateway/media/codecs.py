@@ -83,6 +83,11 @@ class AudioCodec(Protocol):
         """An encoded 20 ms silence payload (to keep media flowing)."""
         ...
 
+    def peer_loss(self, fraction_lost: int) -> None:
+        """The peer's RTCP report on what we send: loss in the last interval as a
+        fraction of 256 (RFC 3550 6.4.1). Opus plans its FEC by it; G.711 ignores it."""
+        ...
+
 
 # --------------------------------------------------------------------------- G.711
 
@@ -101,6 +106,9 @@ class _G711:
     def __init__(self) -> None:
         self._last: bytes | None = None
         self._losses = 0
+
+    def peer_loss(self, fraction_lost: int) -> None:
+        pass  # nothing to adapt: G.711 has no redundancy to turn on
 
     def conceal(self, next_payload: bytes | None = None) -> bytes:
         last = self._last
@@ -157,6 +165,15 @@ class PcmaCodec(_G711):
 _MAX_PACKET = 4000  # > 3 * 1275 + 7 (a 60 ms packet)
 _MAX_DECODE_SAMPLES = 960  # 120 ms at 8 kHz, the longest Opus packet
 
+#: Encoder complexity while FEC is planned (the peer reports loss, or has not
+#: reported yet). libopus 1.3 codes no LBRR (in-band FEC) at complexity 0-1 at
+#: 20 kbit/s, whatever ``packet_loss_perc`` says: measured, decoding the next
+#: packet's FEC then gives exactly what PLC gives (docs/decisions.md).
+FEC_COMPLEXITY = 3
+#: Consecutive loss-free reports after which FEC is planned no more (one lossy
+#: report turns it back on at once).
+FEC_OFF_AFTER_CLEAN_REPORTS = 2
+
 
 class _Opus:
     """libopus entry points with our own ctypes prototypes (opuslib-next's
@@ -210,10 +227,17 @@ class OpusCodec:
     internally), so the encoder produces narrowband audio: all a G.711 PBX
     leg carries.  ``bitrate`` is the peer's ``maxaveragebitrate`` and
     ``fec`` its ``useinbandfec``; ``packet_loss_perc`` is the loss the
-    encoder plans FEC for (FEC is only emitted when it is above 0).
+    encoder plans FEC for (FEC is only emitted when it is above 0) until the
+    peer's RTCP reports say otherwise (:meth:`peer_loss`): loss reported sets
+    it to that loss, :data:`FEC_OFF_AFTER_CLEAN_REPORTS` loss-free reports in
+    a row set it to 0.  ``complexity`` is the encoder's complexity while no
+    FEC is planned; while it is, at least :data:`FEC_COMPLEXITY`.  At 20
+    kbit/s FEC takes bits from the audio itself, so it costs quality on a
+    clean path as well as encoder time (docs/decisions.md).
     """
 
     __slots__ = (
+        "_clean_reports",
         "_conceal_samples",
         "_decoder",
         "_decoder_state",
@@ -222,7 +246,9 @@ class OpusCodec:
         "_out",
         "_pcm",
         "bitrate",
+        "complexity",
         "fec",
+        "packet_loss_perc",
     )
 
     name = "opus"
@@ -232,24 +258,27 @@ class OpusCodec:
     def __init__(
         self,
         bitrate: int = 20000,
-        complexity: int = 3,
+        complexity: int = 1,
         fec: bool = True,
         packet_loss_perc: int = 5,
     ) -> None:
         opus = _opus()
         module = opus.module
+        self.bitrate = bitrate
+        self.fec = fec
+        self.complexity = complexity
+        self.packet_loss_perc = packet_loss_perc
+        self._clean_reports = 0
         try:
             encoder = module.Encoder(PCM_RATE, 1, module.APPLICATION_VOIP)
             encoder.bitrate = bitrate
-            encoder.complexity = complexity
+            encoder.complexity = self.encoder_complexity
             encoder.signal = module.SIGNAL_VOICE
             encoder.inband_fec = 1 if fec else 0
             encoder.packet_loss_perc = packet_loss_perc
             decoder = module.Decoder(PCM_RATE, 1)
         except module.OpusError as exc:
             raise CodecError(f"Opus setup failed: {exc}") from None
-        self.bitrate = bitrate
-        self.fec = fec
         self._encoder: Any = encoder  # keeps the state alive; it frees it
         self._decoder: Any = decoder
         self._encoder_state: Any = encoder.encoder_state
@@ -257,6 +286,34 @@ class OpusCodec:
         self._out = (ctypes.c_char * _MAX_PACKET)()
         self._pcm = (ctypes.c_int16 * _MAX_DECODE_SAMPLES)()
         self._conceal_samples = PCM_FRAME_SAMPLES
+
+    @property
+    def encoder_complexity(self) -> int:
+        """The complexity the encoder runs at now."""
+        if self.fec and self.packet_loss_perc > 0:
+            return max(self.complexity, FEC_COMPLEXITY)
+        return self.complexity
+
+    def peer_loss(self, fraction_lost: int) -> None:
+        if fraction_lost > 0:
+            self._clean_reports = 0
+            # The fraction of 256 as a percentage, rounded up: any loss plans some FEC.
+            perc = min(100, -(-fraction_lost * 100 // 256))
+        else:
+            self._clean_reports += 1
+            if self._clean_reports < FEC_OFF_AFTER_CLEAN_REPORTS:
+                return
+            perc = 0
+        if perc == self.packet_loss_perc:
+            return
+        complexity = self.encoder_complexity
+        self.packet_loss_perc = perc
+        try:
+            self._encoder.packet_loss_perc = perc
+            if self.encoder_complexity != complexity:
+                self._encoder.complexity = self.encoder_complexity
+        except _opus().module.OpusError as exc:
+            raise CodecError(f"Opus encoder setting failed: {exc}") from None
 
     def decode(self, payload: bytes) -> bytes:
         if not payload:
@@ -343,7 +400,7 @@ def codec_for(name: str, **fmtp: str | int | bool) -> AudioCodec:
         loss = _fmtp_int(params, "packet_loss_perc")
         return OpusCodec(
             bitrate=max(_OPUS_MIN_BITRATE, min(_OPUS_MAX_BITRATE, bitrate)),
-            complexity=3 if complexity is None else max(0, min(10, complexity)),
+            complexity=1 if complexity is None else max(0, min(10, complexity)),
             fec=fec == 1,
             packet_loss_perc=5 if loss is None else max(0, min(100, loss)),
         )

@@ -467,8 +467,11 @@ class MediaConfig(_Model):
     g711_passthrough: bool = False
     # End the call (BYE both legs) after this many seconds without media from a leg.
     no_media_timeout: Annotated[float, Field(gt=0)] = 30.0
-    # libopus encoder complexity 0-10 (3 costs ~26 us per frame here; 10 ~70 us).
-    opus_complexity: Annotated[int, Field(strict=True, ge=0, le=10)] = 3
+    # libopus encoder complexity 0-10 toward Meta while Meta reports no loss (FEC off);
+    # while FEC is planned the encoder runs at least at 3 (libopus makes no FEC at 20
+    # kbit/s below 2). 1: same clean-path quality as 3 at 73 % of its instructions
+    # (docs/decisions.md); 10 costs about 3x.
+    opus_complexity: Annotated[int, Field(strict=True, ge=0, le=10)] = 1
 
     @model_validator(mode="after")
     def _advertise(self) -> MediaConfig:

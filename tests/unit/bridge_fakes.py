@@ -327,7 +327,7 @@ class Rig:
         wa: MediaParams | None = None,
         pbx: MediaParams | None = None,
         no_media_timeout: float = 30.0,
-        opus_complexity: int = 3,
+        opus_complexity: int = 1,  # the gateway default (media.opus_complexity)
     ) -> None:
         self.clock = FakeClock()
         self.media_clock = FakeMediaClock()

@@ -15,9 +15,10 @@ from itertools import pairwise
 import pytest
 
 from gateway.media.bridge import EARLY_AUDIO_FRAMES, RTCP_INTERVAL, SILENCE_AFTER, BridgeFactory
-from gateway.media.codecs import codec_for
+from gateway.media.codecs import FEC_COMPLEXITY, OpusCodec, codec_for
 from gateway.media.dtmf import parse_event
 from gateway.media.rtcp import (
+    ReportBlock,
     RtcpReceiverReport,
     RtcpSdes,
     RtcpSenderReport,
@@ -653,6 +654,39 @@ def test_report_blocks_name_the_peer_and_echo_its_sender_report() -> None:
         assert block.ssrc == peer_ssrc  # RFC 3550 6.4.1: the source this block is about
         assert block.lsr == (sr.ntp_timestamp >> 16) & 0xFFFFFFFF
         assert block.dlsr > 0 and block.cumulative_lost == 0
+
+
+def test_meta_loss_reports_plan_the_opus_fec() -> None:
+    rig = answered()
+    talk_both(rig, 5)
+    codec = rig.bridge.wa.codec
+    assert isinstance(codec, OpusCodec)
+    ours = rig.to_meta()[0].ssrc
+    rig.to_pbx()
+    assert (codec.packet_loss_perc, codec.encoder_complexity) == (5, FEC_COMPLEXITY)
+
+    def report(ssrc: int, fraction: int, sender: bool = False) -> bytes:
+        block = ReportBlock(ssrc, fraction_lost=fraction)
+        if sender:
+            return RtcpSenderReport(META_SSRC, 1, 1, 1, 1, [block]).serialize()
+        return RtcpReceiverReport(META_SSRC, [block]).serialize()
+
+    # Blocks about another source change nothing, however many.
+    for _ in range(3):
+        rig.from_meta(rig.meta.rtcp(report(ours ^ 1, 0)))
+    assert codec.packet_loss_perc == 5
+    # Meta reports no loss on what we send (RR, then SR): FEC off, complexity as set.
+    rig.from_meta(rig.meta.rtcp(report(ours, 0)))
+    rig.from_meta(rig.meta.rtcp(report(ours, 0, sender=True)))
+    assert (codec.packet_loss_perc, codec.encoder_complexity) == (0, 1)
+    rig.from_meta(rig.meta.rtcp(report(ours, 13)))  # 5 %
+    assert (codec.packet_loss_perc, codec.encoder_complexity) == (6, FEC_COMPLEXITY)
+    # A PBX report (G.711 leg) is taken and changes nothing on the Opus side.
+    rig.from_pbx(RtcpReceiverReport(PBX_SSRC, [ReportBlock(ours, fraction_lost=0)]).serialize())
+    assert codec.packet_loss_perc == 6
+    assert rig.stats("whatsapp")["bad_packets"] == rig.stats("pbx")["bad_packets"] == 0
+    talk_both(rig, 5)
+    assert len(rig.to_meta()) == 5 and len(rig.to_pbx()) == 5
 
 
 def test_rtcp_follows_the_latched_pbx_address_with_rtcp_mux() -> None:

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from gateway.media.codecs import (
+    FEC_COMPLEXITY,
     PCM_FRAME_BYTES,
     AudioCodec,
     CodecError,
@@ -105,6 +106,60 @@ def test_opus_conceal_with_fec_beats_plc() -> None:
             # and the stream carries on with the packet after the gap
             assert len(decoder.decode(payloads[lost + 1])) == PCM_FRAME_BYTES
     assert sum(fec_snr) / len(fec_snr) > sum(plc_snr) / len(plc_snr) + 6
+
+
+def _fec_gain_db(codec: OpusCodec) -> float:
+    """How much better (dB) a lost frame comes back from the next packet's FEC than
+    from PLC, for what ``codec`` encodes now."""
+    pcm = b"".join(sine_pcm(f, 200) for f in (440, 600, 300, 800, 500))
+    payloads, _ = through(codec, pcm)
+    reference = OpusCodec()
+    full = [reference.decode(p) for p in payloads]
+    gains = []
+    for lost in range(10, 45, 5):
+        snr = []
+        for use_fec in (True, False):
+            decoder = OpusCodec()
+            for payload in payloads[:lost]:
+                decoder.decode(payload)
+            snr.append(snr_db(decoder.conceal(payloads[lost + 1] if use_fec else None),
+                              full[lost]))  # fmt: skip
+        gains.append(snr[0] - snr[1])
+    return sum(gains) / len(gains)
+
+
+def test_opus_fec_follows_the_loss_the_peer_reports() -> None:
+    codec = OpusCodec(complexity=1, fec=True, packet_loss_perc=5)
+    # No report yet: FEC as configured, at a complexity libopus codes it at.
+    assert (codec.packet_loss_perc, codec.encoder_complexity) == (5, FEC_COMPLEXITY)
+    assert _fec_gain_db(codec) > 6
+    codec.peer_loss(0)  # one clean report: not yet
+    assert (codec.packet_loss_perc, codec.encoder_complexity) == (5, FEC_COMPLEXITY)
+    codec.peer_loss(0)
+    assert (codec.packet_loss_perc, codec.encoder_complexity) == (0, 1)
+    assert abs(_fec_gain_db(codec)) < 0.5  # no FEC in the packets: the same as PLC
+    codec.peer_loss(26)  # 26/256 = 10.2 %: planned at once, rounded up
+    assert (codec.packet_loss_perc, codec.encoder_complexity) == (11, FEC_COMPLEXITY)
+    assert _fec_gain_db(codec) > 6
+    codec.peer_loss(1)  # any loss keeps some FEC planned
+    assert codec.packet_loss_perc == 1
+    codec.peer_loss(0)
+    assert codec.packet_loss_perc == 1
+    codec.peer_loss(3)  # a lossy report restarts the count of clean ones
+    codec.peer_loss(0)
+    assert codec.packet_loss_perc == 2
+    codec.peer_loss(0)
+    assert codec.packet_loss_perc == 0
+
+
+def test_opus_complexity_floor_only_while_fec_is_planned() -> None:
+    assert OpusCodec(complexity=5, fec=True).encoder_complexity == 5
+    assert OpusCodec(complexity=0, fec=False).encoder_complexity == 0  # peer wants no FEC
+    assert OpusCodec(complexity=0, fec=True, packet_loss_perc=0).encoder_complexity == 0
+    from_fmtp = codec_for("opus", useinbandfec="1")
+    assert isinstance(from_fmtp, OpusCodec) and from_fmtp.encoder_complexity == FEC_COMPLEXITY
+    for codec in (PcmuCodec(), PcmaCodec()):
+        codec.peer_loss(200)  # nothing to adapt
 
 
 def test_opus_conceal_without_history_and_with_junk_next() -> None:
