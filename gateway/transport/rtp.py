@@ -1,19 +1,25 @@
 """RTP sockets on the event loop, a port allocator, and the media clock.
 
-Media is real time: a socket is a plain non-blocking UDP socket watched with
-``loop.add_reader``; a readable event drains every queued datagram and hands
-each to the bridge synchronously (no asyncio transport/protocol objects, no
-queue, no thread). A send that would block drops the packet, which is the
-right thing for late audio. One :class:`MediaClock` ticks every 20 ms for all
-calls (silence/keep-alive frames, RTCP, no-media checks) instead of a timer
-per call.
+Media is real time: a socket is a plain non-blocking UDP socket; each datagram
+goes to the bridge synchronously (no asyncio transport/protocol objects, no
+queue, no thread). All RTP sockets of a loop sit in one epoll set of their own
+(:class:`MediaPoller`), which is the only thing the loop watches for them: a
+loop pass then costs one ``epoll_wait`` for every ready socket and one
+``recvfrom`` per datagram, instead of a selector key, a handle and a context
+run per socket plus a ``recvfrom`` that fails with EAGAIN to end each drain.
+A send that would block drops the packet, which is the right thing for late
+audio. One :class:`MediaClock` ticks every 20 ms for all calls
+(silence/keep-alive frames, RTCP, no-media checks) instead of a timer per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import select
 import socket
+import weakref
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +31,7 @@ log = get_logger(__name__)
 
 PacketHandler = Callable[[bytes, tuple[str, int]], None]
 MAX_DRAIN = 64  # datagrams read per readable event before yielding to the loop
+POLL_EVENTS = 1024  # ready sockets taken per epoll_wait (the rest in the next round)
 
 
 FRAME_BOUNDS_NS = (5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 5_000_000)
@@ -105,11 +112,102 @@ class PortAllocator:
             self._free.append(port)
 
 
+class MediaPoller:
+    """The RTP sockets of one loop in an epoll set of their own, watched by the loop
+    as a single reader.
+
+    When the set is readable, one ``epoll_wait(0)`` lists the ready sockets and
+    each gets exactly one ``recvfrom`` (a socket with more queued stays ready:
+    level-triggered), then the loop runs its timers and other readers (SIP)
+    before the next round. So every call's next packet comes before any call's
+    second: a flooded socket gets its turn like the others and no more. Only
+    where ``select.epoll`` is missing does each socket get its own reader
+    (:meth:`RtpSocket._readable`, draining up to :data:`MAX_DRAIN`).
+    """
+
+    __slots__ = ("_ep", "_fd", "_loop", "_sockets")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # the loop's registry below holds the poller
+        self._ep = select.epoll()
+        self._fd = self._ep.fileno()
+        self._sockets: dict[int, RtpSocket] = {}
+        loop.add_reader(self._fd, self._ready)
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> MediaPoller:
+        """The loop's poller, made when its first socket opens."""
+        poller = _POLLERS.get(loop)
+        if poller is None:
+            poller = _POLLERS[loop] = cls(loop)
+        return poller
+
+    def register(self, sock: RtpSocket) -> None:
+        self._ep.register(sock._fd, select.EPOLLIN)
+        self._sockets[sock._fd] = sock
+
+    def unregister(self, sock: RtpSocket) -> None:
+        if self._sockets.pop(sock._fd, None) is None:
+            return
+        with contextlib.suppress(OSError):  # already gone from the set
+            self._ep.unregister(sock._fd)
+        if not self._sockets:  # the last call ended: nothing left to watch
+            loop = self._loop()
+            if loop is not None:
+                loop.remove_reader(self._fd)
+                if _POLLERS.get(loop) is self:
+                    del _POLLERS[loop]
+            self._ep.close()
+
+    def _ready(self) -> None:
+        sockets = self._sockets
+        for fd, _ in self._ep.poll(0, POLL_EVENTS):
+            rtp = sockets.get(fd)
+            if rtp is None:
+                continue  # closed by a packet handled earlier in this round
+            try:
+                data, addr = rtp.sock.recvfrom(2048)
+            except OSError:
+                continue  # EAGAIN after all, or an ICMP error surfacing: nothing to do
+            handler = rtp.handler
+            if handler is None:
+                continue
+            timing = rtp.timing
+            if timing is None:
+                try:
+                    handler(data, addr)
+                except Exception:
+                    log.exception("rtp_handler_error", port=rtp.port)
+            elif timing.skip:
+                timing.skip -= 1
+                try:
+                    handler(data, addr)
+                except Exception:
+                    log.exception("rtp_handler_error", port=rtp.port)
+            else:
+                timing.skip = FRAME_SAMPLE - 1
+                start = perf_counter_ns()
+                try:
+                    handler(data, addr)
+                except Exception:
+                    log.exception("rtp_handler_error", port=rtp.port)
+                spent = perf_counter_ns() - start
+                timing.counts[bisect_left(timing.bounds, spent)] += 1
+                timing.sum_ns += spent
+
+
+_HAVE_EPOLL = hasattr(select, "epoll")
+_POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MediaPoller] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class RtpSocket:
     """One bound UDP socket feeding ``handler`` packet by packet."""
 
     __slots__ = (
-        "_closed", "_fd", "_loop", "_ports", "dropped_sends", "handler", "port", "sock", "timing",
+        "_closed", "_fd", "_loop", "_poller", "_ports", "dropped_sends", "handler", "port",
+        "sock", "timing",
     )  # fmt: skip
 
     def __init__(
@@ -127,9 +225,15 @@ class RtpSocket:
         self.timing: FrameTimes | None = None  # set by the owner to time each packet
         self.dropped_sends = 0
         self._closed = False
-        loop.add_reader(self._fd, self._readable)
+        self._poller: MediaPoller | None = None
+        if _HAVE_EPOLL:
+            self._poller = MediaPoller.of(loop)
+            self._poller.register(self)
+        else:
+            loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
+        """Drain up to :data:`MAX_DRAIN` datagrams (a reader of its own, without epoll)."""
         recv = self.sock.recvfrom
         handler = self.handler
         timing = self.timing
@@ -163,14 +267,17 @@ class RtpSocket:
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             self.sock.sendto(data, addr)
-        except (BlockingIOError, InterruptedError, OSError):
+        except OSError:  # BlockingIOError (full buffer) included: late audio is dropped
             self.dropped_sends += 1
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self._fd)
+        if self._poller is not None:
+            self._poller.unregister(self)
+        else:
+            self._loop.remove_reader(self._fd)
         self.sock.close()
         self._ports.release(self.port)
 
