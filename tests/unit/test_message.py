@@ -678,12 +678,21 @@ def test_hostile_inputs_parse_in_linear_time() -> None:
         raw("Contact: " + "a " * 4000 + "<sip:a@b>"),
         raw("X: y", *(["X: " + "\\" * 8000] * 7)),
     ]
+    def best_of_3(data: bytes) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            with contextlib.suppress(SipParseError):
+                parse_message(data)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    # Relative, not absolute: the machine may be busy. A benign message of the same
+    # size is the yardstick; a quadratic path is hundreds of times slower than it.
     for data in cases:
         assert len(data) < MAX_MESSAGE_SIZE
-        started = time.perf_counter()
-        with contextlib.suppress(SipParseError):
-            parse_message(data)
-        assert time.perf_counter() - started < 0.5
+        benign = raw("Subject: " + "a" * (len(data) - 200))
+        assert best_of_3(data) < 50 * best_of_3(benign) + 0.05
 
 
 # ---------------------------------------------------------------------------
