@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import string
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
@@ -258,12 +259,20 @@ def _v_port_range(value: object) -> tuple[int, int]:
     return (low, high)
 
 
+_TEMPLATE_FIELDS = frozenset({"number", "digits", "user"})
+
+
 def _v_uri_template(value: str) -> str:
+    message = "unknown placeholder; use {number}, {digits} or {user}"
     try:
-        rendered = value.format(number="+15550001111", digits="15550001111", user="+1")
-    except (KeyError, IndexError, ValueError) as exc:
-        message = "unknown placeholder; use {number}, {digits} or {user}"
+        # Bare names only: an attribute, index, conversion or format spec would make
+        # str.format raise (or misrender) at call time instead of here.
+        for _, name, spec, conversion in string.Formatter().parse(value):
+            if name is not None and (name not in _TEMPLATE_FIELDS or spec or conversion):
+                raise _fail("uri_template", message)
+    except ValueError as exc:  # unbalanced braces
         raise _fail("uri_template", message) from exc
+    rendered = value.format(number="+15550001111", digits="15550001111", user="+1")
     if not rendered or any(c in rendered for c in " \t<>@\"\r\n"):
         raise _fail("uri_template", "must render to a SIP user part (no spaces, <, >, @)")
     return value
