@@ -175,7 +175,10 @@ class Call:
             self.sip.reply(tx, 500, headers=[("Retry-After", "1")])
             return
         method = req.method
-        if method == "BYE":
+        if method == "BYE" and self.state in SETUP_STATES:
+            self.sip.reply(tx, 200)
+            self._pbx_gone_early(req)
+        elif method == "BYE":
             self.sip.reply(tx, 200)
             self._bye_meta("PBX hung up", _reason_from(req))
             self._end("pbx_bye", "pbx")
@@ -185,6 +188,10 @@ class Call:
             self.sip.reply(tx, 200)
         else:
             self.sip.reply(tx, 405, headers=[("Allow", ALLOW + ", UPDATE")])
+
+    def _pbx_gone_early(self, req: Request) -> None:
+        """A BYE from the PBX in an early dialog (RFC 3261 section 15)."""
+        raise NotImplementedError
 
     def _pbx_contact(self) -> list[tuple[str, str]]:
         dialog = self.pbx_dialog

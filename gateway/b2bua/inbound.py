@@ -113,6 +113,13 @@ class InboundCall(Call):
         # BYE in the early dialog (RFC 3261 section 15): like a CANCEL, the INVITE gets 487.
         self.on_meta_cancel()
 
+    def _pbx_gone_early(self, req: Request) -> None:
+        # The callee must not BYE an early dialog (RFC 3261 section 15); if the PBX
+        # does, Meta's INVITE still needs its final response.
+        self.ended_by = "pbx"
+        self._fail_toward_meta(480, "PBX ended the call")
+        self._cancel_callee()
+
     def _meta_refresh(self, req: Request, tx: ServerTransaction) -> None:
         # A session refresh from Meta: answer with the session we have.
         resp = self.sip.response(tx, 200, headers=self._contact_headers())

@@ -279,6 +279,11 @@ class OutboundCall(Call):
         self._bye_pbx("no ACK")
         self._end("pbx_no_ack")
 
+    def _pbx_gone_early(self, req: Request) -> None:
+        # The caller may BYE an early dialog (RFC 3261 section 15): like a CANCEL,
+        # its INVITE gets 487 (15.1.2) and the INVITE to Meta is cancelled.
+        self.on_cancel()
+
     def _meta_bye(self, req: Request) -> None:
         self.meta_call_duration = req.headers.get("x-wa-meta-call-duration")
 

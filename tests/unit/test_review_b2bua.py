@@ -1,0 +1,72 @@
+"""Review findings in the B2BUA: BYE on an early dialog (RFC 3261 section 15)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.b2bua.call import State
+from gateway.sip.ids import new_branch
+from gateway.sip.message import Request, Response
+from tests.unit.b2bua_fakes import PBX_HOST, PBX_PORT, Harness, OutboundHarness, meta_response
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> OutboundHarness:
+    return OutboundHarness(tmp_path)
+
+
+def _early_bye_from_pbx(invite: Request, to_tag: str) -> bytes:
+    lines = [
+        "BYE sip:gw@127.0.0.1:5090 SIP/2.0",
+        f"Via: SIP/2.0/UDP {PBX_HOST}:{PBX_PORT};rport;branch={new_branch()}",
+        "Max-Forwards: 70",
+        f"From: {invite.headers.get('From')}",
+        f"To: {invite.headers.get('To')};tag={to_tag}",
+        f"Call-ID: {invite.call_id}",
+        f"CSeq: {invite.cseq.seq + 1} BYE",
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_pbx_bye_on_the_early_dialog_cancels_toward_meta(h: OutboundHarness) -> None:
+    """The caller may BYE an early dialog (RFC 3261 15): the PBX's INVITE gets 487 (15.1.2)
+    and the INVITE to Meta is cancelled, or the WhatsApp user's phone rings on."""
+    flow = h.place_call()
+    h.meta_challenges(flow)
+    h.meta_reply(flow, 180)
+    h.from_pbx(_early_bye_from_pbx(flow.pbx_invite, flow.call.pbx_tag))
+    sent = h.sent()
+    pbx = [s.message for s in h.to_pbx(sent) if isinstance(s.message, Response)]
+    assert sorted((r.status, r.cseq.method) for r in pbx) == [(200, "BYE"), (487, "INVITE")]
+    meta = [s.message for s in h.to_meta(sent) if isinstance(s.message, Request)]
+    assert [m.method for m in meta] == ["CANCEL"]
+    assert flow.call.state is State.CANCELLING
+    h.from_meta(meta_response(meta[0], 200))
+    h.meta_reply(flow, 487)
+    assert flow.call.state is State.ENDED
+    assert flow.call.key not in h.calls.calls
+
+
+def test_pbx_bye_on_an_early_inbound_call_still_answers_meta(tmp_path: Path) -> None:
+    """A PBX that BYEs while ringing (not allowed of a callee, RFC 3261 15): Meta's INVITE
+    gets a final response (480, not 503) instead of staying unanswered forever."""
+    h = Harness(tmp_path)
+    flow = h.start_call()
+    h.pbx_reply(flow, 180)
+    h.pbx_in_dialog(flow, "BYE")
+    sent = h.log
+    finals = [
+        s.message
+        for s in sent
+        if isinstance(s.message, Response)
+        and s.message.cseq.method == "INVITE"
+        and s.message.status >= 200
+        and s.message.call_id == flow.invite.call_id
+        and s.message.cseq.seq == flow.invite.cseq.seq
+    ]
+    assert [r.status for r in finals] == [480]
+    assert flow.call.state is State.ENDED
+    assert flow.call.key not in h.calls.calls
