@@ -22,6 +22,7 @@ from gateway.b2bua.legs import (
     NoMediaPorts,
     SipPort,
     dialog_target,
+    routable,
     uri_user,
 )
 from gateway.b2bua.outbound import OutboundCall, OutboundSetup
@@ -159,6 +160,10 @@ class CallManager:
                 self.counters.attempts += 1
                 headers = [("Unsupported", ", ".join(unsupported))]
                 self._reject(tx, 420, headers, "requires an unsupported extension")
+                return
+            if not routable(Dialog.uas(req, "", "")):  # RFC 3261 8.1.1.8
+                self.counters.attempts += 1
+                self._reject(tx, 400, [], "no SIP URI in Contact or Record-Route")
                 return
             if leg == "whatsapp":
                 self._admit_inbound(req, tx, event.source)

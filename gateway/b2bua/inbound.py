@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from gateway.b2bua import mapping
 from gateway.b2bua.call import ALLOW, SDP, SETUP_STATES, Call, CallLegs, State
-from gateway.b2bua.legs import MediaBridge, SipPort, dialog_target, uri_user
+from gateway.b2bua.legs import MediaBridge, SipPort, dialog_target, routable, uri_user
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams, NegotiationError, accept_pbx_answer, describe
 from gateway.sdp.session import SdpError, SessionDescription, parse_sdp
@@ -189,7 +189,14 @@ class InboundCall(Call):
             self._hang_up_fork(resp, retransmission)
             return
         if self.pbx_dialog is None:
-            self.pbx_dialog = Dialog.uac(self.pbx_request or Request(), resp)
+            dialog = Dialog.uac(self.pbx_request or Request(), resp)
+            if not routable(dialog):  # neither an ACK nor a BYE can reach the PBX
+                if not retransmission and self.state in SETUP_STATES:
+                    log.warning("pbx_answer_unroutable", call=self.key)
+                    status = mapping.pbx_failure_to_meta(502)
+                    self._fail_toward_meta(status, "PBX answer has no SIP Contact")
+                return
+            self.pbx_dialog = dialog
         self._ack_pbx(resp)
         if retransmission or self.state is State.CONFIRMED:
             return

@@ -161,3 +161,13 @@ def target_for(uri: SipUri, default_transport: str, conn_id: int | None = None) 
 
 def dialog_target(dialog: Dialog, default_transport: str, conn_id: int | None = None) -> Target:
     return target_for(dialog.next_hop(), default_transport, conn_id)
+
+
+def routable(dialog: Dialog) -> bool:
+    """Whether requests in ``dialog`` can be routed: its first route, or else its remote
+    target (the peer's Contact), is a SIP URI (RFC 3261 8.1.1.8 and 12.1.1 require it)."""
+    try:
+        dialog.next_hop()
+    except ValueError:
+        return False
+    return True

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gateway.b2bua import mapping
 from gateway.b2bua.call import ALLOW, SDP, SETUP_STATES, Call, CallLegs, State
-from gateway.b2bua.legs import MediaBridge, SipPort, dialog_target
+from gateway.b2bua.legs import MediaBridge, SipPort, dialog_target, routable
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams, NegotiationError, accept_whatsapp_answer, describe
 from gateway.sdp.session import SdpError, SessionDescription, parse_sdp
@@ -181,7 +181,13 @@ class OutboundCall(Call):
             return
         if self.wa_dialog is None:
             # Meta's Record-Route (reversed) is the route set, its Contact the target.
-            self.wa_dialog = Dialog.uac(self.meta_request or Request(), resp)
+            dialog = Dialog.uac(self.meta_request or Request(), resp)
+            if not routable(dialog):  # neither an ACK nor a BYE can reach Meta
+                if not retrans and self.state in SETUP_STATES:
+                    log.warning("meta_answer_unroutable", call=self.key)
+                    self._fail_toward_pbx(502, "WhatsApp answer has no SIP Contact")
+                return
+            self.wa_dialog = dialog
         self._ack_meta(resp)
         if retrans or self.state is State.CONFIRMED:
             return

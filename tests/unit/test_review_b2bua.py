@@ -9,7 +9,17 @@ import pytest
 from gateway.b2bua.call import State
 from gateway.sip.ids import new_branch
 from gateway.sip.message import Request, Response
-from tests.unit.b2bua_fakes import PBX_HOST, PBX_PORT, Harness, OutboundHarness, meta_response
+from tests.unit.b2bua_fakes import (
+    BUSINESS,
+    PBX_HOST,
+    PBX_PORT,
+    Harness,
+    OutboundHarness,
+    meta_invite,
+    meta_response,
+    pbx_invite,
+    pbx_sdp,
+)
 
 
 @pytest.fixture
@@ -70,3 +80,66 @@ def test_pbx_bye_on_an_early_inbound_call_still_answers_meta(tmp_path: Path) -> 
     assert [r.status for r in finals] == [480]
     assert flow.call.state is State.ENDED
     assert flow.call.key not in h.calls.calls
+
+
+# A 2xx or INVITE whose Contact is not a SIP URI (RFC 3261 8.1.1.8 / 12.1.1 require one):
+# no ACK, BYE or in-dialog request can be routed to it.
+TEL_CONTACT = "<tel:+15550001111>"
+
+
+def test_pbx_2xx_with_a_non_sip_contact_fails_the_call_toward_meta(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    flow = h.start_call()
+    h.pbx_reply(flow, 180)
+    h.pbx_reply(flow, 200, contact=TEL_CONTACT, sdp=pbx_sdp())
+    finals = [
+        s.message
+        for s in h.log
+        if isinstance(s.message, Response)
+        and s.message.cseq.method == "INVITE"
+        and s.message.status >= 200
+        and s.message.call_id == flow.invite.call_id
+        and s.message.cseq.seq == flow.invite.cseq.seq
+    ]
+    assert [r.status for r in finals] == [480]
+    assert flow.call.state is State.ENDED
+    assert flow.bridge.closed == 1
+
+
+def test_meta_2xx_with_a_non_sip_contact_fails_the_call_toward_the_pbx(
+    h: OutboundHarness,
+) -> None:
+    flow = h.place_call()
+    h.meta_challenges(flow)
+    sent = h.meta_reply(flow, 200, contact=TEL_CONTACT, record_route=())
+    finals = [r for r in h.responses(h.to_pbx(sent)) if r.status >= 200]
+    assert [r.status for r in finals] == [502]
+    assert flow.call.state is State.ENDED
+    assert flow.bridge.closed == 1
+
+
+def test_pbx_invite_with_a_non_sip_contact_is_400(h: OutboundHarness) -> None:
+    data = pbx_invite().replace(b"Contact: <sip:", b"Contact: <tel:+1555;x=", 1)
+    h.from_pbx(data)
+    sent = h.sent()
+    assert [r.status for r in h.responses(sent) if r.status >= 200] == [400]
+    assert h.to_meta(sent) == [] and h.calls.calls == {}
+
+
+def test_meta_invite_with_a_non_sip_contact_is_400(tmp_path: Path) -> None:
+    h = Harness(
+        tmp_path,
+        {
+            "whatsapp": {
+                "numbers": [
+                    {"number": BUSINESS, "sip_password_file": "wa.pass", "challenge": False}
+                ]
+            }
+        },
+    )
+    data = meta_invite().replace(b"Contact: <sip:", b"Contact: <tel:+1555;x=", 1)
+    data = b"".join(line for line in data.splitlines(keepends=True) if b"Record-Route" not in line)
+    h.from_meta(data)
+    sent = h.sent()
+    assert [r.status for r in h.responses(sent) if r.status >= 200] == [400]
+    assert h.calls.calls == {}
