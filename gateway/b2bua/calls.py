@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from gateway.b2bua.call import Call, CallLegs
 from gateway.b2bua.context import pbx_context_headers, wacid
-from gateway.b2bua.endpoint import SUPPORTED_EXTENSIONS, Endpoint
+from gateway.b2bua.endpoint import Endpoint, unsupported_extensions
 from gateway.b2bua.inbound import InboundCall, InboundSetup
 from gateway.b2bua.legs import (
     BridgeFactory,
@@ -155,7 +155,7 @@ class CallManager:
                     call.on_request(call_leg, req, tx)
                 return
         if tx is not None and req.method == "INVITE" and not to_tag:
-            unsupported = _unsupported_extensions(req)
+            unsupported = unsupported_extensions(req)
             if unsupported:  # RFC 3261 8.2.2.3, before anything else is looked at
                 self.counters.attempts += 1
                 headers = [("Unsupported", ", ".join(unsupported))]
@@ -493,12 +493,6 @@ class CallManager:
         for call in list(self.calls.values()):
             call.hangup(why)
         self.sip.flush()
-
-
-def _unsupported_extensions(req: Request) -> list[str]:
-    """Option tags ``req`` requires that the gateway does not support (100rel, timer...)."""
-    required = [t.strip() for t in req.headers.get_all("Require")]
-    return [t for t in required if t and t.lower() not in SUPPORTED_EXTENSIONS]
 
 
 def _to_tag(req: Request) -> str | None:

@@ -109,8 +109,14 @@ class Endpoint:
         if not isinstance(uri, SipUri):
             return 416, []
         if req.method != "CANCEL":
-            required = [t.strip() for t in req.headers.get_all("Require")]
-            unsupported = [t for t in required if t and t.lower() not in SUPPORTED_EXTENSIONS]
+            unsupported = unsupported_extensions(req)
             if unsupported:
                 return 420, [("Unsupported", ", ".join(unsupported))]
         return None
+
+
+def unsupported_extensions(req: Request) -> list[str]:
+    """Option tags ``req`` requires that the gateway does not support (100rel, timer...);
+    a request with any gets 420 and an Unsupported header (RFC 3261 8.2.2.3)."""
+    required = [t.strip() for t in req.headers.get_all("Require")]
+    return [t for t in required if t and t.lower() not in SUPPORTED_EXTENSIONS]
