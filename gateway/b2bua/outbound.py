@@ -13,7 +13,7 @@ answer gives the keys.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.b2bua import mapping
 from gateway.b2bua.call import ALLOW, SDP, SETUP_STATES, Call, CallLegs, State
@@ -44,7 +44,7 @@ class OutboundSetup:
     wa_contact: str  # our Contact toward Meta
     meta_target: Target  # where the INVITE goes (whatsapp.meta_proxy)
     wa_offer: SessionDescription
-    wa_keys: dict[int, bytes]  # our SDES keys by crypto tag
+    wa_keys: dict[int, bytes] = field(repr=False)  # our SDES keys by crypto tag: secret
     pbx_answer: SessionDescription  # our SDP answer to the PBX's offer
     pbx_media: MediaParams
     pbx_contact: str  # our Contact toward the PBX

@@ -143,3 +143,11 @@ def test_meta_invite_with_a_non_sip_contact_is_400(tmp_path: Path) -> None:
     sent = h.sent()
     assert [r.status for r in h.responses(sent) if r.status >= 200] == [400]
     assert h.calls.calls == {}
+
+
+def test_outbound_setup_repr_hides_our_sdes_keys(h: OutboundHarness) -> None:
+    flow = h.place_call()
+    setup = flow.call.s
+    text = repr(setup)
+    for key in setup.wa_keys.values():
+        assert repr(key) not in text and key.hex() not in text
