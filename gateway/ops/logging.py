@@ -127,13 +127,16 @@ def configure_logging(
     renderer: Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
-        final: list[Processor] = [structlog.processors.format_exc_info, renderer]
     elif fmt == "console":
         isatty = getattr(out, "isatty", None)
-        renderer = structlog.dev.ConsoleRenderer(colors=bool(isatty and isatty()))
-        final = [renderer]
+        # Plain tracebacks: a rich/better-exceptions one would print local variables.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=bool(isatty and isatty()), exception_formatter=structlog.dev.plain_traceback
+        )
     else:
         raise ValueError(f"unknown log format {fmt!r}")
+    # The traceback becomes text here, then is scrubbed like any other value.
+    final: list[Processor] = [structlog.processors.format_exc_info, redact_secrets, renderer]
 
     formatter = ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), redact_secrets],
