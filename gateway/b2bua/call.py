@@ -237,7 +237,10 @@ class Call:
             )
         except (SdpError, NegotiationError) as exc:
             log.warning("pbx_reoffer_rejected", call=self.key, error=str(exc))
-            self.sip.reply(tx, 488)
+            headers = []
+            if isinstance(exc, NegotiationError):
+                headers.append(exc.warning_header(self.legs.pbx_via.host))
+            self.sip.reply(tx, 488, headers=headers)
             return
         self.pbx_last_answer = answer
         self.pbx_media = media

@@ -216,7 +216,7 @@ class CallManager:
             )
         except (SdpError, NegotiationError) as exc:
             bridge.close()
-            self._reject_sdp(tx, exc)
+            self._reject_sdp(tx, exc, cfg.whatsapp.hostname)
             return
         caller = req.from_.uri
         user = (caller.user_number if isinstance(caller, SipUri) else None) or "anonymous"
@@ -321,9 +321,12 @@ class CallManager:
         self._reject(tx, 403, [], f"digest {result.value}")
         return False
 
-    def _reject_sdp(self, tx: ServerTransaction, exc: SdpError | NegotiationError) -> None:
+    def _reject_sdp(
+        self, tx: ServerTransaction, exc: SdpError | NegotiationError, host: str
+    ) -> None:
         if isinstance(exc, NegotiationError):
-            self._reject(tx, exc.status, [], f"SDP not acceptable: {exc}")
+            headers = [exc.warning_header(host)]
+            self._reject(tx, exc.status, headers, f"SDP not acceptable: {exc}")
         else:
             self._reject(tx, 400, [], f"bad SDP: {exc}")
 
@@ -423,7 +426,7 @@ class CallManager:
             )
         except (SdpError, NegotiationError) as exc:
             bridge.close()
-            self._reject_sdp(tx, exc)
+            self._reject_sdp(tx, exc, self.pbx_via.host)
             return
         wa = cfg.whatsapp
         domain = wa.meta_domain

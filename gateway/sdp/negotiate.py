@@ -73,6 +73,10 @@ class NegotiationError(Exception):
         self.status = status
         self.warning = warning
 
+    def warning_header(self, host: str) -> tuple[str, str]:
+        """``Warning: <code> <host> "<reason>"`` for the 488 (RFC 3261 13.3.1.3, 20.43)."""
+        return ("Warning", f'{self.warning} {host} "{self.reason.replace(chr(34), chr(39))}"')
+
 
 @dataclass(frozen=True, repr=False)
 class SrtpParams:

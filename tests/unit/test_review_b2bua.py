@@ -11,6 +11,7 @@ from gateway.sip.ids import new_branch
 from gateway.sip.message import Request, Response
 from tests.unit.b2bua_fakes import (
     BUSINESS,
+    META_SDP_NO_CRYPTO,
     PBX_HOST,
     PBX_PORT,
     Harness,
@@ -151,3 +152,21 @@ def test_outbound_setup_repr_hides_our_sdes_keys(h: OutboundHarness) -> None:
     text = repr(setup)
     for key in setup.wa_keys.values():
         assert repr(key) not in text and key.hex() not in text
+
+
+def test_offer_refused_with_488_says_why_in_a_warning(tmp_path: Path) -> None:
+    """RFC 3261 13.3.1.3: a 488 to an offer SHOULD carry a Warning saying why."""
+    h = Harness(tmp_path)
+    sent = h.challenge_and_retry({"sdp": META_SDP_NO_CRYPTO})
+    [resp] = [r for r in h.responses(sent) if r.status == 488]
+    warning = resp.headers.get("Warning") or ""
+    assert warning.startswith("305 sip.example.com ") and "crypto" in warning
+
+
+def test_pbx_reoffer_refused_with_488_says_why_in_a_warning(h: OutboundHarness) -> None:
+    flow = h.place_call()
+    h.connect(flow)
+    sent = h.pbx_out(flow, "INVITE", sdp=pbx_sdp(codecs=((18, "G729"),), version=2))
+    [resp] = [r for r in h.responses(sent) if r.status == 488]
+    warning = resp.headers.get("Warning") or ""
+    assert warning.startswith("305 ") and "offered" in warning
