@@ -34,6 +34,7 @@ log = get_logger(__name__)
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
 SDP = "application/sdp"
+FORK_REASON = 'SIP;cause=200;text="answered elsewhere"'  # BYE to a fork that answered too
 
 
 class State(enum.Enum):

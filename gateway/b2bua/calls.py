@@ -21,7 +21,7 @@ from gateway.b2bua.legs import (
     LegAddress,
     NoMediaPorts,
     SipPort,
-    dialog_target,
+    hang_up_answer,
     routable,
     uri_user,
 )
@@ -353,13 +353,10 @@ class CallManager:
         if tx.target.transport == "tls":  # an INVITE to Meta: the PBX leg is UDP or TCP
             wa = self.cfg.whatsapp.contact_hostport
             via, leg = LegAddress("tls", wa.host, wa.port), "whatsapp"
-        dialog = Dialog.uac(tx.request, resp)
-        target = dialog_target(dialog, via.transport)
-        self.sip.send_ack(dialog.create_ack(resp.cseq.seq), via, target)
+        reason = 'SIP;cause=487;text="ended"'
+        hang_up_answer(self.sip, tx.request, resp, via, event.retransmission, reason)
         if not event.retransmission:
             log.info("late_answer_hung_up", leg=leg, call_id=tx.request.call_id)
-            bye = dialog.create_request("BYE", headers=[("Reason", 'SIP;cause=487;text="ended"')])
-            self.sip.send_request(bye, via, target)
 
     # -- admission of a call from the PBX to WhatsApp -------------------------
     def _admit_outbound(self, req: Request, tx: ServerTransaction, source: Target) -> None:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.b2bua import mapping
-from gateway.b2bua.call import ALLOW, SDP, SETUP_STATES, Call, CallLegs, State
-from gateway.b2bua.legs import MediaBridge, SipPort, dialog_target, routable, uri_user
+from gateway.b2bua.call import ALLOW, FORK_REASON, SDP, SETUP_STATES, Call, CallLegs, State
+from gateway.b2bua.legs import MediaBridge, SipPort, hang_up_answer, routable, uri_user
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams, NegotiationError, accept_pbx_answer, describe
 from gateway.sdp.session import SdpError, SessionDescription, parse_sdp
@@ -219,15 +219,10 @@ class InboundCall(Call):
 
     def _hang_up_fork(self, resp: Response, retransmission: bool) -> None:
         """Another fork answered as well (RFC 3261 13.2.2.4): ACK its 2xx, then BYE it."""
-        fork = Dialog.uac(self.pbx_request or Request(), resp)
-        via = self.legs.pbx_via
-        target = dialog_target(fork, via.transport)
-        self.sip.send_ack(fork.create_ack(resp.cseq.seq), via, target)
+        request, via = self.pbx_request or Request(), self.legs.pbx_via
+        hang_up_answer(self.sip, request, resp, via, retransmission, FORK_REASON)
         if not retransmission:
             log.info("pbx_fork_hung_up", call=self.key)
-            reason = 'SIP;cause=200;text="answered elsewhere"'
-            bye = fork.create_request("BYE", headers=[("Reason", reason)])
-            self.sip.send_request(bye, via, target)
 
     def _answer_meta(self) -> None:
         resp = self.sip.response(

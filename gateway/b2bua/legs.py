@@ -163,6 +163,26 @@ def dialog_target(dialog: Dialog, default_transport: str, conn_id: int | None = 
     return target_for(dialog.next_hop(), default_transport, conn_id)
 
 
+def hang_up_answer(
+    sip: SipPort,
+    request: Request,
+    resp: Response,
+    via: LegAddress,
+    retransmission: bool,
+    reason: str,
+) -> None:
+    """A 2xx to our INVITE that no call wants (another fork, or a call already over):
+    ACK it (RFC 3261 13.2.2.4) and, the first time, BYE its dialog (section 15)."""
+    dialog = Dialog.uac(request, resp)
+    if not routable(dialog):
+        return  # nowhere to send either
+    target = dialog_target(dialog, via.transport)
+    sip.send_ack(dialog.create_ack(resp.cseq.seq), via, target)
+    if not retransmission:
+        bye = dialog.create_request("BYE", headers=[("Reason", reason)])
+        sip.send_request(bye, via, target)
+
+
 def routable(dialog: Dialog) -> bool:
     """Whether requests in ``dialog`` can be routed: its first route, or else its remote
     target (the peer's Contact), is a SIP URI (RFC 3261 8.1.1.8 and 12.1.1 require it)."""

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.b2bua import mapping
-from gateway.b2bua.call import ALLOW, SDP, SETUP_STATES, Call, CallLegs, State
-from gateway.b2bua.legs import MediaBridge, SipPort, dialog_target, routable
+from gateway.b2bua.call import ALLOW, FORK_REASON, SDP, SETUP_STATES, Call, CallLegs, State
+from gateway.b2bua.legs import MediaBridge, SipPort, hang_up_answer, routable
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams, NegotiationError, accept_whatsapp_answer, describe
 from gateway.sdp.session import SdpError, SessionDescription, parse_sdp
@@ -211,13 +211,10 @@ class OutboundCall(Call):
 
     def _hang_up_fork(self, resp: Response, retrans: bool) -> None:
         """Another fork answered as well (RFC 3261 13.2.2.4): ACK its 2xx, then BYE it."""
-        fork = Dialog.uac(self.meta_request or Request(), resp)
-        self._ack(fork, resp, self.legs.wa_via)
+        request, via = self.meta_request or Request(), self.legs.wa_via
+        hang_up_answer(self.sip, request, resp, via, retrans, FORK_REASON)
         if not retrans:
             log.info("meta_fork_hung_up", call=self.key)
-            reason = 'SIP;cause=200;text="answered elsewhere"'
-            bye = fork.create_request("BYE", headers=[("Reason", reason)])
-            self.sip.send_request(bye, self.legs.wa_via, dialog_target(fork, "tls"))
 
     def _answer_pbx(self) -> None:
         resp = self.sip.response(

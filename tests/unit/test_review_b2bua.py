@@ -170,3 +170,13 @@ def test_pbx_reoffer_refused_with_488_says_why_in_a_warning(h: OutboundHarness) 
     [resp] = [r for r in h.responses(sent) if r.status == 488]
     warning = resp.headers.get("Warning") or ""
     assert warning.startswith("305 ") and "offered" in warning
+
+
+def test_late_pbx_2xx_with_a_non_sip_contact_is_dropped_quietly(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    flow = h.start_call()
+    h.advance(h.cfg.pbx.invite_timeout + 0.1)  # no provisional: 408 to Meta, call over
+    assert flow.call.state is State.ENDED
+    h.sent()
+    h.pbx_reply(flow, 200, contact=TEL_CONTACT, sdp=pbx_sdp())  # raised ValueError
+    assert [s for s in h.sent() if isinstance(s.message, Request)] == []
