@@ -146,7 +146,7 @@ class CallManager:
         to_tag = _to_tag(req)
         if to_tag:
             found = self._by_local.get((req.call_id, to_tag))
-            if found is not None:
+            if found is not None and found[1] == leg:  # a dialog of the leg it came on
                 call, call_leg = found
                 if tx is None:
                     if req.method == "ACK":

@@ -17,8 +17,10 @@ from tests.unit.b2bua_fakes import (
     Harness,
     OutboundHarness,
     meta_invite,
+    meta_request,
     meta_response,
     pbx_invite,
+    pbx_request,
     pbx_sdp,
 )
 
@@ -180,3 +182,18 @@ def test_late_pbx_2xx_with_a_non_sip_contact_is_dropped_quietly(tmp_path: Path) 
     h.sent()
     h.pbx_reply(flow, 200, contact=TEL_CONTACT, sdp=pbx_sdp())  # raised ValueError
     assert [s for s in h.sent() if isinstance(s.message, Request)] == []
+
+
+def test_in_dialog_request_is_matched_on_the_leg_it_arrived_on(tmp_path: Path) -> None:
+    """The PBX dialog's ids arriving from the WhatsApp side (or the reverse) are no dialog
+    of that leg: 481, the call goes on (a Meta-side peer cannot hang up or re-INVITE the
+    PBX leg by replaying its Call-ID and tags)."""
+    h = Harness(tmp_path)
+    flow = h.start_call()
+    h.answer(flow)
+    h.from_meta(pbx_request(flow, "BYE", 200))
+    assert [r.status for r in h.responses(h.sent())] == [481]
+    assert flow.call.state is State.CONFIRMED
+    h.from_pbx(meta_request(flow, "BYE", 5))
+    assert [r.status for r in h.responses(h.sent())] == [481]
+    assert flow.call.state is State.CONFIRMED
