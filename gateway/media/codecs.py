@@ -199,6 +199,13 @@ class _Opus:
         decode.restype = ctypes.c_int
         self.encode = encode
         self.decode = decode
+        # The per-frame calls: no argtypes, so ctypes converts nothing (about 0.25 us
+        # a call): the codec passes a c_void_p, bytes, ctypes arrays and small ints,
+        # which ctypes hands over as pointer, pointer, pointer and C int as they are.
+        self.encode_frame = lib["opus_encode"]
+        self.encode_frame.restype = ctypes.c_int32
+        self.decode_frame = lib["opus_decode"]
+        self.decode_frame.restype = ctypes.c_int
 
 
 @functools.cache
@@ -239,12 +246,18 @@ class OpusCodec:
     __slots__ = (
         "_clean_reports",
         "_conceal_samples",
+        "_decode_frame",
         "_decoder",
+        "_decoder_ptr",
         "_decoder_state",
+        "_encode_frame",
         "_encoder",
+        "_encoder_ptr",
         "_encoder_state",
         "_out",
+        "_out_view",
         "_pcm",
+        "_pcm_view",
         "bitrate",
         "complexity",
         "fec",
@@ -285,6 +298,14 @@ class OpusCodec:
         self._decoder_state: Any = decoder.decoder_state
         self._out = (ctypes.c_char * _MAX_PACKET)()
         self._pcm = (ctypes.c_int16 * _MAX_DECODE_SAMPLES)()
+        # Per frame: the states' addresses as c_void_p, prototype-free calls, and the
+        # results copied out through a memoryview (string_at costs a Python call).
+        self._encoder_ptr = ctypes.cast(self._encoder_state, ctypes.c_void_p)
+        self._decoder_ptr = ctypes.cast(self._decoder_state, ctypes.c_void_p)
+        self._encode_frame = opus.encode_frame
+        self._decode_frame = opus.decode_frame
+        self._out_view = memoryview(self._out)
+        self._pcm_view = memoryview(self._pcm).cast("B")
         self._conceal_samples = PCM_FRAME_SAMPLES
 
     @property
@@ -318,19 +339,23 @@ class OpusCodec:
     def decode(self, payload: bytes) -> bytes:
         if not payload:
             raise CodecError("empty Opus payload")
-        n = _opus().decode(
-            self._decoder_state, payload, len(payload), self._pcm, _MAX_DECODE_SAMPLES, 0
+        if type(payload) is not bytes:
+            payload = bytes(payload)  # the prototype-free call takes bytes as char *
+        n = self._decode_frame(
+            self._decoder_ptr, payload, len(payload), self._pcm, _MAX_DECODE_SAMPLES, 0
         )
         if n < 0:
             raise CodecError(f"Opus decode failed ({n})")
         self._conceal_samples = n
-        return ctypes.string_at(self._pcm, 2 * n)
+        return self._pcm_view[: 2 * n].tobytes()
 
     def encode(self, pcm: bytes) -> bytes:
-        n = _opus().encode(self._encoder_state, pcm, len(pcm) >> 1, self._out, _MAX_PACKET)
+        if type(pcm) is not bytes:
+            pcm = bytes(pcm)
+        n = self._encode_frame(self._encoder_ptr, pcm, len(pcm) >> 1, self._out, _MAX_PACKET)
         if n < 0:
             raise CodecError(f"Opus encode failed ({n}) for {len(pcm)} octets of PCM")
-        return ctypes.string_at(self._out, n)
+        return self._out_view[:n].tobytes()
 
     def conceal(self, next_payload: bytes | None = None) -> bytes:
         opus = _opus()
