@@ -12,6 +12,7 @@ business side), RTCP reports, and the no-media timeout.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 
@@ -25,7 +26,7 @@ from gateway.media.rtcp import (
     build_report,
     parse_rtcp,
 )
-from gateway.media.rtp import RtpError, RtpPacket, RtpSender, is_rtcp, parse_rtp
+from gateway.media.rtp import RtpError, RtpPacket, RtpSender, parse_rtp
 from gateway.media.srtp import SrtpAuthError, SrtpContext
 from gateway.ops.config import MediaConfig
 from gateway.ops.logging import get_logger
@@ -43,6 +44,11 @@ log = get_logger(__name__)
 SILENCE_AFTER = 0.060  # PBX quiet this long: fill toward Meta with silence frames
 EARLY_AUDIO_FRAMES = 25  # PBX audio kept (500 ms) until the WhatsApp leg can send
 RTCP_INTERVAL = 5.0
+
+# The RTP header after its first octet (M+PT, sequence, timestamp, SSRC): the fast
+# path reads it straight from a packet whose first octet is 0x80 (version 2, no
+# padding, extension or CSRC), the steady state of both legs.
+_RTP_REST = struct.Struct("!BHII")
 
 
 class Leg:
@@ -269,17 +275,56 @@ class Bridge:
             wa.rx_foreign += 1
             return
         now = self._time()
-        if is_rtcp(data):
+        if len(data) >= 2 and 64 <= (data[1] & 0x7F) <= 95:  # RTCP (is_rtcp, inline)
             try:
                 self._on_rtcp(wa, wa.srtp.unprotect_rtcp(data), now)
             except SrtpAuthError:
                 wa.rx_auth_failures += 1
             return
         try:
-            packet = parse_rtp(wa.srtp.unprotect(data))
+            plain = wa.srtp.unprotect(data)
         except SrtpAuthError:
             wa.rx_auth_failures += 1
             return
+        if len(plain) > 12 and plain[0] == 0x80:
+            # Fast path, the steady state: plain audio, in sequence, transcoded. The
+            # same steps as below without an RtpPacket, a release list or a re-frame.
+            second, seq, ts, ssrc = _RTP_REST.unpack_from(plain, 1)
+            pt = second & 0x7F
+            pbx = self.pbx
+            sender = pbx.sender
+            if (
+                pt == wa.rx_pt
+                and pt != wa.rx_dtmf_pt
+                and sender is not None
+                and not self._passthrough
+                and wa.reorder.take_in_order(seq)
+            ):
+                payload = plain[12:]
+                wa.rx_packets += 1
+                wa.rx_octets += len(payload)
+                wa.last_rx = now
+                rx = wa.rx
+                assert rx is not None
+                rx.ssrc = ssrc
+                rx.received(seq, ts, now)
+                last = self._wa_src_ts
+                if last is not None and (ts - last) & 0xFFFFFFFF == wa.samples:
+                    self._wa_src_ts = ts  # the next frame: no gap to carry over
+                else:
+                    self._follow_source_clock(ts)
+                codec_in = wa.codec
+                codec_out = pbx.codec
+                assert codec_in is not None and codec_out is not None
+                try:
+                    pcm = codec_in.decode(payload)
+                except CodecError:
+                    wa.rx_bad += 1
+                    pcm = codec_in.conceal()
+                pbx.send(sender.next_packet(pbx.pt, codec_out.encode(pcm), pbx.samples))
+                return
+        try:
+            packet = parse_rtp(plain)
         except RtpError:
             wa.rx_bad += 1
             return
@@ -364,9 +409,36 @@ class Bridge:
             pbx.rx_foreign += 1
             return
         now = self._time()
-        if is_rtcp(data):
+        if len(data) >= 2 and 64 <= (data[1] & 0x7F) <= 95:  # RTCP (is_rtcp, inline)
             self._on_rtcp(pbx, data, now)
             return
+        if len(data) > 12 and data[0] == 0x80:
+            # Fast path, the steady state: plain audio to transcode (the same steps as
+            # below without an RtpPacket; a whole 20 ms frame skips the re-frame buffer).
+            second, seq, ts, ssrc = _RTP_REST.unpack_from(data, 1)
+            pt = second & 0x7F
+            if pt == pbx.rx_pt and pt != pbx.rx_dtmf_pt and not self._passthrough:
+                if pbx.latch and addr != pbx.remote:
+                    pbx.remote = addr  # symmetric RTP, as below
+                payload = data[12:]
+                pbx.rx_packets += 1
+                pbx.rx_octets += len(payload)
+                pbx.last_rx = now
+                rx = pbx.rx
+                codec_in = pbx.codec
+                assert rx is not None and codec_in is not None
+                rx.ssrc = ssrc
+                rx.received(seq, ts, now)
+                self._last_pbx_audio = now
+                pcm = codec_in.decode(payload)
+                if len(pcm) == PCM_FRAME_BYTES and not self._pcm_in:
+                    if self._wa_ready:
+                        self._pcm_to_whatsapp(pcm)
+                    else:
+                        self._early.append(pcm)
+                    return
+                self._reframe_to_whatsapp(pcm)
+                return
         try:
             packet = parse_rtp(data)
         except RtpError:
@@ -411,10 +483,13 @@ class Bridge:
             return
         codec_in = pbx.codec
         assert codec_in is not None
+        self._reframe_to_whatsapp(codec_in.decode(packet.payload))
+
+    def _reframe_to_whatsapp(self, pcm: bytes) -> None:
         # Re-frame to 20 ms whatever the PBX's ptime (Opus cannot encode 30 ms of 8 kHz
         # through this path, and Meta asks for 20 ms).
         buf = self._pcm_in
-        buf += codec_in.decode(packet.payload)
+        buf += pcm
         while len(buf) >= PCM_FRAME_BYTES:
             frame = bytes(buf[:PCM_FRAME_BYTES])
             del buf[:PCM_FRAME_BYTES]

@@ -117,6 +117,15 @@ class ReorderBuffer(Generic[T]):
             return [item]
         return self._push_slow(seq, item)
 
+    def take_in_order(self, seq: int) -> bool:
+        """The fast path of :meth:`push` without building a list: True, with ``seq``
+        accounted as released, when it is the expected number and nothing is held;
+        False (nothing changed) otherwise, and the caller pushes it."""
+        if seq == self._next and not self._pending:
+            self._next = (seq + 1) & 0xFFFF
+            return True
+        return False
+
     def skip(self, seq: int) -> list[T | Lost[T]]:
         """Account ``seq`` without an item (it is never released); returns
         what that makes releasable, like :meth:`push`."""

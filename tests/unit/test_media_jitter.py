@@ -170,3 +170,19 @@ def test_skip_with_zero_depth_flush_and_reset() -> None:
     assert buf3.push(5, 5) == []
     assert buf3.flush() == [Lost(1), Lost(1, 5), 5]
     assert buf3.skip(9000) == [] and buf3.resets == 1 and buf3.expected == 9001
+
+
+def test_take_in_order_is_the_push_fast_path_without_a_list() -> None:
+    buf: ReorderBuffer[str] = ReorderBuffer(3)
+    assert not buf.take_in_order(10)  # nothing expected yet: the caller pushes
+    assert buf.push(10, "a") == ["a"]
+    assert buf.take_in_order(11) and buf.expected == 12
+    assert not buf.take_in_order(13)  # a gap: unchanged, pushed instead
+    assert buf.expected == 12 and len(buf) == 0
+    assert buf.push(13, "c") == [] and len(buf) == 1
+    assert not buf.take_in_order(12)  # something is held: the slow path releases both
+    assert buf.push(12, "b") == ["b", "c"]
+    assert buf.take_in_order(0xFFFF) is False
+    wrap: ReorderBuffer[str] = ReorderBuffer(3)
+    wrap.push(0xFFFF, "x")
+    assert wrap.take_in_order(0) and wrap.expected == 1
