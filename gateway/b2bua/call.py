@@ -137,6 +137,16 @@ class Call:
     def on_ack_timeout(self) -> None:
         """Our 2xx to the caller's INVITE was never ACKed."""
 
+    def on_caller_unreachable(self) -> None:
+        """A response to the caller's INVITE could not be delivered (RFC 3261 17.2.4): its
+        transaction is gone, so no answer can reach the caller any more."""
+        if self.state in SETUP_STATES:
+            log.warning("caller_unreachable", call=self.key, direction=self.direction)
+            self._cancel_callee()
+            self._end("caller_unreachable", "gateway")
+        elif self.state is State.CONFIRMED:
+            self.on_ack_timeout()  # our 2xx will never be ACKed
+
     # -- in-dialog requests from Meta ---------------------------------------
     def on_meta_request(self, req: Request, tx: ServerTransaction) -> None:
         if self.wa_dialog is not None and not self.wa_dialog.receive_request(req):

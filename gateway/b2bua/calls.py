@@ -127,6 +127,8 @@ class CallManager:
                 found = self._by_local.get(_local_key(event.tx.request))
                 if found is not None:
                     found[0].on_client_failure(found[1], event.tx)
+            elif (caller := self._by_server_tx.get(event.tx)) is not None:
+                caller.on_caller_unreachable()
         else:
             self.endpoint.handle(event, leg)
 

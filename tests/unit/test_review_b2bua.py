@@ -9,6 +9,7 @@ import pytest
 from gateway.b2bua.call import State
 from gateway.sip.ids import new_branch
 from gateway.sip.message import Request, Response
+from gateway.sip.transaction import Target
 from tests.unit.b2bua_fakes import (
     BUSINESS,
     META_SDP_NO_CRYPTO,
@@ -197,3 +198,31 @@ def test_in_dialog_request_is_matched_on_the_leg_it_arrived_on(tmp_path: Path) -
     h.from_pbx(meta_request(flow, "BYE", 5))
     assert [r.status for r in h.responses(h.sent())] == [481]
     assert flow.call.state is State.CONFIRMED
+
+
+def test_meta_unreachable_while_the_pbx_rings_ends_the_call(tmp_path: Path) -> None:
+    """Meta's connection is gone and our 180 cannot reach it: the INVITE's server
+    transaction fails (RFC 3261 17.2.4). The call must not wait for an answer it can never
+    deliver (it would then hold the PBX leg and the media ports forever)."""
+    h = Harness(tmp_path)
+    flow = h.start_call()
+    h.pbx_reply(flow, 180)
+    h.transport_error(Target("tls", "157.240.19.1", 40001))
+    sent = h.sent()
+    assert [s.message.method for s in sent if isinstance(s.message, Request)] == ["CANCEL"]
+    assert flow.call.state is State.ENDED
+    assert flow.bridge.closed == 1
+    assert flow.call.key not in h.calls.calls
+
+
+def test_pbx_unreachable_while_meta_rings_ends_the_call(h: OutboundHarness) -> None:
+    flow = h.place_call()
+    h.meta_challenges(flow)
+    h.meta_reply(flow, 180)
+    h.transport_error(Target("udp", PBX_HOST, PBX_PORT))
+    sent = h.sent()
+    assert [s.message.method for s in h.to_meta(sent) if isinstance(s.message, Request)] == [
+        "CANCEL"
+    ]
+    assert flow.call.state is State.ENDED
+    assert flow.bridge.closed == 1
