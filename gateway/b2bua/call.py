@@ -14,6 +14,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.b2bua.endpoint import ALLOW
 from gateway.b2bua.legs import LegAddress, MediaBridge, SipPort, TimerHandle, dialog_target
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import (
@@ -32,7 +33,6 @@ from gateway.sip.transaction import ClientTransaction, ServerTransaction
 
 log = get_logger(__name__)
 
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
 SDP = "application/sdp"
 FORK_REASON = 'SIP;cause=200;text="answered elsewhere"'  # BYE to a fork that answered too
 

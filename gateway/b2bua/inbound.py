@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.b2bua import mapping
-from gateway.b2bua.call import ALLOW, FORK_REASON, SDP, SETUP_STATES, Call, CallLegs, State
+from gateway.b2bua.call import FORK_REASON, SDP, SETUP_STATES, Call, CallLegs, State
+from gateway.b2bua.endpoint import ALLOW
 from gateway.b2bua.legs import MediaBridge, SipPort, hang_up_answer, routable, uri_user
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams, NegotiationError, accept_pbx_answer, describe
