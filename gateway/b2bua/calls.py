@@ -392,7 +392,9 @@ class CallManager:
         if active >= number.max_outbound_calls:
             self._reject(tx, 503, retry, f"outbound call cap of {number.number}")
             return
-        rate = self._rates.setdefault(number.number, RateLimiter(number.max_call_rate))
+        rate = self._rates.get(number.number)
+        if rate is None or rate.rate != number.max_call_rate:  # new, or changed by a reload
+            rate = self._rates[number.number] = RateLimiter(number.max_call_rate)
         if not rate.allow(self.sip.now()):
             self._reject(tx, 503, [("Retry-After", "1")], f"call rate of {number.number}")
             return

@@ -226,3 +226,16 @@ def test_pbx_unreachable_while_meta_rings_ends_the_call(h: OutboundHarness) -> N
     ]
     assert flow.call.state is State.ENDED
     assert flow.bridge.closed == 1
+
+
+def test_reloaded_max_call_rate_takes_effect(tmp_path: Path) -> None:
+    """SIGHUP applies whatsapp.numbers[].max_call_rate (it is not a restart-only key); the
+    call table kept the limiter built from the first config."""
+    numbers = [{"number": BUSINESS, "sip_password_file": "wa.pass", "max_call_rate": 1}]
+    h = OutboundHarness(tmp_path, {"whatsapp": {"numbers": numbers}})
+    h.place_call()
+    wa = h.cfg.whatsapp
+    faster = tuple(n.model_copy(update={"max_call_rate": 10.0}) for n in wa.numbers)
+    h.calls.cfg = h.cfg.model_copy(update={"whatsapp": wa.model_copy(update={"numbers": faster})})
+    h.advance(0.2)
+    h.place_call()  # 2 calls in 0.2 s: fine at 10/s
