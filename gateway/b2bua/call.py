@@ -15,7 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.b2bua.endpoint import ALLOW
-from gateway.b2bua.legs import LegAddress, MediaBridge, SipPort, TimerHandle, dialog_target
+from gateway.b2bua.legs import (
+    LegAddress,
+    MediaBridge,
+    SipPort,
+    TimerHandle,
+    dialog_target,
+    routable,
+)
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import (
     MediaParams,
@@ -287,7 +294,8 @@ class Call:
     # -- ending -------------------------------------------------------------
     def _bye_pbx(self, why: str, reason: str | None = None) -> None:
         dialog = self.pbx_dialog
-        if dialog is None:
+        if dialog is None or not self._routable(dialog, "pbx"):
+            self.pbx_dialog = None
             return
         headers = [("Reason", reason or f'SIP;cause=200;text="{why}"')]
         bye = dialog.create_request("BYE", headers=headers)
@@ -297,7 +305,8 @@ class Call:
 
     def _bye_meta(self, why: str, reason: str | None = None) -> None:
         dialog = self.wa_dialog
-        if dialog is None:
+        if dialog is None or not self._routable(dialog, "whatsapp"):
+            self.wa_dialog = None
             return
         headers = [("Reason", reason or f'SIP;cause=200;text="{why}"')]
         bye = dialog.create_request("BYE", headers=headers)
@@ -306,6 +315,14 @@ class Call:
         target = dialog_target(dialog, "tls", self.legs.meta_conn_id)
         self.sip.send_request(bye, self.legs.wa_via, target)
         self.wa_dialog = None
+
+    def _routable(self, dialog: Dialog, leg: str) -> bool:
+        """Whether a BYE can be routed in ``dialog``; a target refresh may have made it
+        unroutable (a Contact that is not a SIP URI): the call must end all the same."""
+        if routable(dialog):
+            return True
+        log.warning("bye_unroutable", call=self.key, leg=leg)
+        return False
 
     def _end(self, reason: str, by: str = "gateway") -> None:
         if self.state is State.ENDED:

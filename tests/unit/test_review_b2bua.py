@@ -239,3 +239,19 @@ def test_reloaded_max_call_rate_takes_effect(tmp_path: Path) -> None:
     h.calls.cfg = h.cfg.model_copy(update={"whatsapp": wa.model_copy(update={"numbers": faster})})
     h.advance(0.2)
     h.place_call()  # 2 calls in 0.2 s: fine at 10/s
+
+
+def test_call_ends_even_when_the_pbx_target_became_unroutable(tmp_path: Path) -> None:
+    """A PBX re-INVITE whose Contact is not a SIP URI refreshes the remote target
+    (RFC 3261 12.2.2); Meta's BYE later must still end the call (the BYE toward the PBX
+    raised ValueError, so the call never ended and kept its media ports)."""
+    h = Harness(tmp_path)
+    flow = h.start_call()
+    h.answer(flow)
+    flow.pbx_cseq += 1
+    data = pbx_request(flow, "INVITE", flow.pbx_cseq, sdp=pbx_sdp(version=2))
+    h.from_pbx(data.replace(b"Contact: <sip:", b"Contact: <tel:+1555;x=", 1))
+    h.sent()
+    h.meta_in_dialog(flow, "BYE")
+    assert flow.call.state is State.ENDED
+    assert flow.bridge.closed == 1
