@@ -168,6 +168,8 @@ class Call:
             self._meta_bye(req)
             self._bye_pbx("WhatsApp user hung up", _reason_from(req))
             self._end("meta_bye", "whatsapp")
+        elif method == "INVITE" and self.state in SETUP_STATES:
+            self._reinvite_too_early(tx)
         elif method == "INVITE":
             self._meta_refresh(req, tx)
         elif method in ("OPTIONS", "INFO", "NOTIFY"):
@@ -200,12 +202,19 @@ class Call:
             self.sip.reply(tx, 200)
             self._bye_meta("PBX hung up", _reason_from(req))
             self._end("pbx_bye", "pbx")
+        elif method == "INVITE" and self.state in SETUP_STATES:
+            self._reinvite_too_early(tx)
         elif method in ("INVITE", "UPDATE"):
             self._answer_pbx_reoffer(req, tx)
         elif method in ("OPTIONS", "INFO", "NOTIFY"):
             self.sip.reply(tx, 200)
         else:
             self.sip.reply(tx, 405, headers=[("Allow", ALLOW + ", UPDATE")])
+
+    def _reinvite_too_early(self, tx: ServerTransaction) -> None:
+        """An INVITE in the dialog before the first one has its final response (RFC 3261
+        14.2: 500 with Retry-After)."""
+        self.sip.reply(tx, 500, headers=[("Retry-After", "1")])
 
     def _pbx_gone_early(self, req: Request) -> None:
         """A BYE from the PBX in an early dialog (RFC 3261 section 15)."""

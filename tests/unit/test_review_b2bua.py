@@ -31,15 +31,15 @@ def h(tmp_path: Path) -> OutboundHarness:
     return OutboundHarness(tmp_path)
 
 
-def _early_bye_from_pbx(invite: Request, to_tag: str) -> bytes:
+def _early_bye_from_pbx(invite: Request, to_tag: str, method: str = "BYE") -> bytes:
     lines = [
-        "BYE sip:gw@127.0.0.1:5090 SIP/2.0",
+        f"{method} sip:gw@127.0.0.1:5090 SIP/2.0",
         f"Via: SIP/2.0/UDP {PBX_HOST}:{PBX_PORT};rport;branch={new_branch()}",
         "Max-Forwards: 70",
         f"From: {invite.headers.get('From')}",
         f"To: {invite.headers.get('To')};tag={to_tag}",
         f"Call-ID: {invite.call_id}",
-        f"CSeq: {invite.cseq.seq + 1} BYE",
+        f"CSeq: {invite.cseq.seq + 1} {method}",
         "Content-Length: 0",
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -255,3 +255,15 @@ def test_call_ends_even_when_the_pbx_target_became_unroutable(tmp_path: Path) ->
     h.meta_in_dialog(flow, "BYE")
     assert flow.call.state is State.ENDED
     assert flow.bridge.closed == 1
+
+
+def test_reinvite_before_the_first_invite_is_answered_gets_500(h: OutboundHarness) -> None:
+    """RFC 3261 14.2: a second INVITE in the dialog before the final response to the first
+    MUST get 500 with Retry-After (it was answered 200 with an SDP while ringing)."""
+    flow = h.place_call()
+    h.meta_challenges(flow)
+    h.meta_reply(flow, 180)
+    h.from_pbx(_early_bye_from_pbx(flow.pbx_invite, flow.call.pbx_tag, "INVITE"))
+    resp = [r for r in h.responses(h.sent()) if r.cseq.method == "INVITE" and r.status >= 200]
+    assert [r.status for r in resp] == [500] and resp[0].headers.get("Retry-After")
+    assert flow.call.state is State.EARLY
