@@ -67,9 +67,8 @@ OVERLOAD_RETRY_AFTER = 5
 
 @dataclass
 class CallCounters:
-    """Plain counters read by the metrics collector."""
+    """Admission refusals by status (the app turns them into metrics)."""
 
-    attempts: int = 0
     rejected: dict[int, int] | None = None
 
     def reject(self, status: int) -> None:
@@ -159,12 +158,10 @@ class CallManager:
         if tx is not None and req.method == "INVITE" and not to_tag:
             unsupported = unsupported_extensions(req)
             if unsupported:  # RFC 3261 8.2.2.3, before anything else is looked at
-                self.counters.attempts += 1
                 headers = [("Unsupported", ", ".join(unsupported))]
                 self._reject(tx, 420, headers, "requires an unsupported extension")
                 return
             if not routable(Dialog.uas(req, "", "")):  # RFC 3261 8.1.1.8
-                self.counters.attempts += 1
                 self._reject(tx, 400, [], "no SIP URI in Contact or Record-Route")
                 return
             if leg == "whatsapp":
@@ -177,7 +174,6 @@ class CallManager:
     # -- admission of a call from WhatsApp ----------------------------------
     def _admit_inbound(self, req: Request, tx: ServerTransaction, source: Target) -> None:
         cfg = self.cfg
-        self.counters.attempts += 1
         if self.draining:
             self._reject(tx, 503, [("Retry-After", str(OVERLOAD_RETRY_AFTER))], "draining")
             return
@@ -363,7 +359,6 @@ class CallManager:
     # -- admission of a call from the PBX to WhatsApp -------------------------
     def _admit_outbound(self, req: Request, tx: ServerTransaction, source: Target) -> None:
         cfg = self.cfg
-        self.counters.attempts += 1
         retry = [("Retry-After", str(OVERLOAD_RETRY_AFTER))]
         if self.draining:
             self._reject(tx, 503, retry, "draining")
