@@ -538,11 +538,16 @@ class Bridge:
         # Keep media flowing toward Meta whatever the PBX does (hold, silence, IVR pauses).
         if self._wa_ready and now - self._last_pbx_audio >= SILENCE_AFTER:
             self._silence_to_whatsapp()
-        self._expire_dtmf(now)
+        # The rest runs for every call 50 times a second: cheap tests first.
+        if self._to_pbx_dtmf.in_progress or self._to_wa_dtmf.in_progress:
+            self._expire_dtmf(now)
         if now >= self._next_rtcp:
             self._next_rtcp = now + RTCP_INTERVAL
             self._send_rtcp(now)
-        self._check_no_media(now)
+        if not self._no_media_reported:
+            timeout = self._timeout
+            if now - self.wa.last_rx > timeout or now - self.pbx.last_rx > timeout:
+                self._check_no_media(now)  # a leg is quiet: does the rule apply to it?
 
     def _expire_dtmf(self, now: float) -> None:
         """Close an event whose end packets never came (RFC 4733 end lost in transit)."""
