@@ -161,6 +161,8 @@ def per_packet_us(r: Result) -> float:
 
 def command_args(p: Params) -> str:
     args = f"--calls {p.calls} --seconds {p.seconds:g}"
+    if p.warmup != 3.0:
+        args += f" --warmup {p.warmup:g}"
     if p.opus_complexity is not None:
         args += f" --opus-complexity {p.opus_complexity}"
     if p.priority != "normal":
@@ -394,6 +396,10 @@ daemon and the generator) emulates a dedicated core; the kernel's real-time
 throttling then still caps the daemon at 95 % of its core. `--ref HEAD` runs
 the daemon from `gateway/` as committed rather than from a working tree that
 may be in the middle of an edit. `--profile` samples the daemon with py-spy.
+
+What one call costs, where the rest of the time goes and what reaching the
+target would take: docs/decisions.md, "Media CPU: 200 transcoded calls on one
+core".
 """
 
 
