@@ -35,12 +35,6 @@ from typing import NamedTuple
 
 import pylibsrtp
 
-try:  # the per-packet calls go to libsrtp directly (see _Direct)
-    from pylibsrtp._binding import ffi as _ffi  # type: ignore[import-not-found]
-    from pylibsrtp._binding import lib as _lib
-except ImportError:  # pragma: no cover - another pylibsrtp layout: its own methods
-    _ffi = _lib = None
-
 __all__ = [
     "SUITES",
     "SrtpAuthError",
@@ -170,38 +164,6 @@ def _auth_error(exc: Exception) -> SrtpAuthError:
     return SrtpAuthError(message, replay=message.startswith("replay check failed"))
 
 
-def _error_text(rc: int) -> str:
-    errors = getattr(pylibsrtp, "ERRORS", ())
-    return errors[rc] if 0 <= rc < len(errors) else f"libsrtp error {rc}"
-
-
-class _Direct:
-    """A pylibsrtp Session's libsrtp context and buffer, called directly for RTP.
-
-    ``Session.protect``/``unprotect`` spend about 0.6 us of Python per packet
-    (a type check, a fresh ``int *``, three calls); this keeps one ``int *`` and
-    calls ``srtp_protect``/``srtp_unprotect`` on the Session's own buffer, the
-    same way. None where the installed pylibsrtp is laid out otherwise."""
-
-    __slots__ = ("buffer", "cdata", "context", "length", "limit", "session")
-
-    def __init__(self, session: pylibsrtp.Session) -> None:
-        self.session = session  # owns the context (freed with it) and the buffer
-        self.cdata = session._cdata
-        self.buffer = session._buffer
-        self.context = session._srtp[0]
-        self.length = _ffi.new("int *")
-        # pylibsrtp's own bound: room for the largest trailer libsrtp may append.
-        self.limit = len(self.cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
-
-    @staticmethod
-    def make(session: pylibsrtp.Session) -> _Direct | None:
-        try:
-            return _Direct(session) if _lib is not None else None
-        except (AttributeError, TypeError, IndexError):  # pragma: no cover
-            return None
-
-
 class SrtpContext:
     """SRTP/SRTCP for one call leg (both directions, any SSRC).
 
@@ -212,9 +174,7 @@ class SrtpContext:
     ``auth_failures`` and ``replays`` count them.
     """
 
-    __slots__ = (
-        "_rx", "_rx_direct", "_tx", "_tx_direct", "auth_failures", "replays", "suite",
-    )  # fmt: skip
+    __slots__ = ("_rx", "_tx", "auth_failures", "replays", "suite")
 
     def __init__(self, suite: str, local_material: bytes, remote_material: bytes) -> None:
         info = _suite(suite)
@@ -235,21 +195,8 @@ class SrtpContext:
         )
         self._tx = pylibsrtp.Session(tx_policy)
         self._rx = pylibsrtp.Session(rx_policy)
-        self._tx_direct = _Direct.make(self._tx)
-        self._rx_direct = _Direct.make(self._rx)
 
     def protect(self, rtp: bytes) -> bytes:
-        direct = self._tx_direct
-        size = len(rtp)
-        if direct is not None and type(rtp) is bytes and size <= direct.limit:
-            buffer = direct.buffer
-            buffer[0:size] = rtp
-            length = direct.length
-            length[0] = size
-            rc = _lib.srtp_protect(direct.context, direct.cdata, length)
-            if rc:
-                raise SrtpError(f"SRTP protect failed: {_error_text(rc)}")
-            return buffer[0 : length[0]]  # type: ignore[no-any-return]
         try:
             return self._tx.protect(rtp)
         except (pylibsrtp.Error, ValueError, TypeError, IndexError) as exc:
@@ -262,19 +209,6 @@ class SrtpContext:
             raise SrtpError(f"SRTCP protect failed: {exc}") from None
 
     def unprotect(self, srtp: bytes) -> bytes:
-        direct = self._rx_direct
-        size = len(srtp)
-        if direct is not None and type(srtp) is bytes and size <= direct.limit:
-            buffer = direct.buffer
-            buffer[0:size] = srtp
-            length = direct.length
-            length[0] = size
-            rc = _lib.srtp_unprotect(direct.context, direct.cdata, length)
-            if not rc:
-                return buffer[0 : length[0]]  # type: ignore[no-any-return]
-            error = _auth_error(pylibsrtp.Error(_error_text(rc)))
-            self._count(error)
-            raise error
         try:
             return self._rx.unprotect(srtp)
         except (pylibsrtp.Error, ValueError, TypeError, IndexError) as exc:
