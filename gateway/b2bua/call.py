@@ -354,6 +354,21 @@ class Call:
             self._cancel_callee()
         self._end(why, "gateway")
 
+    def _reject_caller(
+        self,
+        tx: ServerTransaction,
+        to_tag: str,
+        status: int,
+        why: str,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        """Answer the caller's INVITE (``tx``) with a failure while ringing; end the call."""
+        if self.state in SETUP_STATES:
+            self.sip.reply(tx, status, to_tag=to_tag, headers=headers)
+            self.final_status = status
+            log.info("call_failed", call=self.key, status=status, why=why)
+        self._end(f"failed_{status}", self.ended_by or "gateway")
+
     def _fail_caller(self, status: int, why: str) -> None:
         """Answer the caller's INVITE with a failure and end the call."""
         raise NotImplementedError
@@ -400,6 +415,12 @@ def _sendrecv(sdp: SessionDescription) -> SessionDescription:
             for name, value in section.attributes
         ]
     return sdp
+
+
+def reason_header(cause: int, why: str) -> tuple[str, str]:
+    """``Reason: SIP;cause=N;text="..."`` (RFC 3326), the text safe inside the quotes."""
+    text = why.replace("\\", "/").replace('"', "'")
+    return ("Reason", f'SIP;cause={cause};text="{text}"')
 
 
 def _reason_from(req: Request) -> str | None:

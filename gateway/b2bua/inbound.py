@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.b2bua import mapping
-from gateway.b2bua.call import FORK_REASON, SDP, SETUP_STATES, Call, CallLegs, State
+from gateway.b2bua.call import FORK_REASON, SDP, SETUP_STATES, Call, CallLegs, State, reason_header
 from gateway.b2bua.endpoint import ALLOW
 from gateway.b2bua.legs import MediaBridge, SipPort, hang_up_answer, routable, uri_user
 from gateway.ops.logging import get_logger
@@ -270,14 +270,8 @@ class InboundCall(Call):
         return [("Contact", f"<{self.s.wa_contact}>")]
 
     def _fail_toward_meta(self, status: int, why: str, *, pbx_status: int | None = None) -> None:
-        if self.state in SETUP_STATES:
-            headers: list[tuple[str, str]] = []
-            if pbx_status is not None:
-                headers.append(("Reason", f'SIP;cause={pbx_status};text="{why}"'))
-            self.sip.reply(self.wa_tx, status, to_tag=self.wa_tag, headers=headers)
-            self.final_status = status
-            log.info("call_failed", call=self.key, status=status, why=why)
-        self._end(f"failed_{status}", self.ended_by or "gateway")
+        headers = [reason_header(pbx_status, why)] if pbx_status is not None else []
+        self._reject_caller(self.wa_tx, self.wa_tag, status, why, headers)
 
     def _ack_pbx(self, resp: Response) -> None:
         self._ack(self.pbx_dialog, resp, self.legs.pbx_via)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.b2bua import mapping
-from gateway.b2bua.call import FORK_REASON, SDP, SETUP_STATES, Call, CallLegs, State
+from gateway.b2bua.call import FORK_REASON, SDP, SETUP_STATES, Call, CallLegs, State, reason_header
 from gateway.b2bua.endpoint import ALLOW
 from gateway.b2bua.legs import MediaBridge, SipPort, hang_up_answer, routable
 from gateway.ops.logging import get_logger
@@ -307,16 +307,11 @@ class OutboundCall(Call):
         meta_status: int | None = None,
         warning: str | None = None,
     ) -> None:
-        if self.state in SETUP_STATES:
-            cause = meta_status if meta_status is not None else status
-            text = why.replace('"', "'")
-            headers = [("Reason", f'SIP;cause={cause};text="{text}"')]
-            if warning:
-                headers.append(("Warning", warning))
-            self.sip.reply(self.pbx_tx, status, to_tag=self.pbx_tag, headers=headers)
-            self.final_status = status
-            log.info("call_failed", call=self.key, status=status, why=why)
-        self._end(f"failed_{status}", self.ended_by or "gateway")
+        cause = meta_status if meta_status is not None else status
+        headers = [reason_header(cause, why)]
+        if warning:
+            headers.append(("Warning", warning))
+        self._reject_caller(self.pbx_tx, self.pbx_tag, status, why, headers)
 
     def _ack_meta(self, resp: Response) -> None:
         self._ack(self.wa_dialog, resp, self.legs.wa_via)
