@@ -88,7 +88,8 @@ class _LoopScheduler:
 def merge_live(old: Config, new: Config) -> tuple[Config, list[str]]:
     """``new`` with the keys that need new sockets or objects kept from ``old``; and the
     names of those keys that the new file changes (they wait for a restart)."""
-    keep_wa = ("listen", "hostname", "allowed_networks", "advertise")
+    keep_wa = ("listen", "hostname", "allowed_networks", "advertise", "trusted_proxies",
+               "proxy_listen", "proxy_transport", "outbound_proxy")  # fmt: skip
     keep_pbx = ("address", "transport", "listen", "trusted_networks")
     changed: list[str] = []
     for section, keys in (("whatsapp", keep_wa), ("pbx", keep_pbx)):
@@ -97,7 +98,7 @@ def merge_live(old: Config, new: Config) -> tuple[Config, list[str]]:
                 changed.append(f"{section}.{key}")
     if new.whatsapp.tls.ca_file != old.whatsapp.tls.ca_file:
         changed.append("whatsapp.tls.ca_file")
-    for section in ("media", "http", "sip"):
+    for section in ("media", "http", "sip", "cluster"):
         if getattr(new, section) != getattr(old, section):
             changed.append(section)
     tls = new.whatsapp.tls.model_copy(update={"ca_file": old.whatsapp.tls.ca_file})
@@ -105,7 +106,11 @@ def merge_live(old: Config, new: Config) -> tuple[Config, list[str]]:
     wa = new.whatsapp.model_copy(update={**wa_update, "tls": tls})
     pbx = new.pbx.model_copy(update={k: getattr(old.pbx, k) for k in keep_pbx})
     effective = new.model_copy(
-        update={"whatsapp": wa, "pbx": pbx, "media": old.media, "http": old.http, "sip": old.sip}
+        update={
+            "whatsapp": wa,
+            "pbx": pbx,
+            **{key: getattr(old, key) for key in ("media", "http", "sip", "cluster")},
+        }
     )
     return effective, changed
 
@@ -118,9 +123,11 @@ class Gateway:
         cfg: Config,
         config_path: Path | None = None,
         notifier: Notifier | None = None,
+        overlays: Sequence[Path] = (),
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.overlays = tuple(overlays)  # merged over config_path on reload too
         self.notifier = notifier or Notifier()
         self.stopped = asyncio.Event()
         self.stack: SipStack | None = None
@@ -183,7 +190,10 @@ class Gateway:
         self.media_clock = MediaClock(loop)
         scheduler = _LoopScheduler(loop)
         sip = SipPort(manager, scheduler, stack.flush, cfg.sip.user_agent)
-        digest = DigestServer(secrets.token_bytes(32), cfg.whatsapp.hostname, algorithms=("MD5",))
+        # Shared by the instances behind one proxy (cluster.nonce_secret_file): a nonce
+        # issued here verifies on any of them.
+        secret = cfg.cluster.read_nonce_secret() or secrets.token_bytes(32)
+        digest = DigestServer(secret, cfg.whatsapp.hostname, algorithms=("MD5",))
         bridges = BridgeFactory(loop, self.ports, self.media_clock, cfg.media, self.frame_times)
         self.calls = CallManager(
             cfg, sip, endpoint, bridges, digest, on_call_end=self._on_call_end
@@ -195,6 +205,7 @@ class Gateway:
         await stack.listen_stream("pbx", pbx.host, pbx.port, pbx_acl)
         self.pbx_listening = True
         log.info("listening", leg="pbx", transport="udp+tcp", address=f"{pbx.host}:{pbx.port}")
+        await self._listen_proxy(stack)
         await self._listen_tls()
         stack.set_peer_leg(cfg.pbx.transport, cfg.pbx.address.host, cfg.pbx.address.port, "pbx")
         adv = cfg.sip_advertise
@@ -249,11 +260,26 @@ class Gateway:
         )
         return True
 
+    async def _listen_proxy(self, stack: SipStack) -> None:
+        """Behind a proxy: UDP and TCP on whatsapp.proxy_listen, open to trusted_proxies."""
+        wa = self.cfg.whatsapp
+        if wa.proxy_listen is None:
+            return
+        acl = AccessList(wa.trusted_proxies)
+        host, port = wa.proxy_listen
+        await stack.listen_udp("whatsapp", host, port, acl)
+        await stack.listen_stream("whatsapp", host, port, acl)
+        if wa.outbound_proxy is not None:
+            out = wa.outbound_proxy
+            stack.set_peer_leg(wa.proxy_transport, out.host, out.port, "whatsapp")
+        log.info("listening", leg="whatsapp", transport="udp+tcp", address=f"{host}:{port}",
+                 trusted_proxies=[str(n) for n in wa.trusted_proxies])  # fmt: skip
+
     async def _listen_tls(self) -> None:
         stack, ctx, acl = self.stack, self.tls.context, self._acl
-        if stack is None or acl is None or self.tls_listening:
-            return
         listen = self.cfg.whatsapp.listen
+        if stack is None or acl is None or self.tls_listening or listen is None:
+            return
         if ctx is None:
             self.tls_listen_error = "no usable certificate and key"
             return
@@ -328,11 +354,12 @@ class Gateway:
     def health_report(self) -> Report:
         cfg = self.cfg
         shared: list[Finding] = []
-        listener = listener_finding(
-            self.tls_listening, str(cfg.whatsapp.listen), self.tls_listen_error
-        )
-        if listener is not None:
-            shared.append(listener)
+        if cfg.whatsapp.listen is not None:  # None: behind a proxy, which listens for Meta
+            listener = listener_finding(
+                self.tls_listening, str(cfg.whatsapp.listen), self.tls_listen_error
+            )
+            if listener is not None:
+                shared.append(listener)
         shared += self.tls.findings(cfg.whatsapp.hostname, cfg.development, dt.datetime.now(dt.UTC))
         if self.prober is not None:
             shared += pbx_findings(self.prober.misses, self.prober.where)
@@ -357,7 +384,7 @@ class Gateway:
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         reasons: list[str] = []
-        if not self.tls_listening:
+        if not self.tls_listening and self.cfg.whatsapp.listen is not None:
             reasons.append(f"whatsapp TLS listener not accepting ({self.tls_listen_error})")
         if not self.pbx_listening:
             reasons.append("pbx listener not up")
@@ -468,7 +495,7 @@ class Gateway:
         assert path is not None
         log.info("config_reload", config=str(path))
         try:
-            new = load_config(path)
+            new = load_config(path, *self.overlays)
         except ConfigError as exc:
             return self._refuse(exc.problems)
         files = check_files(new)
@@ -564,8 +591,8 @@ class Gateway:
         self.stopped.set()
 
 
-async def serve(cfg: Config, config_path: Path | None = None) -> int:
-    gw = Gateway(cfg, config_path)
+async def serve(cfg: Config, config_path: Path | None = None, overlays: Sequence[Path] = ()) -> int:
+    gw = Gateway(cfg, config_path, overlays=overlays)
     loop = asyncio.get_running_loop()
     try:
         await gw.start()
@@ -584,5 +611,5 @@ async def serve(cfg: Config, config_path: Path | None = None) -> int:
     return 0
 
 
-def run(cfg: Config, config_path: Path | None = None) -> int:
-    return asyncio.run(serve(cfg, config_path))
+def run(cfg: Config, config_path: Path | None = None, overlays: Sequence[Path] = ()) -> int:
+    return asyncio.run(serve(cfg, config_path, overlays))

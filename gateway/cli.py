@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -53,10 +53,12 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
         "-c",
         "--config",
         type=Path,
-        default=Path(default),
+        action="append",
         metavar="FILE",
-        help=f"configuration file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG}; now {default})",
+        help=f"configuration file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG}; now {default});"
+        " given again, each later file is merged over the first (one instance's overlay)",
     )
+    parser.set_defaults(config_default=Path(default))
 
 
 def _print_problems(path: Path, problems: list[str], out: TextIO) -> None:
@@ -66,10 +68,10 @@ def _print_problems(path: Path, problems: list[str], out: TextIO) -> None:
         print(problem, file=out)
 
 
-def _load(path: Path) -> Config | None:
+def _load(path: Path, overlays: Sequence[Path] = ()) -> Config | None:
     """Load the config, or print its problems to stderr and return None."""
     try:
-        return load_config(path)
+        return load_config(path, *overlays)
     except ConfigError as exc:
         _print_problems(path, exc.problems, sys.stderr)
         return None
@@ -77,7 +79,7 @@ def _load(path: Path) -> Config | None:
 
 @_command("check-config", "validate the configuration file and exit", _add_config_option)
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _load(args.config, args.overlays)
     if cfg is None:
         return 1
     files = check_files(cfg)
@@ -93,7 +95,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 @_command("run", "run the gateway daemon in the foreground", _add_config_option)
 def _cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _load(args.config, args.overlays)
     if cfg is None:
         return 1
 
@@ -128,7 +130,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import gateway.app as app
 
     try:
-        return app.run(cfg, args.config)
+        return app.run(cfg, args.config, args.overlays)
     except KeyboardInterrupt:
         return 130
 
@@ -153,7 +155,7 @@ def _setup_health(parser: argparse.ArgumentParser) -> None:
     _setup_health,
 )
 def _cmd_health(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _load(args.config, args.overlays)
     if cfg is None:
         return 1
     from gateway.ops.health_cli import fetch_health, render
@@ -196,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    if hasattr(args, "config_default"):  # commands that read the config: -c given 0+ times
+        files = args.config or [args.config_default]
+        args.config, args.overlays = files[0], tuple(files[1:])
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_usage(sys.stderr)

@@ -67,6 +67,7 @@ class CallLegs:
     pbx_codecs: tuple[str, ...]
     dtmf_pt: int
     meta_conn_id: int | None = None  # Meta's own connection, reused for in-dialog requests
+    meta_source: str | None = None  # Meta's address (through a proxy: from its Via)
 
 
 class Call:
@@ -321,7 +322,7 @@ class Call:
         bye = dialog.create_request("BYE", headers=headers)
         # Meta's Contact carries ;ob (RFC 5626): reuse its connection while it is open,
         # else connect to the first route (wa.meta.vc:5061).
-        target = dialog_target(dialog, "tls", self.legs.meta_conn_id)
+        target = dialog_target(dialog, self.legs.wa_via.transport, self.legs.meta_conn_id)
         self.sip.send_request(bye, self.legs.wa_via, target)
         self.wa_dialog = None
 
@@ -396,6 +397,7 @@ class Call:
             "direction": self.direction,
             "business_number": self.legs.number,
             "user": self.legs.user,
+            "meta_source": self.legs.meta_source,
             "status": self.final_status,
             "end_reason": self.end_reason,
             "ended_by": self.ended_by,

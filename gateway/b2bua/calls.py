@@ -9,6 +9,7 @@ to the :class:`Endpoint` (OPTIONS, out-of-dialog requests).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,9 +88,13 @@ class CallManager:
         digest: DigestServer,
         *,
         on_call_end: Callable[[Call, str], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self.sip = sip
+        # Digest nonces carry wall-clock time: instances behind one proxy verify each
+        # other's (cluster.nonce_secret_file), so the clock must be the same on all.
+        self._wall = wall_clock
         self.endpoint = endpoint
         self.bridges = bridges
         self.digest = digest
@@ -218,15 +223,17 @@ class CallManager:
             return
         caller = req.from_.uri
         user = (caller.user_number if isinstance(caller, SipUri) else None) or "anonymous"
-        legs = self._legs(number.number, user, source.conn_id)
-        setup = self._setup(req, number.number, user, answer, wa_media)
+        meta_source = _meta_source(req, source)
+        legs = self._legs(number.number, user, source.conn_id, source.transport, meta_source)
+        setup = self._setup(req, number.number, user, answer, wa_media, legs.wa_via)
         call = InboundCall(key, legs, setup, tx, self.sip, bridge, self._ended)
         self.calls[key] = call
         self._by_server_tx[tx] = call
         self._by_local[(req.call_id, call.wa_tag)] = (call, "whatsapp")
         pbx_tx = call.start()
         self._by_local[_local_key(pbx_tx.request)] = (call, "pbx")
-        log.info("call_admitted", call=key, number=number.number, user=user)
+        log.info("call_admitted", call=key, number=number.number, user=user,
+                 meta_source=meta_source, via_proxy=source.transport != "tls")  # fmt: skip
 
     def _call_key(self, req: Request) -> str | None:
         """A key no live call has: Meta's wacid, made unique when another call carries the
@@ -243,19 +250,42 @@ class CallManager:
             key = f"{base}#{n}"
         return key
 
-    def _legs(self, number: str, user: str, meta_conn_id: int | None) -> CallLegs:
+    def _legs(
+        self,
+        number: str,
+        user: str,
+        meta_conn_id: int | None,
+        wa_transport: str,
+        meta_source: str | None = None,
+    ) -> CallLegs:
         cfg = self.cfg
-        wa = cfg.whatsapp.contact_hostport
         return CallLegs(
             number=number,
             user=user,
             pbx_via=self.pbx_via,
-            wa_via=LegAddress("tls", wa.host, wa.port),
+            wa_via=self._wa_via(wa_transport),
             media_address=cfg.media.sdp_address,
             pbx_codecs=tuple(cfg.pbx.codecs),
             dtmf_pt=cfg.pbx.dtmf_payload_type,
             meta_conn_id=meta_conn_id,
+            meta_source=meta_source,
         )
+
+    def _wa_via(self, transport: str) -> LegAddress:
+        """How the gateway names itself toward Meta (Via, Contact): over TLS, the public
+        name (whatsapp.advertise or hostname); through the proxy (UDP/TCP), this
+        instance's own address on the proxy link, so the proxy reaches it."""
+        proxy = self.cfg.proxy_advertise
+        if transport == "tls" or proxy is None:
+            wa = self.cfg.whatsapp.contact_hostport
+            return LegAddress("tls", wa.host, wa.port)
+        return LegAddress(transport, proxy.host, proxy.port)
+
+    def _is_meta_target(self, target: Target) -> bool:
+        out = self.cfg.whatsapp.outbound_proxy
+        if target.transport == "tls":
+            return True
+        return out is not None and (target.host, target.port) == (out.host, out.port)
 
     def _setup(
         self,
@@ -264,6 +294,7 @@ class CallManager:
         user: str,
         answer: SessionDescription,
         wa_media: MediaParams,
+        wa_via: LegAddress,
     ) -> InboundSetup:
         cfg = self.cfg
         pbx = cfg.pbx.address  # str(): host:port, [v6]:port
@@ -277,7 +308,7 @@ class CallManager:
             pbx_headers=pbx_context_headers(req, user=user, business_number=number),
             wa_answer=answer,
             wa_media=wa_media,
-            wa_contact=f"sip:{number}@{cfg.whatsapp.contact_hostport};transport=tls",
+            wa_contact=_contact(number, wa_via),
             pbx_target=self.pbx_target,
             invite_timeout=cfg.pbx.invite_timeout,
         )
@@ -310,7 +341,7 @@ class CallManager:
             log.error("sip_password_missing", number=number.number)
             self._reject(tx, 403, [], "SIP password missing")
             return False
-        result = self.digest.verify(creds, "INVITE", req.uri, password, self.sip.now())
+        result = self.digest.verify(creds, "INVITE", req.uri, password, self._wall())
         if result is VerifyResult.OK:
             return True
         if result in (VerifyResult.STALE, VerifyResult.INVALID_NONCE):
@@ -329,7 +360,7 @@ class CallManager:
             self._reject(tx, 400, [], f"bad SDP: {exc}")
 
     def _challenge(self, tx: ServerTransaction, *, stale: bool) -> None:
-        challenges = self.digest.challenge(self.sip.now(), stale=stale)
+        challenges = self.digest.challenge(self._wall(), stale=stale)
         headers = [("Proxy-Authenticate", c.to_header()) for c in challenges]
         self.sip.reply(tx, 407, to_tag=new_tag(), headers=headers)
 
@@ -348,9 +379,8 @@ class CallManager:
         if tx.method != "INVITE" or not 200 <= resp.status < 300:
             return
         via, leg = self.pbx_via, "pbx"
-        if tx.target.transport == "tls":  # an INVITE to Meta: the PBX leg is UDP or TCP
-            wa = self.cfg.whatsapp.contact_hostport
-            via, leg = LegAddress("tls", wa.host, wa.port), "whatsapp"
+        if self._is_meta_target(tx.target):  # an INVITE to Meta (or the proxy toward it)
+            via, leg = self._wa_via(tx.target.transport), "whatsapp"
         reason = 'SIP;cause=487;text="ended"'
         hang_up_answer(self.sip, tx.request, resp, via, event.retransmission, reason)
         if not event.retransmission:
@@ -405,7 +435,12 @@ class CallManager:
         except NoMediaPorts:
             self._reject(tx, 503, retry, "no media ports")
             return
-        legs = self._legs(number.number, user, None)
+        wa = cfg.whatsapp
+        if wa.outbound_proxy is not None:  # the proxy forwards it to Meta over TLS
+            meta_target = Target(wa.proxy_transport, wa.outbound_proxy.host, wa.outbound_proxy.port)
+        else:
+            meta_target = Target("tls", wa.meta_proxy.host, wa.meta_proxy.port)
+        legs = self._legs(number.number, user, None, meta_target.transport)
         try:
             pbx_answer, pbx_media = answer_pbx_offer(
                 parse_sdp(req.body),
@@ -424,15 +459,14 @@ class CallManager:
             bridge.close()
             self._reject_sdp(tx, exc, self.pbx_via.host)
             return
-        wa = cfg.whatsapp
         domain = wa.meta_domain
         pbx_via = LegAddress(source.transport, self.pbx_via.host, self.pbx_via.port)
         setup = OutboundSetup(
             meta_uri=f"sip:{uri_user(user)}@{domain};transport=tls",
             meta_to=f"<sip:{uri_user(user)}@{domain}>",
             meta_from=f"<sip:{number.number}@{wa.hostname}>",
-            wa_contact=f"sip:{number.number}@{wa.contact_hostport};transport=tls",
-            meta_target=Target("tls", wa.meta_proxy.host, wa.meta_proxy.port),
+            wa_contact=_contact(number.number, legs.wa_via),
+            meta_target=meta_target,
             wa_offer=wa_offer,
             wa_keys=wa_keys,
             pbx_answer=pbx_answer,
@@ -508,3 +542,25 @@ def _local_key(req: Request) -> tuple[str, str]:
     except UriError:
         tag = ""
     return (req.call_id, tag)
+
+
+def _contact(user: str, via: LegAddress) -> str:
+    return f"sip:{user}@{via.hostport};transport={via.transport}"
+
+
+def _meta_source(req: Request, source: Target) -> str:
+    """Where Meta's INVITE came from: the connection's peer, or, relayed by a trusted
+    proxy (UDP/TCP on proxy_listen), the proxy's record of it in the second Via
+    (received/rport, else sent-by). Only trusted because the proxy is."""
+    if source.transport != "tls":
+        try:
+            vias = req.vias
+        except UriError:
+            vias = []
+        if len(vias) > 1:
+            via = vias[1]
+            host = via.received or via.host
+            port = via.rport or via.port or 5061
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    host = source.host
+    return f"[{host}]:{source.port}" if ":" in host else f"{host}:{source.port}"

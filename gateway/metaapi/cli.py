@@ -135,7 +135,7 @@ def _fix(text: str, args: argparse.Namespace) -> str:
 
 @_command("meta", "Meta's Graph API: show, apply and fetch-password for the numbers", _setup)
 def _cmd_meta(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _load(args.config, args.overlays)
     if cfg is None:
         return FAILED
     if cfg.meta_api is None:

@@ -257,7 +257,7 @@ def desired_for(cfg: Config, index: int) -> Desired:
         index=index,
         number=number,
         hostname=cfg.whatsapp.hostname,
-        port=cfg.whatsapp.listen.port,
+        port=cfg.whatsapp.public_port,
         uri_params=parse_uri_params(cfg.whatsapp.request_uri_user_params),
         offer_g711=number.offer_g711,
         g711_passthrough=cfg.media.g711_passthrough,

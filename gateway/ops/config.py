@@ -379,9 +379,11 @@ class NumberConfig(_Model):
 
 
 class WhatsAppConfig(_Model):
-    """``whatsapp``: the SIP/TLS side facing Meta."""
+    """``whatsapp``: the SIP/TLS side facing Meta (directly, or behind a SIP proxy)."""
 
-    listen: HostPortField = HostPort("0.0.0.0", 5061)
+    # TLS listener Meta connects to; None (null): none, the instance is only reached
+    # through a proxy (proxy_listen).
+    listen: HostPortField | None = HostPort("0.0.0.0", 5061)
     hostname: Annotated[str, PlainValidator(_v_dns_name)]
     tls: TlsConfig
     meta_proxy: HostPortField = HostPort("wa.meta.vc", 5061)
@@ -402,10 +404,42 @@ class WhatsAppConfig(_Model):
     # "host:port" in the Contact and Via the gateway puts toward Meta
     # (default: hostname and the listen port).
     advertise: HostPortField | None = None
+    # Behind a SIP proxy (Kamailio, config/kamailio/): Meta's requests relayed by a
+    # proxy in trusted_proxies arrive on proxy_listen (UDP and TCP); the proxy applies
+    # Meta's allowlist. Via and Contact on those calls name this instance's own
+    # address (proxy_listen; its host from sip.advertise when proxy_listen is a
+    # wildcard), never the public name.
+    trusted_proxies: tuple[NetworkField, ...] = ()
+    proxy_listen: HostPortField | None = None
+    # Transport of business-initiated calls sent to outbound_proxy (the proxy's
+    # internal address), which forwards them to Meta over TLS.
+    proxy_transport: Literal["udp", "tcp"] = "udp"
+    outbound_proxy: HostPortField | None = None
+
+    @property
+    def public_port(self) -> int:
+        """The port Meta connects to: the TLS listener's; behind a proxy with no TLS
+        listener, the proxy's, taken to be 5061."""
+        return self.listen.port if self.listen is not None else 5061
 
     @property
     def contact_hostport(self) -> HostPort:
-        return self.advertise or HostPort(self.hostname, self.listen.port)
+        return self.advertise or HostPort(self.hostname, self.public_port)
+
+    @model_validator(mode="after")
+    def _proxy(self) -> WhatsAppConfig:
+        if self.proxy_listen is not None and not self.trusted_proxies:
+            raise _path_problem("trusted_proxies", "required when proxy_listen is set (the"
+                                " proxies whose requests are accepted there)")  # fmt: skip
+        if self.trusted_proxies and self.proxy_listen is None:
+            raise _path_problem("proxy_listen", "required when trusted_proxies is set (the"
+                                " UDP/TCP address the proxy sends Meta's requests to)")  # fmt: skip
+        if self.listen is None and self.proxy_listen is None:
+            raise _path_problem("listen", "may only be null behind a proxy (proxy_listen set)")
+        if self.outbound_proxy is not None and self.proxy_listen is None:
+            raise _path_problem("proxy_listen", "required when outbound_proxy is set (Meta's"
+                                " responses and requests come back through the proxy)")  # fmt: skip
+        return self
 
     @field_validator("request_uri_user_params")
     @classmethod
@@ -535,6 +569,25 @@ class ShutdownConfig(_Model):
 
     # Seconds active calls may go on after SIGTERM; then they get a BYE with a Reason.
     drain_timeout: Annotated[float, Field(ge=0)] = 300.0
+
+
+class ClusterConfig(_Model):
+    """``cluster``: what instances behind one proxy share."""
+
+    # A file holding the secret (16+ bytes) that keys digest nonces, the same on every
+    # instance, so a nonce one instance issued verifies on another. None: a random
+    # secret per process.
+    nonce_secret_file: PathField | None = None
+
+    def read_nonce_secret(self) -> bytes | None:
+        """The secret, read now; None if not configured, unreadable or shorter than 16."""
+        if self.nonce_secret_file is None:
+            return None
+        try:
+            secret = self.nonce_secret_file.read_bytes().strip()
+        except OSError:
+            return None
+        return secret if len(secret) >= 16 else None
 
 
 class RecordsConfig(_Model):
@@ -697,13 +750,15 @@ class Config(_Model):
     meta_api: MetaApiConfig | None = None
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     records: RecordsConfig = Field(default_factory=RecordsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="before")
     @classmethod
     def _empty_sections(cls, data: object) -> object:
         """A section whose keys are all commented out (YAML null) means "all defaults"."""
         if isinstance(data, dict):
-            optional = ("pbx", "media", "http", "logging", "limits", "sip", "shutdown", "records")
+            optional = ("pbx", "media", "http", "logging", "limits", "sip", "shutdown", "records",
+                        "cluster")  # fmt: skip
             return {k: v for k, v in data.items() if not (k in optional and v is None)}
         return data
 
@@ -711,12 +766,27 @@ class Config(_Model):
     def _advertise(self) -> Config:
         if self.sip.advertise is None and _is_wildcard(self.pbx.listen.host):
             raise _path_problem("sip.advertise", "required when pbx.listen is a wildcard address")
+        proxy = self.whatsapp.proxy_listen
+        if proxy is not None and self.sip.advertise is None and _is_wildcard(proxy.host):
+            message = "required when whatsapp.proxy_listen is a wildcard address"
+            raise _path_problem("sip.advertise", message)
         return self
 
     @property
     def sip_advertise(self) -> HostPort:
         """Host/port for Via and Contact on the PBX side: ``sip.advertise`` or ``pbx.listen``."""
         return self.sip.advertise or self.pbx.listen
+
+    @property
+    def proxy_advertise(self) -> HostPort | None:
+        """Host/port for Via and Contact on calls through the proxy (None: no proxy):
+        ``whatsapp.proxy_listen``, its host from ``sip.advertise`` if a wildcard."""
+        proxy = self.whatsapp.proxy_listen
+        if proxy is None:
+            return None
+        if _is_wildcard(proxy.host):
+            return HostPort(self.sip_advertise.host, proxy.port)
+        return proxy
 
     @property
     def development(self) -> bool:
@@ -785,9 +855,37 @@ def _format(err: Any) -> str:
     return f"{'.'.join(loc) or '(top level)'}: {_message(err)}"
 
 
-def load_config(path: str | Path) -> Config:
-    """Read, parse and validate the YAML file at ``path``; raise :class:`ConfigError`."""
+def load_config(path: str | Path, *overlays: str | Path) -> Config:
+    """Read, parse and validate the YAML file at ``path``; raise :class:`ConfigError`.
+
+    Each file in ``overlays`` (e.g. one instance's ports behind a proxy) is merged over
+    it in order: mappings key by key, any other value (lists too) replaced whole.
+    Relative paths resolve against the directory of ``path``."""
     file = Path(path)
+    data = _read_yaml(file)
+    for overlay in overlays:
+        over = _read_yaml(Path(overlay))
+        if not isinstance(over, dict):
+            raise ConfigError([f"{overlay}: must be a mapping of keys (top level)"], file)
+        data = _merge(data, over)
+    base_dir = Path(os.path.abspath(file)).parent
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems = [_format(err) for err in exc.errors(include_url=False, include_input=False)]
+        raise ConfigError(problems, file) from None
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            merged[key] = _merge(base[key], value) if key in base else value
+        return merged
+    return over
+
+
+def _read_yaml(file: Path) -> Any:
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -807,12 +905,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError([f"{file}: YAML syntax error"], file) from None
     if data is None:
         raise ConfigError([f"{file}: file is empty"], file)
-    base_dir = Path(os.path.abspath(file)).parent
-    try:
-        return Config.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as exc:
-        problems = [_format(err) for err in exc.errors(include_url=False, include_input=False)]
-        raise ConfigError(problems, file) from None
+    return data
 
 
 # --------------------------------------------------------------------------- reporting
@@ -858,6 +951,10 @@ def check_files(cfg: Config) -> FileCheck:
             result.errors.append(f"whatsapp.tls.{key}: {problem}")
     if tls.ca_file is not None and (problem := _file_problem(tls.ca_file)):
         result.errors.append(f"whatsapp.tls.ca_file: {problem}")
+    secret_file = cfg.cluster.nonce_secret_file
+    if secret_file is not None and cfg.cluster.read_nonce_secret() is None:
+        problem = _file_problem(secret_file) or "shorter than 16 bytes"
+        result.errors.append(f"cluster.nonce_secret_file: {problem}")
     if tls.cert_file.is_file() and os.access(tls.cert_file, os.R_OK):
         for problem in certificate_problems(tls.cert_file, cfg.whatsapp.hostname):
             result.warnings.append(f"whatsapp.tls.cert_file: {problem}")
@@ -879,8 +976,10 @@ def summary(cfg: Config) -> str:
     count = len(cfg.whatsapp.numbers)
     text = (
         f"config OK: {count} number{'s' if count != 1 else ''},"
-        f" TLS {cfg.whatsapp.listen} ({cfg.whatsapp.hostname}),"
+        f" TLS {cfg.whatsapp.listen or 'off'} ({cfg.whatsapp.hostname}),"
         f" PBX {cfg.pbx.transport} {cfg.pbx.address}, listen {cfg.pbx.listen},"
         f" http {cfg.http.listen}"
     )
+    if cfg.whatsapp.proxy_listen is not None:
+        text += f", behind proxy on {cfg.whatsapp.proxy_listen}"
     return text + (", development mode" if cfg.development else "")

@@ -5,7 +5,8 @@ timestamps) into the record below; :class:`RecordWriter` appends it.
 
 Record keys: ``type`` ("call"), ``wacid``, ``call`` (the gateway's key),
 ``direction``, ``business_number``, ``whatsapp_user`` (+E.164 or BSUID),
-``meta_call_id`` and ``pbx_call_id`` (each leg's Call-ID), ``start_time``,
+``meta_call_id`` and ``pbx_call_id`` (each leg's Call-ID), ``meta_source``
+(Meta's host:port on inbound calls; behind a proxy, from the proxy's Via), ``start_time``,
 ``answer_time``, ``end_time`` (ISO 8601 UTC), ``setup_seconds``,
 ``duration_seconds``, ``meta_call_duration_seconds`` (Meta's
 x-wa-meta-call-duration, when its BYE carried it), ``status`` (final SIP
@@ -156,6 +157,7 @@ def build_record(call: EndedCall, wall_offset: float | None = None) -> dict[str,
         "whatsapp_user": rec.get("user"),
         "meta_call_id": _call_id(call, rec, "meta_call_id", "wa_request.call_id", "meta_call_id"),
         "pbx_call_id": _call_id(call, rec, "pbx_call_id", "pbx_request.call_id", "pbx_call_id"),
+        "meta_source": rec.get("meta_source"),
         "start_time": _iso(call.started, wall_offset),
         "answer_time": _iso(call.answered_at, wall_offset),
         "end_time": _iso(end, wall_offset),

@@ -40,6 +40,7 @@ IDLE_TIMEOUT = (
 )
 UDP_DRAIN = 64  # SIP datagrams read per readable event (as many as an RTP socket drains)
 UDP_RECV_SIZE = 65536  # larger than any UDP datagram
+MAX_PEER_LEGS = 4096  # UDP peers whose leg (listener socket) is remembered
 
 
 @dataclass
@@ -368,6 +369,9 @@ class _UdpListener:
             if not acl.allows(host):
                 stack.stats.rejected_sources[leg] += 1
                 continue
+            peers = stack._leg_of_peer
+            if len(peers) < MAX_PEER_LEGS:  # answer and send to a peer from its own leg's socket
+                peers.setdefault(("udp", host, port), leg)
             data = bytes(view[:size])
             if data.strip(b"\r\n") == b"":
                 continue  # keep-alive (RFC 5626 STUN-less CRLF on UDP): ignore

@@ -439,6 +439,7 @@ class Harness:
             self.bridges,
             self.digest,
             on_call_end=lambda call, reason: self.ended.append((call, reason)),
+            wall_clock=self.scheduler.time,
         )
         self.log: list[Sent] = []  # everything ever sent
         # Parse every queued message back from its bytes (off: faster loops, same objects).

@@ -595,3 +595,95 @@ def test_check_files_unreadable_password(tmp_path: Path) -> None:
     pw.chmod(0)
     result = check_files(_files_config(tmp_path, "development"))
     assert result.warnings[0] == f"whatsapp.numbers.0.sip_password_file: not readable: {pw}"
+
+
+# --------------------------------------------------------------------------- behind a proxy
+
+PROXIED = MINIMAL + """\
+  listen: null
+  trusted_proxies: [10.0.0.5/32]
+  proxy_listen: 0.0.0.0:5071
+  outbound_proxy: 10.0.0.5:5060
+sip:
+  advertise: 10.0.0.11:5091
+cluster:
+  nonce_secret_file: nonce.secret
+"""
+
+
+def test_behind_a_proxy(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, PROXIED))
+    wa = cfg.whatsapp
+    assert wa.listen is None
+    assert wa.trusted_proxies == (ip_network("10.0.0.5/32"),)
+    assert wa.proxy_transport == "udp"
+    assert wa.outbound_proxy == HostPort("10.0.0.5", 5060)
+    # A wildcard proxy_listen takes its host from sip.advertise, its own port.
+    assert cfg.proxy_advertise == HostPort("10.0.0.11", 5071)
+    assert wa.public_port == 5061
+    assert cfg.cluster.nonce_secret_file == tmp_path / "nonce.secret"
+    assert "behind proxy on 0.0.0.0:5071" in summary(cfg)
+    assert "TLS off" in summary(cfg)
+
+
+@pytest.mark.parametrize(
+    ("whatsapp", "key", "words"),
+    [
+        ("  proxy_listen: 127.0.0.1:5071\n", "whatsapp.trusted_proxies", "proxy_listen"),
+        ("  trusted_proxies: [127.0.0.1/32]\n", "whatsapp.proxy_listen", "trusted_proxies"),
+        ("  listen: null\n", "whatsapp.listen", "behind a proxy"),
+        ("  outbound_proxy: 127.0.0.1:5060\n", "whatsapp.proxy_listen", "outbound_proxy"),
+        ("  trusted_proxies: [10.0.0.1]\n  proxy_listen: 0.0.0.0:5071\n", "sip.advertise",
+         "proxy_listen is a wildcard"),
+        ("  trusted_proxies: [10.0.0.0/33]\n  proxy_listen: 127.0.0.1:5071\n",
+         "whatsapp.trusted_proxies.0", "CIDR"),
+        ("  proxy_transport: tls\n", "whatsapp.proxy_transport", "udp, tcp"),
+    ],
+)  # fmt: skip
+def test_proxy_settings_name_the_key(tmp_path: Path, whatsapp: str, key: str, words: str) -> None:
+    [problem] = problems_of(write(tmp_path, MINIMAL + whatsapp))
+    assert problem.startswith(f"{key}: "), problem
+    assert words in problem
+
+
+def test_overlay_merges_over_the_base(tmp_path: Path) -> None:
+    base = write(tmp_path, PROXIED)
+    overlay = write(tmp_path, """\
+        whatsapp:
+          proxy_listen: 127.0.0.1:5072
+          trusted_proxies: [127.0.0.1/32]
+        http: {listen: 127.0.0.1:9467}
+        media: {port_range: [25000, 29999]}
+        """, "instance-2.yaml")  # fmt: skip
+    cfg = load_config(base, overlay)
+    assert cfg.whatsapp.proxy_listen == HostPort("127.0.0.1", 5072)
+    assert cfg.whatsapp.trusted_proxies == (ip_network("127.0.0.1/32"),)  # lists replaced
+    assert cfg.whatsapp.hostname == "sip.example.com"  # the rest of the mapping kept
+    assert cfg.whatsapp.outbound_proxy == HostPort("10.0.0.5", 5060)
+    assert cfg.http.listen == HostPort("127.0.0.1", 9467)
+    assert cfg.media.port_range == (25000, 29999)
+    # A problem the overlay makes is named by its key; a broken overlay by its file.
+    bad = write(tmp_path, "media: {port_range: [25001, 29999]}\n", "bad.yaml")
+    assert keys_of(problems_of_all(base, bad)) == ["media.port_range"]
+    listed = write(tmp_path, "- 1\n", "list.yaml")
+    assert problems_of_all(base, listed) == [f"{listed}: must be a mapping of keys (top level)"]
+
+
+def problems_of_all(*paths: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(*paths)
+    return info.value.problems
+
+
+def test_nonce_secret_file_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WA_TEST_PW", "pw")
+    cfg = load_config(write(tmp_path, PROXIED))
+    assert cfg.cluster.read_nonce_secret() is None
+    assert "cluster.nonce_secret_file: file not found" in "\n".join(check_files(cfg).errors)
+    (tmp_path / "nonce.secret").write_text("short\n")
+    assert "cluster.nonce_secret_file: shorter than 16 bytes" in check_files(cfg).errors
+    secret = "0123456789abcdef0123456789abcdef"
+    (tmp_path / "nonce.secret").write_text(secret + "\n")
+    assert cfg.cluster.read_nonce_secret() == secret.encode()
+    assert not [e for e in check_files(cfg).errors if e.startswith("cluster.")]
+    assert secret not in repr(cfg)  # the config holds the path, never the secret
