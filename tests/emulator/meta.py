@@ -44,7 +44,7 @@ import re
 import secrets
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,6 +190,8 @@ class _CallBase:
         self.remote_party = ""  # with the gateway's tag
         self.remote_target = ""  # gateway's Contact URI
         self.send_route: list[str] = []  # Route values on requests we send
+        # Opens the connection Meta's BYE goes on (None: the dialog's own connection).
+        self.bye_connection: Callable[[], Awaitable[SipConnection]] | None = None
         self.expected_route: list[str] = []  # Route URIs the gateway's requests must carry
         self.local_contact_uri = ""
         self.local_cseq = secrets.randbelow(10000) + 1
@@ -376,9 +378,16 @@ class _CallBase:
             ("x-wa-meta-call-duration", str(int(self.loop.time() - started))),
         ]
         data, branch = self.dialog_request("BYE", extra)
+        conn = self.conn
+        if self.bye_connection is not None:
+            try:
+                conn = await asyncio.wait_for(self.bye_connection(), 10.0)
+            except (OSError, TimeoutError) as exc:
+                self.violation(f"cannot open a TLS connection for Meta's BYE: {exc!r}")
+                return
         q = self.edge.open_txn(branch, "BYE")
         try:
-            msg = self.send(self.conn, data)
+            msg = self.send(conn, data)
             if r.bye_from is None:
                 r.bye_from = "emulator"
                 r.bye_headers = _headers_dict(msg)
@@ -681,6 +690,8 @@ class _CallerCall(_CallBase):
             break
         await self._confirmed(conn, invite, final)
         edge.close_txn(branch, "INVITE")
+        if o.bye_new_connection:
+            self.bye_connection = self._connect_first_hop
         if self.cancel_sent:
             # CANCEL crossed the 200: the call is up, so hang up at once.
             await self.send_bye(NORMAL_CLEARING)
@@ -691,6 +702,17 @@ class _CallerCall(_CallBase):
             )
         else:
             await self.send_bye(BAD_ANSWER)
+
+    async def _connect_first_hop(self) -> SipConnection:
+        """A new TLS connection to the first Route (or the gateway's Contact)."""
+        hop = parse_address(self.send_route[0]).uri if self.send_route else None
+        if not isinstance(hop, SipUri):
+            hop = parse_uri(self.remote_target)
+        assert isinstance(hop, SipUri)
+        ctx = client_context(self.owner.gateway_ca_file)
+        return await self.edge.connect(
+            hop.host, hop.port or 5061, ctx, self.owner.gateway_server_name
+        )
 
     async def _cancel_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -786,11 +808,15 @@ class _CallerCall(_CallBase):
         r.connected_at = self.loop.time()
         got_rr = [v.strip() for v in resp.headers.get_all("Record-Route")]
         want_rr = [v.strip() for v in invite.headers.get_all("Record-Route")]
-        if got_rr != want_rr:
+        above = got_rr[: len(got_rr) - len(want_rr)]  # entries of proxies past Meta
+        if got_rr[len(above) :] != want_rr or (above and not self.owner.via_proxy):
             self.violation(
                 f"2xx Record-Route {got_rr} is not Meta's {want_rr} unchanged and in order "
                 "(Meta's ACK would never arrive)"
             )
+        else:
+            # Meta's own entries are its own hops; the proxy's are the route onward.
+            self.send_route = list(reversed(above))
         contacts = resp.addresses("Contact")
         if len(contacts) != 1 or not isinstance(contacts[0].uri, SipUri):
             self.violation(f"2xx must carry exactly one SIP Contact, got {len(contacts)}")
@@ -799,8 +825,10 @@ class _CallerCall(_CallBase):
         else:
             cu = contacts[0].uri
             assert isinstance(cu, SipUri)
-            if cu.scheme != "sips" and cu.transport != "tls":
-                self.violation(f"2xx Contact {cu} is not reachable over TLS (transport=tls)")
+            first = parse_address(self.send_route[0]).uri if self.send_route else cu
+            if not isinstance(first, SipUri) or (first.scheme != "sips"
+                                                 and first.transport != "tls"):  # fmt: skip
+                self.violation(f"2xx first hop {first} is not reachable over TLS (transport=tls)")
             self.remote_target = str(cu)
         for item in _session_timer_problems(resp):
             self.violation(f"2xx carries {item}: no session timers toward Meta")
@@ -959,8 +987,16 @@ class MetaCaller:
         gateway_server_name: str | None = None,
         meta_host: str = META_HOST,
         reject_alpn: bool = True,
+        via_proxy: bool = False,
+        bye_new_connection: bool = False,
     ) -> None:
         self.gateway = gateway
+        # ``gateway`` is a SIP proxy in front of gateway instances: its Record-Route
+        # entries above Meta's own in the 2xx are allowed and make the route set.
+        self.via_proxy = via_proxy
+        # Meta's BYE goes over a new TLS connection to the first hop of the route set
+        # (as Meta does when its connection is gone), not the INVITE's connection.
+        self.bye_new_connection = bye_new_connection
         self.business_number = business_number
         self.password = password
         self.tls = tls or default_tls()
@@ -1274,11 +1310,15 @@ class _ServerCall(_CallBase):
         self.send_route = req.headers.get_all("Record-Route")
         port = self.edge.port
         ch = server.contact_host
-        rr = [
+        own_rr = [
             f"<sip:{ch}:{port};transport=tls;lr;x-meta-hop=2>",
             f"<sip:{ch}:{port};transport=tls;lr>",
         ]
-        self.expected_route = [_uri_str(str(parse_address(v).uri)) for v in reversed(rr)]
+        # What reaches Meta after any proxy of the business consumed its own entries.
+        self.expected_route = [_uri_str(str(parse_address(v).uri)) for v in reversed(own_rr)]
+        # RFC 3261 12.1.1: the dialog-creating responses carry the INVITE's Record-Route
+        # (a proxy in front of the gateway, e.g. Kamailio) under Meta's own entries.
+        rr = own_rr + self.send_route
         user = req.parsed_uri.user_number or ""
         contact_uri = f"sip:{user}@{ch}:{port};transport=tls;ob"
         self.local_contact_uri = _uri_str(contact_uri)
