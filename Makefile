@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.example.yaml
-APT_PACKAGES := sip-tester openssl libopus0 baresip-core sox debootstrap prometheus systemd
+APT_PACKAGES := sip-tester openssl libopus0 baresip-core sox debootstrap prometheus systemd \
+	kamailio kamailio-tls-modules
 
 .PHONY: install-service run demo test lint typecheck unit integration bench deps apt-deps asterisk-chroot clean
 
@@ -26,14 +27,27 @@ run: deps
 demo: deps apt-deps
 	$(BIN)/python scripts/demo.py
 
-## apt-deps: system packages: libopus0 (the Opus codec), the peers the integration tests drive (SIPp, baresip, sox, debootstrap for the Asterisk chroot), promtool (package prometheus) and systemd-analyze (systemd) for the ops tests
+## apt-deps: system packages: libopus0 (the Opus codec), the peers the integration tests drive (SIPp, baresip, sox, debootstrap for the Asterisk chroot, Kamailio for the scale-out front), promtool (package prometheus) and systemd-analyze (systemd) for the ops tests
+## (a freshly installed kamailio package would start its own service with Debian's sample config on
+## a systemd host: it is masked for the install, then left disabled; the tests run their own Kamailio)
 apt-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  newkam=""; case "$$missing " in *" kamailio "*) newkam=1;; esac; \
+	  if [ -n "$$newkam" ] && [ -d /run/systemd/system ]; then \
+	    $$SUDO systemctl mask --runtime kamailio.service >/dev/null 2>&1; fi; \
 	  $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null; }; \
+	  rc=$$?; \
+	  if [ -n "$$newkam" ]; then \
+	    if [ -d /run/systemd/system ]; then \
+	      $$SUDO systemctl unmask --runtime kamailio.service >/dev/null 2>&1; \
+	      $$SUDO systemctl stop kamailio.service >/dev/null 2>&1; fi; \
+	    $$SUDO systemctl disable kamailio.service >/dev/null 2>&1; \
+	  fi; \
+	  exit $$rc; \
 	fi
 
 lint: deps
