@@ -84,5 +84,7 @@ clean:
 
 ## install-service: install the gateway as a systemd service on this Debian host (root):
 ## /opt/wa-sip-gateway/venv, /etc/wa-sip-gateway, /var/lib/wa-sip-gateway, unit enabled (systemd/install.sh)
+## (make install-service INSTANCES=4: instances wa-sip-gateway@1..4 behind Kamailio instead, config/kamailio/README.md)
+INSTANCES ?=
 install-service:
-	$$( [ "$$(id -u)" = 0 ] || echo sudo ) sh systemd/install.sh
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) env INSTANCES="$(INSTANCES)" sh systemd/install.sh

@@ -870,3 +870,80 @@ def test_systemd_unit_verifies_and_install_stages_the_layout(tmp_path: Path) -> 
     again = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env,
                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert again.returncode == 0 and cfg.read_text().startswith("# edited")  # kept
+
+
+def test_systemd_template_unit_verifies_and_install_stages_instances(tmp_path: Path) -> None:
+    """wa-sip-gateway@.service (one instance per core behind Kamailio): the single
+    unit's settings except what names the instance, verified as wa-sip-gateway@1;
+    systemd/instance-1.yaml over gateway.yaml is a valid proxy-mode config that
+    matches Kamailio's dispatcher.list; INSTANCES=4 stages four such overlays."""
+    analyze = _tool(SYSTEMD_ANALYZE, "systemd")
+    single = (ROOT / "systemd" / "wa-sip-gateway.service").read_text()
+    unit = (ROOT / "systemd" / "wa-sip-gateway@.service").read_text()
+    per_instance = ("Description=", "ExecStart=", "StateDirectory=", "WorkingDirectory=")
+
+    def settings(text: str) -> list[str]:
+        return [line for line in text.splitlines()
+                if line and not line.startswith(("#", *per_instance))]  # fmt: skip
+
+    assert settings(unit) == settings(single)
+    for line in ("ExecStart=/opt/wa-sip-gateway/venv/bin/wa-sip-gateway run"
+                 " -c /etc/wa-sip-gateway/gateway.yaml -c /etc/wa-sip-gateway/instance-%i.yaml",
+                 "StateDirectory=wa-sip-gateway/%i", "WorkingDirectory=/var/lib/wa-sip-gateway/%i",
+                 "systemctl stop wa-sip-gateway@2"):  # fmt: skip
+        assert line in unit, line
+    entry = Path(sys.executable).with_name("wa-sip-gateway")
+    local = tmp_path / "units" / "wa-sip-gateway@1.service"
+    local.parent.mkdir()
+    local.write_text(unit.replace("/opt/wa-sip-gateway/venv/bin/wa-sip-gateway", str(entry)))
+    verify = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+
+    from gateway.ops.config import load_config
+
+    base = ROOT / "systemd" / "gateway.yaml"
+    dispatcher = [line.split()[1] for line in
+                  (ROOT / "config" / "kamailio" / "dispatcher.list").read_text().splitlines()
+                  if line.strip() and not line.startswith("#")]  # fmt: skip
+    dest = tmp_path / "root"
+    env = dict(os.environ, DESTDIR=str(dest), NO_VENV="1", INSTANCES="4")
+    run = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    etc = dest / "etc/wa-sip-gateway"
+    assert (etc / "instance-1.yaml").read_text() == (ROOT / "systemd/instance-1.yaml").read_text()
+    assert (dest / "etc/systemd/system/wa-sip-gateway@.service").read_text() == unit
+    assert (dest / "etc/systemd/system/wa-sip-gateway.service").read_text() == single
+    assert (dest / "opt/wa-sip-gateway/config/kamailio/kamailio.cfg").is_file()
+    secret = etc / "secrets" / "nonce.secret"
+    assert secret.stat().st_mode & 0o777 == 0o640 and len(secret.read_bytes().strip()) >= 16
+    stop = float(re.search(r"TimeoutStopSec=(\d+)s", unit).group(1))  # type: ignore[union-attr]
+    seen: dict[str, set[object]] = {"proxy": set(), "pbx": set(), "http": set(), "media": set()}
+    for n in range(1, 5):
+        overlay = etc / f"instance-{n}.yaml"
+        assert overlay.stat().st_mode & 0o777 == 0o640
+        cfg = load_config(base, overlay)
+        wa = cfg.whatsapp
+        assert wa.listen is None and wa.proxy_listen is not None
+        assert wa.outbound_proxy is not None and str(wa.outbound_proxy.port) == "5060"
+        assert [str(net) for net in wa.trusted_proxies] == ["127.0.0.1/32"]
+        assert cfg.cluster.nonce_secret_file == Path("/etc/wa-sip-gateway/secrets/nonce.secret")
+        assert str(cfg.records.path).startswith(f"/var/lib/wa-sip-gateway/{n}/")
+        assert dispatcher[n - 1] == f"sip:{wa.proxy_listen.host}:{wa.proxy_listen.port}"
+        low, high = cfg.media.port_range
+        assert 20000 <= low < high <= 29999 and low % 2 == 0
+        seen["proxy"].add(wa.proxy_listen)
+        seen["pbx"].add(cfg.pbx.listen)
+        seen["http"].add(cfg.http.listen)
+        seen["media"].update(range(low, high + 1, 500))
+        assert stop > cfg.shutdown.drain_timeout
+    assert [len(v) for v in seen.values()] == [4, 4, 4, 20]  # nothing shared
+    (etc / "instance-2.yaml").write_text("# edited\n")
+    again = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert again.returncode == 0 and (etc / "instance-2.yaml").read_text() == "# edited\n"
+    bad = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")],
+                         env=dict(env, INSTANCES="17"), capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert bad.returncode == 1 and "INSTANCES" in bad.stderr
