@@ -3,8 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.example.yaml
-APT_PACKAGES := sip-tester openssl libopus0 baresip-core sox debootstrap prometheus systemd \
-	kamailio kamailio-tls-modules
+APT_PACKAGES := sip-tester openssl libopus0 baresip-core sox debootstrap prometheus systemd
 
 .PHONY: install-service run demo test lint typecheck unit integration bench deps apt-deps asterisk-chroot clean
 
@@ -27,27 +26,14 @@ run: deps
 demo: deps apt-deps
 	$(BIN)/python scripts/demo.py
 
-## apt-deps: system packages: libopus0 (the Opus codec), the peers the integration tests drive (SIPp, baresip, sox, debootstrap for the Asterisk chroot, Kamailio for the scale-out front), promtool (package prometheus) and systemd-analyze (systemd) for the ops tests
-## (a freshly installed kamailio package would start its own service with Debian's sample config on
-## a systemd host: it is masked for the install, then left disabled; the tests run their own Kamailio)
+## apt-deps: system packages: libopus0 (the Opus codec), the peers the integration tests drive (SIPp, baresip, sox, debootstrap for the peer chroot), promtool (package prometheus) and systemd-analyze (systemd) for the ops tests. Kamailio (the scale-out front) comes from the chroot (asterisk-chroot): Debian 12's 5.6.3 corrupts memory in its TLS module under OpenSSL 3 (config/kamailio/README.md)
 apt-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  newkam=""; case "$$missing " in *" kamailio "*) newkam=1;; esac; \
-	  if [ -n "$$newkam" ] && [ -d /run/systemd/system ]; then \
-	    $$SUDO systemctl mask --runtime kamailio.service >/dev/null 2>&1; fi; \
 	  $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null; }; \
-	  rc=$$?; \
-	  if [ -n "$$newkam" ]; then \
-	    if [ -d /run/systemd/system ]; then \
-	      $$SUDO systemctl unmask --runtime kamailio.service >/dev/null 2>&1; \
-	      $$SUDO systemctl stop kamailio.service >/dev/null 2>&1; fi; \
-	    $$SUDO systemctl disable kamailio.service >/dev/null 2>&1; \
-	  fi; \
-	  exit $$rc; \
 	fi
 
 lint: deps
@@ -62,7 +48,7 @@ unit: deps
 integration: deps apt-deps
 	$(BIN)/pytest -q tests/integration
 
-## asterisk-chroot: Debian sid chroot with a real Asterisk 22 for the integration tests
+## asterisk-chroot: Debian sid chroot with the real peers that Debian 12 lacks or ships too old: Asterisk 22, SIPp 3.8 (TLS), Kamailio 6.1
 ## (root, Debian mirror; about 40 s once, then a stamp check; WAGW_ASTERISK_ROOT moves it)
 asterisk-chroot:
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) scripts/setup-asterisk-chroot.sh $${WAGW_ASTERISK_ROOT:-.cache/asterisk-root}

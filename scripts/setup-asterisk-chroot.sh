@@ -1,6 +1,8 @@
 #!/bin/sh
-# Build a Debian sid chroot holding a real Asterisk 22 (and SIPp 3.8 with TLS)
-# for the integration tests. Debian bookworm ships no Asterisk; sid does.
+# Build a Debian sid chroot holding a real Asterisk 22, SIPp 3.8 with TLS and
+# Kamailio 6.1 for the integration tests. Debian bookworm ships no Asterisk, and
+# its Kamailio 5.6.3 corrupts memory in the TLS module under OpenSSL 3
+# (kamailio/kamailio#3791; fixed by tls_threads_mode, Kamailio 5.8+); sid has both.
 #
 # Usage: scripts/setup-asterisk-chroot.sh [ROOT]     (default: .cache/asterisk-root)
 #
@@ -19,10 +21,10 @@ set -eu
 PROJECT=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=${1:-$PROJECT/.cache/asterisk-root}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PACKAGES="asterisk asterisk-modules asterisk-config sip-tester"
+PACKAGES="asterisk asterisk-modules asterisk-config sip-tester kamailio kamailio-tls-modules"
 STAMP="$ROOT/.wagw-asterisk-ready"
 
-if [ -f "$STAMP" ] && [ -x "$ROOT/usr/sbin/asterisk" ]; then
+if [ -f "$STAMP" ] && [ -x "$ROOT/usr/sbin/asterisk" ] && [ -x "$ROOT/usr/sbin/kamailio" ]; then
     echo "asterisk chroot ready: $ROOT ($(cat "$STAMP"))"
     exit 0
 fi
@@ -61,5 +63,6 @@ chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
 mkdir -p "$ROOT/opt/wagw"
 
 version=$(chroot "$ROOT" dpkg-query -W -f '${Version}' asterisk)
-echo "asterisk $version, built $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$STAMP"
+kamailio=$(chroot "$ROOT" dpkg-query -W -f '${Version}' kamailio)
+echo "asterisk $version, kamailio $kamailio, built $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$STAMP"
 echo "asterisk chroot built in $(( $(date +%s) - start )) s: $ROOT (asterisk $version)"

@@ -1447,10 +1447,16 @@ class _ServerCall(_CallBase):
         if req.headers.get("Max-Forwards") is None:
             self.violation("INVITE lacks Max-Forwards")
         contact = req.contact
+        # Meta's in-dialog requests go to the first Record-Route entry (a proxy in front
+        # of the gateway), else to the Contact: that first hop must take TLS.
+        rr = req.headers.get_all("Record-Route")
+        first = parse_address(rr[0]).uri if rr else contact.uri if contact else None
         if contact is None or not isinstance(contact.uri, SipUri):
             self.violation("INVITE lacks a SIP Contact")
-        elif contact.uri.scheme != "sips" and contact.uri.transport != "tls":
-            self.violation(f"INVITE Contact {contact.uri} is not reachable over TLS")
+        elif not isinstance(first, SipUri) or (first.scheme != "sips"
+                                               and first.transport != "tls"):  # fmt: skip
+            what = "Record-Route" if rr else "Contact"
+            self.violation(f"INVITE {what} {first} is not reachable over TLS")
 
     def _check_offer(self, text: str) -> _OfferChoice | None:
         b = self.b

@@ -1,5 +1,8 @@
-"""Kamailio 5.6 (Debian: kamailio, kamailio-tls-modules) as the SIP front of
-several gateway instances, for the integration tests and the benchmark.
+"""Kamailio 6.1 (Debian sid, in the peer chroot of make asterisk-chroot) as the SIP
+front of several gateway instances, for the integration tests and the benchmark.
+Not bookworm's 5.6.3: under OpenSSL 3 its TLS module frees memory twice and a worker
+dies (seen here under failover; kamailio/kamailio#3791), which tls_threads_mode=2
+(Kamailio 5.8+, set by the shipped config) prevents.
 
     cert, key = self_signed_cert(tmp_path / "certs")
     with KamailioProxy(
@@ -22,7 +25,8 @@ listeners on 127.0.0.1 only, META_ADDR/META_PORT pointing at the Meta
 emulator while the Request-URI host stays META_HOST (wa.meta.vc), and its own
 tls.cfg (the shipped one with the three file paths replaced),
 dispatcher.list (`backends`, set 1, flags 0) and address.list (`allow`) in
-`workdir`. NO_LOCAL_CFG keeps a config/kamailio/kamailio-local.cfg out.
+a per-run directory of the chroot (/opt/wagw/kam-*, removed at stop unless
+WAGW_KEEP_PEER_FILES=1). NO_LOCAL_CFG keeps a config/kamailio/kamailio-local.cfg out.
 
 API:
     KamailioProxy(workdir, *, backends, cert_file, key_file, ca_file, meta_port,
@@ -66,8 +70,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -88,12 +92,8 @@ META_HOST = "wa.meta.vc"
 TLS_CERT_PATH = "/etc/kamailio/tls/fullchain.pem"
 TLS_KEY_PATH = "/etc/kamailio/tls/privkey.pem"
 TLS_CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
-MODULE_GLOBS = (
-    "/usr/lib/*/kamailio/modules/tls.so",
-    "/usr/lib/kamailio/modules/tls.so",
-    "/usr/local/lib*/kamailio/modules/tls.so",
-)
-_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
+MODULE_GLOBS = ("usr/lib/*/kamailio/modules/tls.so", "usr/lib/kamailio/modules/tls.so")
+RUNS_DIR = "/opt/wagw"  # inside the chroot, shared with tests/peers/asterisk.py
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -101,17 +101,17 @@ class KamailioError(RuntimeError):
     pass
 
 
-def _binary(name: str) -> str | None:
-    found = shutil.which(name)
-    if found is None and os.access(f"/usr/sbin/{name}", os.X_OK):
-        found = f"/usr/sbin/{name}"
-    return found
+def kamailio_root() -> Path:
+    """The sid chroot the peers run from (make asterisk-chroot; WAGW_ASTERISK_ROOT)."""
+    return Path(os.environ.get("WAGW_ASTERISK_ROOT", PROJECT_DIR / ".cache" / "asterisk-root"))
 
 
-def kamailio_available() -> bool:
-    """kamailio and kamcmd are installed, and the tls module is there."""
-    has_tls = any(glob.glob(pattern) for pattern in MODULE_GLOBS)
-    return _binary("kamailio") is not None and _binary("kamcmd") is not None and has_tls
+def kamailio_available(root: Path | None = None) -> bool:
+    """kamailio and kamcmd are installed in the chroot, and the tls module is there."""
+    root = root or kamailio_root()
+    has_tls = any(glob.glob(str(root / pattern)) for pattern in MODULE_GLOBS)
+    binaries = (root / "usr/sbin/kamailio", root / "usr/sbin/kamcmd")
+    return has_tls and all(os.access(b, os.X_OK) for b in binaries)
 
 
 def require_kamailio() -> None:
@@ -120,9 +120,7 @@ def require_kamailio() -> None:
 
     if kamailio_available():
         return
-    msg = (
-        "Kamailio with TLS not found: apt-get install kamailio kamailio-tls-modules (make apt-deps)"
-    )
+    msg = f"Kamailio with TLS not found in {kamailio_root()}: make asterisk-chroot"
     if skip_allowed():
         pytest.skip(msg)
     pytest.fail(msg)
@@ -202,8 +200,10 @@ class KamailioProxy:
         self.config_file = Path(config_file)
         self.proc: subprocess.Popen[bytes] | None = None
         self._pgid: int | None = None
-        self._ctl_dir: Path | None = None  # a short temp dir when workdir is too deep
-        self._kamcmd = _binary("kamcmd") or "kamcmd"
+        # Kamailio runs from the sid chroot; its files are in a per-run directory there.
+        self.root = kamailio_root()
+        self.inside = f"{RUNS_DIR}/kam-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # as it sees it
+        self.host_dir = self.root / self.inside.lstrip("/")
 
     # ------------------------------------------------------------ paths --
     @property
@@ -212,15 +212,12 @@ class KamailioProxy:
 
     @property
     def run_dir(self) -> Path:
-        return self.workdir / "run"
-
-    @property
-    def ctl_socket(self) -> Path:
-        return (self._ctl_dir or self.run_dir) / "kamailio_ctl"
+        """The run directory (pid file, ctl socket) on the host."""
+        return self.host_dir / "run"
 
     @property
     def ctl(self) -> str:
-        return f"unix:{self.ctl_socket}"
+        return f"unix:{self.inside}/run/kamailio_ctl"
 
     @property
     def internal_hostport(self) -> str:
@@ -238,39 +235,43 @@ class KamailioProxy:
 
     # ----------------------------------------------------------- config --
     def write_config(self) -> None:
+        """The config, its lists, tls.cfg and the TLS files, copied into the chroot."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.mkdir(exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.config_file, self.host_dir / "kamailio.cfg")
         tls = (CONFIG_DIR / "tls.cfg").read_text()
-        for old, new in ((TLS_CERT_PATH, self.cert_file), (TLS_KEY_PATH, self.key_file),
-                         (TLS_CA_PATH, self.ca_file)):  # fmt: skip
+        for old, src, name in ((TLS_CERT_PATH, self.cert_file, "cert.pem"),
+                               (TLS_KEY_PATH, self.key_file, "key.pem"),
+                               (TLS_CA_PATH, self.ca_file, "ca.pem")):  # fmt: skip
             if old not in tls:
                 raise KamailioError(f"config/kamailio/tls.cfg no longer names {old}")
-            tls = tls.replace(old, str(Path(new).resolve()))
-        (self.workdir / "tls.cfg").write_text(tls)
+            shutil.copy(src, self.host_dir / name)
+            tls = tls.replace(old, f"{self.inside}/{name}")
+        (self.host_dir / "tls.cfg").write_text(tls)
         lines = [f"1 {uri} 0 0 duid=gw{i}" for i, uri in enumerate(self.backends, 1)]
-        (self.workdir / "dispatcher.list").write_text("\n".join(lines) + "\n")
+        (self.host_dir / "dispatcher.list").write_text("\n".join(lines) + "\n")
         allow = [f"1 {net.network_address} {net.prefixlen} 0 test{i}"
                  for i, net in enumerate(self.allow, 1)]  # fmt: skip
-        (self.workdir / "address.list").write_text("\n".join(allow) + "\n")
+        (self.host_dir / "address.list").write_text("\n".join(allow) + "\n")
 
     def argv(self) -> list[str]:
-        kamailio = _binary("kamailio") or "kamailio"
+        inside = self.inside
         defines: dict[str, str | int] = {
             "NO_LOCAL_CFG": "",
             "PUBLIC_TLS": f"tls:{LOOPBACK}:{self.public_port}",
             "INTERNAL_UDP": f"udp:{LOOPBACK}:{self.internal_port}",
             "INTERNAL_TCP": f"tcp:{LOOPBACK}:{self.internal_port}",
-            "DS_LIST": str(self.workdir.resolve() / "dispatcher.list"),
-            "ALLOW_LIST": str(self.workdir.resolve() / "address.list"),
-            "TLS_CFG": str(self.workdir.resolve() / "tls.cfg"),
+            "DS_LIST": f"{inside}/dispatcher.list",
+            "ALLOW_LIST": f"{inside}/address.list",
+            "TLS_CFG": f"{inside}/tls.cfg",
             "CTL_SOCK": self.ctl,
             "META_ADDR": self.meta_addr,
             "META_PORT": self.meta_port,
             "DS_PING_INTERVAL": self.ping_interval,
         }
         defines.update(self.defines)
-        argv = [kamailio, "-DD", "-E", "-f", str(self.config_file),
-                "-Y", str(self.run_dir.resolve()), "-w", str(self.workdir.resolve()),
+        argv = ["chroot", str(self.root), "/usr/sbin/kamailio", "-DD", "-E",
+                "-f", f"{inside}/kamailio.cfg", "-Y", f"{inside}/run", "-w", inside,
                 "-m", str(self.shm_mb)]  # fmt: skip
         for name, value in defines.items():
             argv += ["-A", _define(name, value)]
@@ -282,11 +283,9 @@ class KamailioProxy:
         ports accept connections. KamailioError (with the log's tail) otherwise."""
         if self.proc is not None:
             raise KamailioError("already started")
-        if not kamailio_available():
-            raise KamailioError("kamailio/kamcmd/tls.so not installed (make apt-deps)")
+        if not kamailio_available(self.root):
+            raise KamailioError(f"kamailio/kamcmd/tls.so not in {self.root} (make asterisk-chroot)")
         self.write_config()
-        if len(str(self.run_dir.resolve() / "kamailio_ctl")) > _SUN_PATH_MAX:
-            self._ctl_dir = Path(tempfile.mkdtemp(prefix="wagw-kam-"))
         self.proc = start_process(self.argv(), self.log_path, cwd=self.workdir)
         self._pgid = self.proc.pid  # start_new_session: the group leader
         try:
@@ -318,9 +317,8 @@ class KamailioProxy:
             if proc is not None and pgid is not None:
                 self._stop_group(proc, pgid, grace)
         finally:
-            if self._ctl_dir is not None:
-                shutil.rmtree(self._ctl_dir, ignore_errors=True)
-                self._ctl_dir = None
+            if os.environ.get("WAGW_KEEP_PEER_FILES") != "1":
+                shutil.rmtree(self.host_dir, ignore_errors=True)
 
     @staticmethod
     def _stop_group(proc: subprocess.Popen[bytes], pgid: int, grace: float) -> None:
@@ -361,8 +359,9 @@ class KamailioProxy:
         self, args: list[str], timeout: float
     ) -> subprocess.CompletedProcess[str] | None:
         try:
-            return subprocess.run([self._kamcmd, "-s", self.ctl, *args], capture_output=True,
-                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+            argv = ["chroot", str(self.root), "/usr/sbin/kamcmd", "-s", self.ctl, *args]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)  # fmt: skip
         except subprocess.TimeoutExpired:
             return None
 
