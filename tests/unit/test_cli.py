@@ -115,3 +115,22 @@ def test_module_entry_point() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("config OK: 1 number")
+
+
+def test_check_config_with_an_instance_overlay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-c given twice: the second file is merged over the first (one instance of several)."""
+    overlay = tmp_path / "instance-2.yaml"
+    overlay.write_text(
+        "whatsapp:\n  listen: null\n  proxy_listen: 127.0.0.1:5072\n"
+        "  trusted_proxies: [127.0.0.1/32]\nhttp: {listen: 127.0.0.1:9467}\n",
+        encoding="utf-8",
+    )
+    assert main(["check-config", "-c", str(EXAMPLE), "-c", str(overlay)]) == 0
+    out = capsys.readouterr().out
+    assert "TLS off (sip.example.com)" in out and "http 127.0.0.1:9467" in out
+    assert out.rstrip().endswith("behind proxy on 127.0.0.1:5072, development mode")
+    overlay.write_text("http: {listen: 127.0.0.1:99999}\n", encoding="utf-8")
+    assert main(["check-config", "-c", str(EXAMPLE), "-c", str(overlay)]) == 1
+    assert "http.listen: " in capsys.readouterr().err
