@@ -32,13 +32,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
 from tests.peers import (
     LOOPBACK,
     PROJECT_DIR,
+    PeerProcess,
     free_port,
     release_ports,
     self_signed_cert,
@@ -93,7 +93,7 @@ def require_asterisk_root(root: Path | None = None) -> Path:
     return root
 
 
-class AsteriskPbx:
+class AsteriskPbx(PeerProcess):
     """An Asterisk process (by PID) with a private copy of config/asterisk."""
 
     def __init__(
@@ -261,21 +261,6 @@ class AsteriskPbx:
                     shutil.copy2(src, self.log_dir / f"asterisk-{src.name}")
         if not self.keep_run_dir:
             shutil.rmtree(self.host_run_dir, ignore_errors=True)
-
-    def __enter__(self) -> AsteriskPbx:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def pid(self) -> int | None:

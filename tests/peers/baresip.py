@@ -35,11 +35,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from tests.peers import (
     LOOPBACK,
+    PeerProcess,
     free_port,
     release_ports,
     require_binary,
@@ -63,7 +63,7 @@ def _netstring(payload: bytes) -> bytes:
     return str(len(payload)).encode() + b":" + payload + b","
 
 
-class Baresip:
+class Baresip(PeerProcess):
     """One baresip process (by PID) with its own config folder."""
 
     def __init__(
@@ -250,21 +250,6 @@ statmode_default\toff
         if self._reader is not None:
             self._reader.join(timeout=2)
             self._reader = None
-
-    def __enter__(self) -> Baresip:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def pid(self) -> int | None:

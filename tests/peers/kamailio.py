@@ -74,11 +74,11 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from tests.peers import (
     LOOPBACK,
     PROJECT_DIR,
+    PeerProcess,
     free_port,
     skip_allowed,
     start_process,
@@ -162,7 +162,7 @@ def _define(name: str, value: str | int) -> str:
     return f'{name}="{value}"'
 
 
-class KamailioProxy:
+class KamailioProxy(PeerProcess):
     """One Kamailio (main process by PID, children by its process group) running
     config/kamailio/kamailio.cfg on 127.0.0.1."""
 
@@ -338,21 +338,6 @@ class KamailioProxy:
         left = [pid for pid, _ in _group_members(pgid)]
         if proc.poll() is None or left:
             raise KamailioError(f"Kamailio processes left after SIGKILL: {left or [proc.pid]}")
-
-    def __enter__(self) -> KamailioProxy:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------ kamcmd --
     def _run_kamcmd(
