@@ -29,7 +29,7 @@ from gateway.b2bua.legs import (
 from gateway.b2bua.outbound import OutboundCall, OutboundSetup
 from gateway.b2bua.routing import RateLimiter, RoutingError, normalise_number, whatsapp_user
 from gateway.media.srtp import new_key_material
-from gateway.ops.config import Config, NumberConfig
+from gateway.ops.config import Config, HostPort, NumberConfig
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import (
     MediaParams,
@@ -559,8 +559,6 @@ def _meta_source(req: Request, source: Target) -> str:
             vias = []
         if len(vias) > 1:
             via = vias[1]
-            host = via.received or via.host
-            port = via.rport or via.port or 5061
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    host = source.host
-    return f"[{host}]:{source.port}" if ":" in host else f"{host}:{source.port}"
+            host = (via.received or via.host).strip("[]")
+            return str(HostPort(host, via.rport or via.port or 5061))
+    return str(HostPort(source.host, source.port))

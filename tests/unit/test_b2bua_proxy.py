@@ -53,7 +53,9 @@ PROXY_CONFIG: dict[str, Any] = {
 }
 
 
-def relayed(data: bytes, transport: str = "udp") -> bytes:
+def relayed(
+    data: bytes, transport: str = "udp", src: tuple[str, int] = META_SRC
+) -> bytes:
     """``data`` (a Meta-shaped request) as Kamailio forwards it to an instance."""
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
@@ -61,7 +63,7 @@ def relayed(data: bytes, transport: str = "udp") -> bytes:
            f"branch={new_branch()};rport"]  # fmt: skip
     for line in lines[1:]:
         if line.startswith("Via:") and ";rport" in line:
-            line = line.replace(";rport", f";received={META_SRC[0]};rport={META_SRC[1]}", 1)
+            line = line.replace(";rport", f";received={src[0]};rport={src[1]}", 1)
         if line.startswith("Record-Route:") and META_RR[0] in line:
             out += [f"Record-Route: {rr}" for rr in PROXY_RR[transport]]
         out.append(line)
@@ -185,3 +187,16 @@ def test_outbound_call_goes_to_the_outbound_proxy(tmp_path: Path) -> None:
                   and s.message.method == "INVITE"])  # fmt: skip
     assert again.target == PROXY_UDP
     assert again.request.headers.get("Proxy-Authorization")
+
+
+def test_meta_source_over_ipv6_is_bracketed(h: Harness) -> None:
+    v6 = ("2a03:2880:f000::1", 5061)
+    kwargs: dict[str, Any] = {"wacid": "wacid.v6", "from_tag": "metatag6"}
+    first = meta_invite(**kwargs)
+    h.from_meta(relayed(first, src=v6), PROXY_UDP)
+    value = only(h.responses(h.sent(), 407)).headers.get("Proxy-Authenticate")
+    assert value is not None
+    kwargs.update(cseq=2, branch=new_branch(), auth=h.credentials(value, request_of(first).uri))
+    h.from_meta(relayed(meta_invite(**kwargs), src=v6), PROXY_UDP)
+    call = only(list(h.calls.calls.values()))
+    assert call.record()["meta_source"] == "[2a03:2880:f000::1]:5061"
