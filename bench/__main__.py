@@ -1,9 +1,13 @@
-"""python -m bench [--calls N] [--seconds S] [--quick] [--profile] [--no-write].
+"""python -m bench [--calls N] [--seconds S] [--instances N [--compare]] [--quick] [--no-write].
 
 Starts the gateway daemon (pinned to core 0), drives N concurrent transcoded
 calls at it from a load generator (pinned to core 1), prints the result and
-rewrites docs/benchmarks.md. Exit status 0 when the run completed (whether or
-not the target was met), 1 when it could not run.
+rewrites docs/benchmarks.md. With --instances N (or --front kamailio): N
+gateway instances behind Kamailio, instance i on core i mod ncpu, the load
+generator connecting to Kamailio (issue 7); --compare first runs one instance
+behind the same front with the same per-instance load and reports the ratios.
+Exit status 0 when the run completed (whether or not the target was met), 1
+when it could not run.
 """
 
 from __future__ import annotations
@@ -12,14 +16,20 @@ import argparse
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
+from bench import scaleout
 from bench.daemon import PRIORITIES
+from bench.gateways import FRONTS
 from bench.report import render_stdout, verdict, write_markdown
-from bench.run import Params, run
+from bench.result import Params, Result
+from bench.run import run
 from bench.stats import save
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+PAUSE = 3.0  # seconds between the runs of one invocation (--compare)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +39,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rate", type=float, default=40.0, help="new calls per second in the ramp")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds before the window opens")
     ap.add_argument("--quick", action="store_true", help="smoke run: 10 calls, 5 s")
+    ap.add_argument(
+        "--instances", type=int, default=1, metavar="N",
+        help="gateway instances behind Kamailio (default 1: the daemon alone); --calls is "
+        "the total",
+    )  # fmt: skip
+    ap.add_argument(
+        "--front", choices=FRONTS,
+        help="what the load generator connects to as Meta: the daemon's TLS listener "
+        "(direct, the default for one instance) or Kamailio (the default for several)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--compare", action="store_true",
+        help="with --instances N: first one instance behind the same front with --calls/N "
+        "calls, then N instances; report the capacity and CPU ratios",
+    )  # fmt: skip
     ap.add_argument("--profile", action="store_true", help="sample the daemon with py-spy")
     ap.add_argument(
         "--opus-complexity", type=int, choices=range(11), metavar="0-10",
@@ -43,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-meta-rtcp", action="store_true",
         help="the WhatsApp side sends no RTCP receiver reports (the gateway then keeps "
         "planning Opus FEC for the configured loss)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--generator-same-priority", action="store_true",
+        help="experiment: with --priority realtime and no core of its own, the load "
+        "generator at the instances' SCHED_FIFO level instead of one below",
     )  # fmt: skip
     ap.add_argument("--no-pin", action="store_true", help="do not pin to cores 0 and 1")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
@@ -68,8 +98,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.calls, args.seconds = 10, 5.0
-    if args.calls < 1 or args.seconds <= 0 or args.rate <= 0:
-        ap.error("--calls, --seconds and --rate must be positive")
+    if args.calls < 1 or args.seconds <= 0 or args.rate <= 0 or args.instances < 1:
+        ap.error("--calls, --seconds, --rate and --instances must be positive")
+    args.front = args.front or ("direct" if args.instances == 1 else "kamailio")
+    if args.front == "direct" and args.instances > 1:
+        ap.error("several instances need --front kamailio")
+    if args.compare and args.instances < 2:
+        ap.error("--compare needs --instances 2 or more")
+    if args.compare and args.calls % args.instances:
+        ap.error("--compare: --calls must be a multiple of --instances (same load per instance)")
+    if args.front != "direct" and args.profile:
+        ap.error("--profile samples the single daemon (no --instances/--front kamailio)")
     return args
 
 
@@ -92,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         ref=args.ref,
         daemon_gc=args.daemon_gc,
         meta_rtcp=not args.no_meta_rtcp,
+        instances=args.instances,
+        front=args.front,
+        compare=args.compare,
+        generator_below=not args.generator_same_priority,
     )
+    if args.front != "direct":
+        return _scale_out(args, params)
     print(
         f"bench: {params.calls} calls, ramp {params.rate:g}/s, warm-up {params.warmup:g} s, "
         f"window {params.seconds:g} s ...",
@@ -116,6 +161,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: wrote {args.output}", file=sys.stderr)
     ok, _ = verdict(result)
     print(f"bench: target {'met' if ok else 'not met'}", file=sys.stderr)
+    return 0
+
+
+def _scale_out(args: argparse.Namespace, params: Params) -> int:
+    """N instances behind Kamailio; with --compare a one-instance baseline first."""
+    plan = [params]
+    if args.compare:
+        per = params.calls // params.instances
+        plan.insert(0, replace(params, instances=1, calls=per, compare=False))
+    results: list[Result] = []
+    for k, p in enumerate(plan):
+        if k:
+            time.sleep(PAUSE)  # the last run's processes gone, its sockets closed
+        print(
+            f"bench: {p.instances} instance(s) behind {p.front}, {p.calls} calls, ramp "
+            f"{p.rate:g}/s, warm-up {p.warmup:g} s, window {p.seconds:g} s ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            results.append(run(p))
+        except KeyboardInterrupt:
+            print("bench: interrupted; instances and Kamailio stopped", file=sys.stderr)
+            return 130
+        except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as exc:
+            print(f"bench: could not run: {exc}", file=sys.stderr)
+            return 1
+    print(scaleout.render_stdout(results))
+    if args.dump is not None:
+        save(str(args.dump), results[-1].m2p, results[-1].p2m)
+        print(f"bench: per-packet data in {args.dump}", file=sys.stderr)
+    if not args.no_write:
+        scaleout.write_markdown(args.output, results)
+        print(f"bench: wrote {args.output}", file=sys.stderr)
+    ok, _ = scaleout.at_bar(results[-1])
+    print(f"bench: {'at' if ok else 'not at'} the bar", file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,11 @@ Like ``tests.integration.harness.GatewayProcess`` but quiet (logging level
 warning, so there is no "ready" line to wait for: readiness is ``/livez``),
 pinned to one core from its first instruction, and tied to the benchmark's
 life with ``PR_SET_PDEATHSIG`` so it never outlives it.
+
+Two ways Meta's side reaches it: its own TLS listener (the single-instance
+benchmark), or, with :class:`ProxySide`, no TLS listener and Meta's requests
+relayed by a SIP proxy to ``whatsapp.proxy_listen`` (one of several instances
+behind Kamailio, bench.front).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class CpuSample:
     run_ns: int  # scheduler run time of all threads (ns, precise), 0 when unavailable
     rss_kib: int
     wait_ns: int = 0  # time runnable but waiting for a CPU (others had it), all threads
+    slices: int = 0  # times a thread was put on a CPU (wake-ups, preemptions), all threads
 
     @property
     def total(self) -> float:
@@ -71,20 +77,21 @@ def read_cpu(pid: int) -> CpuSample:
         stat = fh.read()
     fields = stat[stat.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-    run_ns = wait_ns = 0
+    run_ns = wait_ns = slices = 0
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as fh:
                 fields3 = fh.read().split()
                 run_ns += int(fields3[0])
                 wait_ns += int(fields3[1])
+                slices += int(fields3[2])
     rss = 0
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
                 break
-    return CpuSample(time.monotonic(), utime, stime, run_ns, rss, wait_ns)
+    return CpuSample(time.monotonic(), utime, stime, run_ns, rss, wait_ns, slices)
 
 
 CORE_COLUMNS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -131,12 +138,13 @@ PRIORITIES = ("normal", "high", "realtime")
 RT_PRIORITY = 10
 
 
-def set_priority(priority: str, pid: int = 0) -> str:
+def set_priority(priority: str, pid: int = 0, rt_priority: int = RT_PRIORITY) -> str:
     """Make ``pid`` (0: this process) win its core against other work on the machine.
 
     ``high``: nice -20, also for its autogroup (with sched_autogroup, nice only ranks
-    tasks inside one session). ``realtime``: SCHED_FIFO, above every normal task
-    (the kernel still leaves others 5 %). Returns what was done, for the report.
+    tasks inside one session). ``realtime``: SCHED_FIFO ``rt_priority``, above every
+    normal task (the kernel still leaves others 5 %). Returns what was done, for the
+    report.
     """
     if priority == "high":
         os.setpriority(os.PRIO_PROCESS, pid, -20)
@@ -144,8 +152,8 @@ def set_priority(priority: str, pid: int = 0) -> str:
             fh.write("-20")
         return "nice -20 (process and autogroup)"
     if priority == "realtime":
-        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
-        return f"SCHED_FIFO {RT_PRIORITY}"
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(rt_priority))
+        return f"SCHED_FIFO {rt_priority}"
     return "normal"
 
 
@@ -168,6 +176,27 @@ def _child_setup(core: int | None, priority: str) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+@dataclass(frozen=True)
+class ProxySide:
+    """An instance behind a SIP proxy (issue 7): no TLS listener; what it shares with
+    the other instances and where the proxy is."""
+
+    nonce_secret_file: Path  # cluster.nonce_secret_file, the same for every instance
+    outbound_proxy: str  # "host:port", the proxy's internal listener
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32",)
+    transport: str = "udp"  # whatsapp.proxy_transport
+
+    def whatsapp(self, proxy_port: int) -> dict[str, Any]:
+        """The whatsapp.* keys that put the instance behind the proxy."""
+        return {
+            "listen": None,
+            "trusted_proxies": list(self.trusted_proxies),
+            "proxy_listen": f"127.0.0.1:{proxy_port}",
+            "proxy_transport": self.transport,
+            "outbound_proxy": self.outbound_proxy,
+        }
+
+
 @dataclass
 class Daemon:
     """One gateway process started from a generated YAML config in ``workdir``."""
@@ -182,6 +211,8 @@ class Daemon:
     source: Path | None = None  # a directory holding gateway/ to run instead of the working tree
     gc_mode: str = ""  # "" or "threshold=A,B,C" (an experiment; see bench.gcprobe)
     overrides: dict[str, Any] = field(default_factory=dict)
+    proxy: ProxySide | None = None  # behind a SIP proxy instead of its own TLS listener
+    name: str = "daemon"
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -193,6 +224,18 @@ class Daemon:
     @property
     def tls_address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.ports["tls"])
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        """Where Meta's side is received: the TLS listener, or proxy_listen (UDP + TCP)."""
+        return ("127.0.0.1", self.ports["proxy" if self.proxy else "tls"])
+
+    def assign_ports(self) -> dict[str, int]:
+        """Pick the listening ports (once; the proxy needs proxy_listen before start)."""
+        if not self.ports:
+            sip = "proxy" if self.proxy else "tls"
+            self.ports = {sip: free_port(), "pbx_listen": free_port(), "http": free_port()}
+        return self.ports
 
     @property
     def gc_path(self) -> Path:
@@ -211,17 +254,23 @@ class Daemon:
         return self.workdir / "gateway.log"
 
     def write_config(self) -> Path:
-        self.ports = {"tls": free_port(), "pbx_listen": free_port(), "http": free_port()}
+        self.assign_ports()
         pw = self.workdir / "secrets" / "15550001111.password"
         pw.parent.mkdir(parents=True, exist_ok=True)
         pw.write_text(SIP_PASSWORD + "\n")
         pw.chmod(0o600)
+        if self.proxy is None:
+            side: dict[str, Any] = {
+                "listen": f"127.0.0.1:{self.ports['tls']}",
+                "advertise": f"127.0.0.1:{self.ports['tls']}",
+            }
+        else:
+            side = self.proxy.whatsapp(self.ports["proxy"])
         cfg: dict[str, Any] = {
             "mode": "development",  # makes the self-signed certificate
             "whatsapp": {
-                "listen": f"127.0.0.1:{self.ports['tls']}",
+                **side,
                 "hostname": HOSTNAME,
-                "advertise": f"127.0.0.1:{self.ports['tls']}",
                 "tls": {"cert_file": "tls/gw.crt", "key_file": "tls/gw.key"},
                 "allowed_networks": ["127.0.0.0/8"],
                 "numbers": [
@@ -242,6 +291,8 @@ class Daemon:
             "logging": {"level": self.log_level, "format": "json"},
             "limits": {"max_calls": self.max_calls},
         }
+        if self.proxy is not None:
+            cfg["cluster"] = {"nonce_secret_file": str(self.proxy.nonce_secret_file)}
         for key, value in self.overrides.items():
             cfg.setdefault(key, {}).update(value)
         path = self.workdir / "gateway.yaml"
@@ -274,19 +325,20 @@ class Daemon:
         url = f"http://127.0.0.1:{self.ports['http']}/livez"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log_text()}")
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n{self.log_text()}")
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
                 urllib.request.urlopen(url, timeout=1) as resp,
             ):
-                if resp.status == 200 and self._tls_open():
+                if resp.status == 200 and self._sip_open():
                     return
             time.sleep(0.05)
-        raise RuntimeError(f"gateway not ready in {timeout}s:\n{self.log_text()}")
+        raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log_text()}")
 
-    def _tls_open(self) -> bool:
+    def _sip_open(self) -> bool:
+        """The TLS listener (or proxy_listen's TCP side) accepts connections."""
         try:
-            with socket.create_connection(self.tls_address, timeout=1):
+            with socket.create_connection(self.sip_address, timeout=1):
                 return True
         except OSError:
             return False

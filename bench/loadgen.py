@@ -7,8 +7,15 @@ own core):
   certificate not verified) carrying every call's signalling as Meta does:
   INVITE shaped like whatsapp-sip.md section 3 with a real SDES key, the 407
   answered with :func:`gateway.sip.auth.answer_challenge`, ACK, later BYE.
+  Through a proxy (Kamailio in front of several instances) the same
+  connection goes to the proxy; the proxy's Record-Route entries above Meta's
+  own in the 2xx make the route set of the ACK and BYE, whose Request-URI is
+  the answering instance's Contact.
 * :class:`PbxStub`, the PBX the gateway calls: 100 + 200 with a PCMU answer
-  and a media socket per call, ACK, BYE, OPTIONS.
+  and a media socket per call, ACK, BYE, OPTIONS. It drains its socket on
+  each readable event (asyncio's datagram transport reads one datagram per
+  loop pass: with hundreds of media sockets ready per pass and the generator
+  short of CPU, the gateways' INVITEs waited seconds and timed out).
 * :class:`Pacer`, one timer for all streams: 20 slots of 1 ms, each stream
   owns a slot, so the N streams' packets are spread over the 20 ms instead of
   leaving in one burst; every stream sends exactly one packet per 20 ms.
@@ -36,7 +43,6 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
 from gateway.media.rtcp import ReportBlock, RtcpReceiverReport, RtcpSdes, SdesChunk
 from gateway.media.srtp import SrtpContext, SrtpError, decode_inline, encode_inline
@@ -97,6 +103,23 @@ def _arrival_ns(anc: list[tuple[int, int, bytes]]) -> int:
             sec, nsec = _TS.unpack_from(data)
             return int(sec) * 1_000_000_000 + int(nsec)
     return _time_ns()
+
+
+def _split_addresses(values: list[str]) -> list[str]:
+    """Header values split at commas outside <...> and quotes: one entry each."""
+    out: list[str] = []
+    for value in values:
+        depth, quoted, start = 0, False, 0
+        for i, ch in enumerate(value):
+            if ch == '"':
+                quoted = not quoted
+            elif not quoted and ch in "<>":
+                depth += 1 if ch == "<" else -1
+            elif ch == "," and not quoted and depth == 0:
+                out.append(value[start:i].strip())
+                start = i + 1
+        out.append(value[start:].strip())
+    return [v for v in out if v]
 
 
 def _payload_offset(packet: bytes) -> int:
@@ -168,6 +191,7 @@ class Call:
         self.failure: str | None = None
         self.to_header = ""
         self.remote_target = ""
+        self.route: list[str] = []  # Route of in-dialog requests: a proxy's entries
         self.cseq = 1
         self.ack: bytes | None = None
         self.pbx_call_id = ""
@@ -514,14 +538,33 @@ class MetaCaller:
         ]
         return ("\r\n".join(lines) + "\r\n").encode()
 
+    def _record_route(self) -> list[str]:
+        """Meta's own Record-Route entries (two hops of its edge) in its INVITEs."""
+        lh, lp = self.link.local
+        return [
+            f"<sip:{lh}:{lp};transport=tls;lr>",
+            f"<sip:{lh}:{lp};transport=tls;lr;x-meta-hop=2>",
+        ]
+
+    def _route_set(self, resp: Response) -> list[str] | None:
+        """The Route of in-dialog requests: the entries a proxy put above Meta's own in
+        the 2xx's Record-Route, in reverse order (RFC 3261 12.1.2; Meta's own entries
+        are its own hops). Empty when the gateway answered directly; None when Meta's
+        entries did not come back unchanged at the bottom."""
+        got = _split_addresses(resp.headers.get_all("Record-Route"))
+        ours = self._record_route()
+        above = got[: len(got) - len(ours)]
+        if got[len(above) :] != ours:
+            return None
+        return list(reversed(above))
+
     def _invite(self, call: Call, branch: str, auth: str | None) -> bytes:
         lh, lp = self.link.local
         lines = [
             f"INVITE {self._ruri()} SIP/2.0",
             f"Via: SIP/2.0/TLS {lh}:{lp};branch={branch}",
             f"Via: SIP/2.0/TLS {lh}:{lp};branch={_branch()};x-meta-hop=2",
-            f"Record-Route: <sip:{lh}:{lp};transport=tls;lr>",
-            f"Record-Route: <sip:{lh}:{lp};transport=tls;lr;x-meta-hop=2>",
+            *[f"Record-Route: {rr}" for rr in self._record_route()],
             "Max-Forwards: 69",
             f'From: "{call.caller[1:]}" <sip:{call.caller}@{META_HOST}>;tag={call.from_tag}',
             f"To: <sip:{self.number}@{self.hostname}>",
@@ -546,6 +589,7 @@ class MetaCaller:
         lines = [
             f"{method} {call.remote_target} SIP/2.0",
             f"Via: SIP/2.0/TLS {lh}:{lp};branch={_branch()}",
+            *[f"Route: {r}" for r in call.route],
             "Max-Forwards: 70",
             f'From: "{call.caller[1:]}" <sip:{call.caller}@{META_HOST}>;tag={call.from_tag}',
             f"To: {call.to_header}",
@@ -618,10 +662,15 @@ class MetaCaller:
         call.to_header = resp.headers.get("To") or ""
         contact = resp.contact
         call.remote_target = str(contact.uri) if contact is not None else self._ruri()
+        route = self._route_set(resp)
+        call.route = route or []
         call.ack = self._in_dialog(call, "ACK", call.cseq, [])
         self.link.send(call.ack)
         body = resp.body.decode("utf-8", "replace")
         c, m, crypto = _C_RE.search(body), _M_RE.search(body), _CRYPTO_RE.search(body)
+        if route is None:
+            call.failure = "2xx Record-Route does not end with Meta's own entries unchanged"
+            return
         if c is None or m is None or crypto is None or crypto.group(1) != SUITE:
             call.failure = "2xx SDP without address, port or a usable a=crypto"
             return
@@ -654,30 +703,60 @@ class MetaCaller:
             call.bye_status = 0
 
 
-class PbxStub(asyncio.DatagramProtocol):
+class PbxStub:
     """The PBX: answers the gateway's INVITEs at once with PCMU, one media socket per call."""
 
     def __init__(self, calls_by_wacid: dict[str, Call]) -> None:
         self.calls_by_wacid = calls_by_wacid
         self.by_call_id: dict[str, Call] = {}
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.invites = 0
         self.retransmissions = 0
         self.unknown = 0
         self.parse_errors = 0
+        self.send_errors = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def open(self, loop: asyncio.AbstractEventLoop) -> PbxStub:
+        """Bind to a free port on 127.0.0.1 and serve on ``loop``."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        self.sock, self._loop = sock, loop
+        loop.add_reader(sock.fileno(), self._readable)
+        return self
+
+    def close(self) -> None:
+        if self.sock is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
+        assert self.sock is not None
+        host, port = self.sock.getsockname()[:2]
         return str(host), int(port)
 
+    def _readable(self) -> None:
+        sock = self.sock
+        while sock is not None:
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self.datagram_received(data, addr)
+
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.transport is not None:
-            self.transport.sendto(data, addr)
+        if self.sock is None:
+            return
+        try:
+            self.sock.sendto(data, addr)
+        except OSError:
+            self.send_errors += 1
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:

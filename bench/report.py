@@ -12,7 +12,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from bench.run import Params, Result, git_describe, summary_numbers
+from bench.result import Params, Result
+from bench.run import git_describe, summary_numbers
 from bench.stats import DirectionStats, percentile, worst_moments
 
 TARGET_CALLS = 200
@@ -23,6 +24,7 @@ HISTORY_HEADER = (
     "| target |"
 )
 HISTORY_RULE = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+SCALE_OUT = "## Scale-out"  # sections written by bench.scaleout, kept as they are here
 _HISTORY_ROW_RE = re.compile(r"^\| \d{4}-\d{2}-\d{2} ")
 
 
@@ -161,6 +163,10 @@ def per_packet_us(r: Result) -> float:
 
 def command_args(p: Params) -> str:
     args = f"--calls {p.calls} --seconds {p.seconds:g}"
+    if p.instances != 1:
+        args = f"--instances {p.instances} " + args
+    if p.front != ("direct" if p.instances == 1 else "kamailio"):
+        args = f"--front {p.front} " + args
     if p.warmup != 3.0:
         args += f" --warmup {p.warmup:g}"
     if p.opus_complexity is not None:
@@ -177,6 +183,10 @@ def command_args(p: Params) -> str:
         args += f" --daemon-gc {p.daemon_gc}"
     if not p.meta_rtcp:
         args += " --no-meta-rtcp"
+    if p.compare:
+        args += " --compare"
+    if not p.generator_below:
+        args += " --generator-same-priority"
     return args
 
 
@@ -399,7 +409,8 @@ may be in the middle of an edit. `--profile` samples the daemon with py-spy.
 
 What one call costs, where the rest of the time goes and what reaching the
 target would take: docs/decisions.md, "Media CPU: 200 transcoded calls on one
-core".
+core". Several instances behind Kamailio (`python -m bench --instances 2
+--compare`, issue 7): the "Scale-out" sections at the end.
 """
 
 
@@ -408,6 +419,7 @@ def write_markdown(path: Path, r: Result) -> None:
     commit = r.code or git_describe()
     rows: list[str] = []
     profile = render_profile(r, commit) if r.profile else ""
+    scale_out: list[str] = []
     if path.exists():
         section = ""
         kept: list[str] = []
@@ -418,6 +430,8 @@ def write_markdown(path: Path, r: Result) -> None:
                 rows.append(line)
             if section.startswith("## Where the daemon's time goes"):
                 kept.append(line)
+            if section.startswith(SCALE_OUT):
+                scale_out.append(line)
         if not profile and kept:
             profile = "\n".join(kept).rstrip() + "\n"
     rows.append(history_row(r, commit))
@@ -436,6 +450,7 @@ def write_markdown(path: Path, r: Result) -> None:
             HISTORY_RULE,
             *rows,
             "",
+            *(["\n".join(scale_out).rstrip(), ""] if scale_out else []),
         ]
     )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""One benchmark run: start the daemon, ramp the calls up, measure a steady window, tear down."""
+"""One benchmark run: start the daemon (or N instances behind Kamailio), ramp the calls
+up, measure a steady window, tear down."""
 
 from __future__ import annotations
 
@@ -6,13 +7,11 @@ import asyncio
 import contextlib
 import gc
 import os
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from bench.daemon import (
     HOSTNAME,
     SIP_PASSWORD,
     CpuSample,
-    Daemon,
     autogroup_nice,
     export_ref,
     read_core_times,
@@ -33,140 +31,22 @@ from bench.daemon import (
     read_udp_counters,
     set_priority,
 )
+from bench.gateways import Gateways
 from bench.loadgen import SLOTS, Call, MetaCaller, MetaLink, Pacer, PbxStub
+from bench.placement import Placement, pin_self, place
 from bench.profile import PySpy
-from bench.stats import DirectionStats, percentile
+from bench.result import FrontResult, InstanceResult, Params, Result
+from bench.stats import percentile
 
 SETTLED_MS = 20.0  # the warm-up ends once forwarded packets are this fresh for 1 s
-DAEMON_CORE = 0
-GENERATOR_CORE = 1
 
 
-@dataclass
-class Params:
-    calls: int = 200
-    seconds: float = 20.0
-    rate: float = 40.0  # new calls per second during the ramp
-    warmup: float = 3.0  # seconds of media at least, after the ramp, before the window opens
-    settle_max: float = 15.0  # and at most, waiting for the daemon to work off the ramp
-    pin: bool = True
-    profile: bool = False
-    keep: bool = False
-    setup_timeout: float = 15.0
-    opus_complexity: int | None = None  # None: the gateway's default
-    priority: str = "normal"  # of the daemon and the generator: normal, high, realtime
-    log_level: str = "warning"  # the daemon's
-    wait_quiet: float = 0.0  # wait up to this long for other work on the machine to calm down
-    ref: str | None = None  # run the daemon from gateway/ at this git ref (default: working tree)
-    daemon_gc: str = ""  # experiment: "threshold=A,B,C" for the daemon's collector
-    meta_rtcp: bool = True  # Meta's side sends RTCP receiver reports every 5 s
-
-
-@dataclass
-class Result:
-    params: Params
-    started: str = ""
-    daemon_pid: int = 0
-    pinned: bool = False
-    calls_ok: int = 0
-    calls_failed: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    setup_ms: list[float] = field(default_factory=list)
-    setup_phases_ms: dict[str, list[float]] = field(default_factory=dict)
-    pbx_invite_retransmissions: int = 0
-    meta_reports_sent: int = 0  # SRTCP receiver reports from the WhatsApp side, whole run
-    ramp_seconds: float = 0.0
-    ramp_daemon_cpu: float = 0.0
-    backlog_after_ramp_ms: float = 0.0
-    settle_seconds: float = 0.0
-    window_seconds: float = 0.0
-    daemon_cpu: float = 0.0  # seconds in the window
-    daemon_utime: float = 0.0
-    daemon_wait: float = 0.0  # seconds runnable but not running: the CPU was someone else's
-    daemon_stime: float = 0.0
-    daemon_rss_idle_kib: int = 0
-    daemon_rss_kib: int = 0
-    generator_cpu: float = 0.0
-    core_use: dict[int, dict[str, float]] = field(default_factory=dict)  # fraction per column
-    udp_drops: dict[str, int] = field(default_factory=dict)  # system-wide counters
-    socket_drops: int = 0  # on the benchmark's own sockets (daemon media, generator)
-    m2p: DirectionStats = field(default_factory=lambda: DirectionStats("WhatsApp -> PBX"))
-    p2m: DirectionStats = field(default_factory=lambda: DirectionStats("PBX -> WhatsApp"))
-    drain_seconds: float = 0.0  # from the last send to the last forwarded audio packet
-    pacer_late_p99_ms: float = 0.0
-    pacer_late_max_ms: float = 0.0
-    audio: dict[str, str] = field(default_factory=dict)
-    byes_ok: int = 0
-    byes_failed: int = 0
-    pbx_byes: int = 0
-    gateway_byes: int = 0
-    daemon_exit: int | None = None
-    gc_pauses: list[tuple[float, int]] = field(default_factory=list)  # in the window: (s, gen)
-    daemon_errors: list[str] = field(default_factory=list)
-    profile: list[tuple[str, float, float]] = field(default_factory=list)  # fn, self%, total%
-    profile_total: list[tuple[str, float, float]] = field(default_factory=list)
-    profile_note: str = ""
-    notes: list[str] = field(default_factory=list)
-    code: str = ""  # what the daemon ran: commit, and whether the working tree differed
-
-    @property
-    def call_seconds(self) -> float:
-        return self.calls_ok * self.window_seconds
-
-    @property
-    def cpu_per_call_second(self) -> float:
-        return self.daemon_cpu / self.call_seconds if self.call_seconds else float("nan")
-
-    @property
-    def daemon_core_pct(self) -> float:
-        return 100 * self.daemon_cpu / self.window_seconds if self.window_seconds else 0.0
-
-    @property
-    def others_on_daemon_core_pct(self) -> float:
-        """Busy time of the daemon's core not spent in the daemon or in interrupts: others."""
-        use = self.core_use.get(DAEMON_CORE)
-        if not use or not self.pinned:
-            return 0.0
-        busy = sum(v for k, v in use.items() if k not in ("idle", "iowait", "irq", "softirq"))
-        return max(0.0, 100 * busy - self.daemon_core_pct)
-
-    @property
-    def daemon_wait_pct(self) -> float:
-        """Share of the window the daemon was ready to run but another task had its core."""
-        return 100 * self.daemon_wait / self.window_seconds if self.window_seconds else 0.0
-
-    @property
-    def generator_core_pct(self) -> float:
-        return 100 * self.generator_cpu / self.window_seconds if self.window_seconds else 0.0
-
-
-def _pin_self(pin: bool) -> bool:
-    if not pin or not hasattr(os, "sched_setaffinity"):
-        return False
-    cores = os.sched_getaffinity(0)
-    if DAEMON_CORE not in cores or GENERATOR_CORE not in cores:
-        return False
-    os.sched_setaffinity(0, {GENERATOR_CORE})
-    return True
-
-
-def _media_range(calls: int) -> tuple[int, int]:
-    """An even port range below the ephemeral range, 2 ports per call (even ports only used)."""
-    size = 4 * calls + 400
-    low = 20000 + 2 * random.randrange(0, (12000 - size) // 2) if size < 12000 else 10000
-    return low, low + size
-
-
-async def _run(p: Params, result: Result, workdir: Path) -> None:
-    loop = asyncio.get_running_loop()
-    calls_by_wacid: dict[str, Call] = {}
-    _, stub = await loop.create_datagram_endpoint(
-        lambda: PbxStub(calls_by_wacid), local_addr=("127.0.0.1", 0)
-    )
+def _build(
+    p: Params, placement: Placement, workdir: Path, pbx: tuple[str, int], result: Result
+) -> Gateways:
     overrides: dict[str, Any] = {}
     if p.opus_complexity is not None:
         overrides["media"] = {"opus_complexity": p.opus_complexity}
-    media_ports = _media_range(p.calls)
     source: Path | None = None
     if p.ref is not None:
         source = workdir / "src"
@@ -174,28 +54,67 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         result.code = f"{sha} (gateway/ as committed, --ref {p.ref})"
     else:
         result.code = git_describe()
-    daemon = Daemon(
+    return Gateways.build(
         workdir,
-        pbx_address=stub.address,
-        max_calls=max(p.calls + 10, 200),
-        core=DAEMON_CORE if result.pinned else None,
-        media_ports=media_ports,
-        overrides=overrides,
+        instances=p.instances,
+        front=p.front,
+        placement=placement,
+        pbx_address=pbx,
+        calls=p.calls,
         priority=p.priority,
         log_level=p.log_level,
         source=source,
         gc_mode=p.daemon_gc,
+        overrides=overrides,
     )
+
+
+def _count_calls(calls: list[Call], gw: Gateways, result: Result) -> None:
+    """Calls set up or failed, set-up times and phases, calls per instance."""
+    phases = result.setup_phases_ms
+    for call in calls:
+        if call.failure is None and call.answered_at is not None:
+            result.calls_ok += 1
+            result.setup_ms.append(1000 * (call.answered_at - call.invite_at))
+            if call.gw_wa_addr is not None:
+                which = gw.instance_of(call.gw_wa_addr[1])
+                if which >= 0:
+                    result.instances[which].calls += 1
+            if call.challenged_at is not None and call.pbx_invite_at is not None:
+                for name, a, b in (
+                    ("INVITE -> 407", call.invite_at, call.challenged_at),
+                    ("407 -> INVITE at the PBX", call.challenged_at, call.pbx_invite_at),
+                    ("PBX 200 -> 200 to WhatsApp", call.pbx_invite_at, call.answered_at),
+                ):
+                    phases.setdefault(name, []).append(1000 * (b - a))
+        else:
+            result.calls_failed += 1
+            why = call.failure or "unknown"
+            result.failures[why] = result.failures.get(why, 0) + 1
+
+
+async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -> None:
+    loop = asyncio.get_running_loop()
+    calls_by_wacid: dict[str, Call] = {}
+    stub = PbxStub(calls_by_wacid).open(loop)
+    gw = _build(p, placement, workdir, stub.address, result)
+    result.instances = [
+        InstanceResult(d.name, d.core if result.pinned else None) for d in gw.daemons
+    ]
+    if gw.front is not None:
+        result.front = FrontResult()
     link: MetaLink | None = None
     pacer = Pacer(loop)
     calls: list[Call] = []
     spy: PySpy | None = None
     m0 = m1 = 0.0
     try:
-        await loop.run_in_executor(None, daemon.start)
-        result.daemon_pid = daemon.pid
-        result.daemon_rss_idle_kib = read_cpu(daemon.pid).rss_kib
-        link = MetaLink(daemon.tls_address, HOSTNAME)
+        await loop.run_in_executor(None, gw.start)
+        for inst, d, sample in zip(result.instances, gw.daemons, gw.cpu(), strict=True):
+            inst.pid, inst.rss_idle_kib = d.pid, sample.rss_kib
+        if gw.front is not None and result.front is not None:
+            result.front.processes = len(gw.front.pids)
+        link = MetaLink(gw.meta_address, HOSTNAME)
         await link.connect()
         caller = MetaCaller(link, BUSINESS_NUMBER, SIP_PASSWORD, HOSTNAME)
         opus, pcmu, silence = (
@@ -212,7 +131,8 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
             pacer.add((call.index + SLOTS // 2) % SLOTS, call.send_pbx)
 
         pacer.start()
-        cpu_before_ramp = read_cpu(daemon.pid)
+        cpu_before_ramp = gw.cpu()
+        front0 = gw.front.cpu() if gw.front is not None else None
         t_ramp = loop.time()
         tasks: list[asyncio.Task[None]] = []
         for i in range(p.calls):
@@ -226,32 +146,18 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
         await asyncio.gather(*tasks)
         result.ramp_seconds = loop.time() - t_ramp
         result.pbx_invite_retransmissions = stub.retransmissions
-        our_ports = set(range(media_ports[0], media_ports[1] + 1))
-        our_ports |= {daemon.ports["pbx_listen"], stub.address[1]}
+        our_ports = gw.ports() | {stub.address[1]}
         for call in calls:
             our_ports.add(call.meta_sock.getsockname()[1])
             our_ports.add(call.pbx_sock.getsockname()[1])
-        phases = result.setup_phases_ms
-        for call in calls:
-            if call.failure is None and call.answered_at is not None:
-                result.calls_ok += 1
-                result.setup_ms.append(1000 * (call.answered_at - call.invite_at))
-                if call.challenged_at is not None and call.pbx_invite_at is not None:
-                    for name, a, b in (
-                        ("INVITE -> 407", call.invite_at, call.challenged_at),
-                        ("407 -> INVITE at the PBX", call.challenged_at, call.pbx_invite_at),
-                        ("PBX 200 -> 200 to WhatsApp", call.pbx_invite_at, call.answered_at),
-                    ):
-                        phases.setdefault(name, []).append(1000 * (b - a))
-            else:
-                result.calls_failed += 1
-                why = call.failure or "unknown"
-                result.failures[why] = result.failures.get(why, 0) + 1
+        _count_calls(calls, gw, result)
         if not result.calls_ok:
             raise RuntimeError(f"no call was set up: {result.failures}")
 
-        ramp_cpu = read_cpu(daemon.pid)
-        result.ramp_daemon_cpu = ramp_cpu.total - cpu_before_ramp.total
+        for inst, a, b in zip(result.instances, cpu_before_ramp, gw.cpu(), strict=True):
+            inst.ramp_cpu = b.total - a.total
+        if gw.front is not None and result.front is not None and front0 is not None:
+            result.front.ramp_cpu = gw.front.cpu().total - front0.total
         result.backlog_after_ramp_ms = _current_delay_ms(calls)
         # The generator must not pause itself inside the window: no cyclic GC there
         # (the objects it allocates per packet are freed by reference counting).
@@ -275,30 +181,50 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
             result.notes.append(
                 f"the daemon had not caught up {p.settle_max:g} s after the ramp (current "
                 f"delay {_current_delay_ms(calls):.0f} ms): it cannot keep up with this load"
+                + ("" if p.front == "direct" else ", or the load generator is short of CPU")
             )
         result.settle_seconds = loop.time() - t_settle
         # -- the measurement window ------------------------------------------
         if p.profile:
-            spy = PySpy(daemon.pid, p.seconds, workdir, GENERATOR_CORE if result.pinned else None)
+            spy_core = min(placement.others) if result.pinned and placement.others else None
+            spy = PySpy(gw.daemons[0].pid, p.seconds, workdir, spy_core)
             result.profile_note = spy.start()
         lateness_from = len(pacer.lateness)
-        cpu0: CpuSample = read_cpu(daemon.pid)
+        cpu0: list[CpuSample] = gw.cpu()
+        f0 = gw.front.cpu() if gw.front is not None else None
         cores0, udp0 = read_core_times(), read_udp_counters()
         drops0 = read_socket_drops(our_ports)
-        gen0 = time.process_time()
+        gen0, genw0 = time.process_time(), read_cpu(os.getpid()).wait_ns
         w0, m0 = time.time_ns(), time.monotonic()
         await asyncio.sleep(p.seconds)
         w1, m1 = time.time_ns(), time.monotonic()
-        gen1 = time.process_time()
-        cpu1 = read_cpu(daemon.pid)
+        gen1, genw1 = time.process_time(), read_cpu(os.getpid()).wait_ns
+        cpu1 = gw.cpu()
+        f1 = gw.front.cpu() if gw.front is not None else None
         cores1, udp1 = read_core_times(), read_udp_counters()
         result.window_seconds = (w1 - w0) / 1e9
-        result.daemon_cpu = cpu1.total - cpu0.total
-        result.daemon_wait = (cpu1.wait_ns - cpu0.wait_ns) / 1e9
-        result.daemon_utime = cpu1.utime - cpu0.utime
-        result.daemon_stime = cpu1.stime - cpu0.stime
-        result.daemon_rss_kib = cpu1.rss_kib
+        if abs(result.window_seconds - (m1 - m0)) > 0.01 * p.seconds:
+            result.notes.append(
+                f"the window lasted {result.window_seconds:.2f} s by the wall clock and "
+                f"{m1 - m0:.2f} s by the monotonic clock: the wall clock was adjusted"
+            )
+        if result.window_seconds > 1.1 * p.seconds:
+            result.notes.append(
+                f"the window lasted {result.window_seconds:.1f} s instead of {p.seconds:g} s: "
+                "the load generator's event loop was held up (starved of CPU)"
+            )
+        for inst, a, b in zip(result.instances, cpu0, cpu1, strict=True):
+            inst.window_seconds = result.window_seconds
+            inst.cpu = b.total - a.total
+            inst.wait = (b.wait_ns - a.wait_ns) / 1e9
+            inst.slices = b.slices - a.slices
+            inst.utime, inst.stime = b.utime - a.utime, b.stime - a.stime
+            inst.rss_kib = b.rss_kib
+        if result.front is not None and f0 is not None and f1 is not None:
+            result.front.cpu = f1.total - f0.total
+            result.front.wait = (f1.wait_ns - f0.wait_ns) / 1e9
         result.generator_cpu = gen1 - gen0
+        result.generator_wait = (genw1 - genw0) / 1e9
         for core, cols1 in cores1.items():
             cols0 = cores0.get(core, cols1)
             total = sum(cols1.values()) - sum(cols0.values())
@@ -327,15 +253,23 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
             if call.answered_at is not None and call.failure is None:
                 result.m2p.add(call.m2p, w0, w1, call.index)
                 result.p2m.add(call.p2m, w0, w1, call.index)
+                which = gw.instance_of(call.gw_wa_addr[1]) if call.gw_wa_addr else -1
+                if which >= 0:
+                    result.instances[which].m2p.add(call.m2p, w0, w1, call.index)
+                    result.instances[which].p2m.add(call.p2m, w0, w1, call.index)
         _check_audio(calls, result)
 
         # -- hang up ------------------------------------------------------------
+        f_hangup = gw.front.cpu() if gw.front is not None else None
         byes = []
         for call in calls:
             byes.append(loop.create_task(caller.hangup(call)))
             await asyncio.sleep(1 / max(p.rate * 2, 1))
         await asyncio.gather(*byes)
         await asyncio.sleep(0.3)
+        if gw.front is not None and result.front is not None and f_hangup is not None:
+            result.front.hangup_cpu = gw.front.cpu().total - f_hangup.total
+            result.front.alive_at_end = gw.front.alive()
         for call in calls:
             if call.answered_at is None:
                 continue
@@ -357,15 +291,22 @@ async def _run(p: Params, result: Result, workdir: Path) -> None:
                 loop.remove_reader(call.meta_sock.fileno())
                 loop.remove_reader(call.pbx_sock.fileno())
             call.close()
-        result.daemon_exit = await loop.run_in_executor(None, daemon.stop)
+        if result.front is not None and gw.front is not None:
+            result.front.errors = gw.front.errors()
+        exits = await loop.run_in_executor(None, gw.stop)
+        for inst, code in zip(result.instances, exits, strict=True):
+            inst.exit = code
+        result.sum_instances()
         if m0 and m1:
-            result.gc_pauses = [(d, g) for t, d, g in daemon.gc_pauses() if m0 <= t <= m1]
-        stub_transport = stub.transport
-        if stub_transport is not None:
-            stub_transport.close()
+            result.gc_pauses = [
+                (dur, g) for d in gw.daemons for t, dur, g in d.gc_pauses() if m0 <= t <= m1
+            ]
+        stub.close()
+        several = len(gw.daemons) > 1
         result.daemon_errors = [
-            line
-            for line in daemon.log_text().splitlines()
+            f"{d.name}: {line}" if several else line
+            for d in gw.daemons
+            for line in d.log_text().splitlines()
             if '"error"' in line or "Traceback" in line
         ][:20]
 
@@ -450,6 +391,17 @@ def wait_quiet(limit: float, threshold: float = 0.15) -> tuple[float, float]:
     return time.monotonic() - start, busy
 
 
+def _priority_note(p: Params, placement: Placement, generator: str) -> str:
+    if p.instances == 1 and p.front == "direct":
+        return f"priority {p.priority}: daemon and load generator each {generator}"
+    if p.priority != "realtime":
+        return f"priority {p.priority}: instances, Kamailio and load generator each {generator}"
+    return (
+        f"priority realtime: each instance SCHED_FIFO {placement.instance_rt}, Kamailio's "
+        f"processes SCHED_FIFO {placement.front_rt}, load generator {generator}"
+    )
+
+
 def run(p: Params) -> Result:
     result = Result(params=p, started=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     if p.wait_quiet > 0:
@@ -464,20 +416,22 @@ def run(p: Params) -> Result:
             f"{100 * machine_busy(1.0):.0f} % of the cores were busy with other work just "
             "before the run"
         )
-    result.pinned = _pin_self(p.pin)
+    placement = place(p.instances, p.pin, p.generator_below)
+    result.pinned = pin_self(placement)
+    result.placement = placement.describe(p.front != "direct")
+    result.generator_rt = placement.generator_rt
     old_autogroup = autogroup_nice()
     if p.priority != "normal":
         try:
-            result.notes.append(
-                f"priority {p.priority}: daemon and load generator each {set_priority(p.priority)}"
-            )
+            mine = set_priority(p.priority, 0, placement.generator_rt)
         except (OSError, PermissionError) as exc:
             raise RuntimeError(f"cannot set priority {p.priority}: {exc}") from exc
+        result.notes.append(_priority_note(p, placement, mine))
     if p.pin and not result.pinned:
-        result.notes.append("not pinned: the machine lacks cores 0 and 1 for this process")
+        result.notes.append("not pinned: the machine lacks two cores for this process")
     workdir = Path(tempfile.mkdtemp(prefix="wagw-bench-"))
     try:
-        asyncio.run(_run(p, result, workdir))
+        asyncio.run(_run(p, result, workdir, placement))
     finally:
         if p.priority == "high" and old_autogroup is not None:
             with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as fh:
