@@ -278,7 +278,8 @@ def render(results: list[Result], commit: str) -> str:
     for k, name in enumerate(ROWS):
         lines.append(f"| {name} | " + " | ".join(c[k] for c in columns) + " |")
     if base is not None:
-        lines += ["", *ratios(base, main)]
+        for sentence in ratios(base, main):
+            lines += ["", sentence]
     lines += ["", *_per_instance(results)]
     lines += ["", *_notes(results)]
     return "\n".join(lines).rstrip() + "\n"
