@@ -261,8 +261,12 @@ def desired_for(cfg: Config, index: int) -> Desired:
         uri_params=parse_uri_params(cfg.whatsapp.request_uri_user_params),
         offer_g711=number.offer_g711,
         g711_passthrough=cfg.media.g711_passthrough,
-        calling=meta.calling if meta is not None else MetaCallingConfig(),
+        calling=_calling_for(number, meta.calling if meta is not None else MetaCallingConfig()),
     )
+
+
+def _calling_for(number: NumberConfig, shared: MetaCallingConfig) -> MetaCallingConfig:
+    return number.meta_calling.over(shared) if number.meta_calling is not None else shared
 
 
 def _call_hours_json(calling: MetaCallingConfig) -> dict[str, Any] | None:

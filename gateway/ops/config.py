@@ -137,6 +137,9 @@ class NumberConfig(FrozenModel):
     phone_number_id: GraphIdField | None = None
     # The WhatsApp Business Account the number belongs to (optional; shown).
     waba_id: GraphIdField | None = None
+    # This number's own Meta calling settings for `meta apply` (call hours,
+    # voicemail, ...), each key set here replacing meta_api.calling's.
+    meta_calling: MetaCallingConfig | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> NumberConfig:

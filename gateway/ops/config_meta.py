@@ -87,13 +87,20 @@ class MetaVoicemailConfig(FrozenModel):
 
 
 class MetaCallingConfig(FrozenModel):
-    """``meta_api.calling``: optional settings ``meta apply`` sets for every number.
-    A key left out (None) is not touched at Meta."""
+    """``meta_api.calling``: optional settings ``meta apply`` sets for every number,
+    and ``whatsapp.numbers[].meta_calling``: one number's own, over those. A key
+    left out (None) is not touched at Meta (or, per number, inherited)."""
 
     call_icon_visibility: Literal["DEFAULT", "DISABLE_ALL"] | None = None
     callback_permission_status: OnOff | None = None
     call_hours: MetaCallHoursConfig | None = None
     voicemail: MetaVoicemailConfig | None = None
+
+    def over(self, base: MetaCallingConfig) -> MetaCallingConfig:
+        """These settings where set, ``base``'s elsewhere (a number's own over
+        ``meta_api.calling``); each key replaces the base's whole value."""
+        mine = {k: v for k, v in self if v is not None}
+        return base.model_copy(update=mine)
 
 
 class MetaApiConfig(FrozenModel):

@@ -18,7 +18,7 @@ from gateway.metaapi.settings import (
     plan,
     render_uri_params,
 )
-from tests.graph_emulator.configs import write_config
+from tests.graph_emulator.configs import NUMBER, PNID, write_config
 
 NOW = 1_800_000_000.0
 
@@ -272,6 +272,27 @@ def test_optional_settings_from_config(tmp_path: Path) -> None:
     after["calling"]["voicemail"]["audio"]["default"]["announcement_media_id"] = "77"
     assert plan(CallingSettings.parse(after), desired).empty
     assert compare(CallingSettings.parse(after), desired, now=NOW).findings == []
+
+
+def test_a_numbers_own_calling_settings_override_the_shared_ones(tmp_path: Path) -> None:
+    """whatsapp.numbers[].meta_calling: each key it sets replaces meta_api.calling's;
+    the rest is inherited (here: the shared call hours, its own voicemail off)."""
+    hours = {"timezone_id": "Europe/Berlin", "weekly_operating_hours": []}
+    shared = {"callback_permission_status": "ENABLED", "call_hours": hours,
+              "voicemail": {"triggers": ["TIMEOUT"]}}  # fmt: skip
+    own = {"callback_permission_status": "DISABLED", "voicemail": {"status": "DISABLED"}}
+    number = {"number": NUMBER, "sip_password_file": "pw", "phone_number_id": PNID,
+              "meta_calling": own}  # fmt: skip
+    _, cfg = write_config(None, tmp_path, whatsapp={"numbers": [number]},
+                          meta_api={"calling": shared})  # fmt: skip
+    calling = desired_for(cfg, 0).calling
+    assert calling.callback_permission_status == "DISABLED"
+    assert calling.voicemail is not None and calling.voicemail.status == "DISABLED"
+    assert calling.voicemail.triggers == ("REJECT", "TIMEOUT")  # own object, defaults
+    assert calling.call_hours is not None and calling.call_hours.timezone_id == "Europe/Berlin"
+    body = plan(meta(), desired_for(cfg, 0)).bodies[0]["calling"]
+    assert body["callback_permission_status"] == "DISABLED"
+    assert body["voicemail"]["status"] == "DISABLED" and "call_hours" in body
 
 
 def test_plan_from_nothing_posts_sip_before_sdes(tmp_path: Path) -> None:
