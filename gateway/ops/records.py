@@ -42,9 +42,6 @@ __all__ = ["EndedCall", "RecordWriter", "build_record", "mos_estimate"]
 
 log = get_logger(__name__)
 
-_ENDED_BY = {"meta_bye": "whatsapp", "pbx_bye": "pbx", "cancelled": "whatsapp"}
-
-
 class EndedCall(Protocol):
     """What a record is built from (InboundCall and the outbound call both fit)."""
 
@@ -102,19 +99,6 @@ def _leg(stats: Mapping[str, Any]) -> dict[str, object]:
     }
 
 
-def _call_id(call: object, record: Mapping[str, object], key: str, *attrs: str) -> str | None:
-    value = record.get(key)
-    if isinstance(value, str):
-        return value
-    for attr in attrs:
-        obj: object = call
-        for part in attr.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, str):
-            return obj
-    return None
-
-
 def _duration(value: object) -> float | None:
     try:
         return float(str(value).strip()) if value is not None else None
@@ -141,7 +125,6 @@ def build_record(call: EndedCall, wall_offset: float | None = None) -> dict[str,
         base = key.split("#", 1)[0]
         wacid = base if base.startswith("wacid.") else None
     reason = str(rec.get("end_reason") or "")
-    ended_by = rec.get("ended_by") or _ENDED_BY.get(reason, "gateway")
     codecs = {
         "whatsapp": _codec(rec.get("wa_media"), wa_stats),
         "pbx": _codec(rec.get("pbx_media"), pbx_stats),
@@ -152,11 +135,11 @@ def build_record(call: EndedCall, wall_offset: float | None = None) -> dict[str,
         "type": "call",
         "wacid": wacid,
         "call": key,
-        "direction": rec.get("direction") or getattr(call, "direction", "inbound"),
+        "direction": rec.get("direction"),
         "business_number": rec.get("business_number"),
         "whatsapp_user": rec.get("user"),
-        "meta_call_id": _call_id(call, rec, "meta_call_id", "wa_request.call_id", "meta_call_id"),
-        "pbx_call_id": _call_id(call, rec, "pbx_call_id", "pbx_request.call_id", "pbx_call_id"),
+        "meta_call_id": rec.get("meta_call_id"),
+        "pbx_call_id": rec.get("pbx_call_id"),
         "meta_source": rec.get("meta_source"),
         "start_time": _iso(call.started, wall_offset),
         "answer_time": _iso(call.answered_at, wall_offset),
@@ -166,7 +149,7 @@ def build_record(call: EndedCall, wall_offset: float | None = None) -> dict[str,
         "meta_call_duration_seconds": _duration(rec.get("meta_call_duration")),
         "status": rec.get("status"),
         "end_cause": reason,
-        "ended_by": ended_by,
+        "ended_by": rec.get("ended_by"),
         "codecs": codecs,
         "transcoded": (not passthrough) if codecs["pbx"] and codecs["whatsapp"] else None,
         "legs": legs,

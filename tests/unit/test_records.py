@@ -8,14 +8,7 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
 from gateway.ops.records import RecordWriter, build_record, mos_estimate
-
-
-class _Request:
-    def __init__(self, call_id: str) -> None:
-        self.call_id = call_id
 
 
 class FakeBridge:
@@ -31,16 +24,17 @@ class FakeCall:
         self.started = 1000.0
         self.answered_at: float | None = 1001.25
         self.ended_at: float | None = 1031.25
-        self.wa_request = _Request("outgoing:wacid.HBgLTEST==")
-        self.pbx_request = _Request("abc@10.0.0.1")
         self.bridge = FakeBridge()
         self._record: dict[str, object] = {
             "call": self.key,
             "direction": "inbound",
             "business_number": "+15550001111",
             "user": "US.13491208655302741918",
+            "meta_call_id": "outgoing:wacid.HBgLTEST==",
+            "pbx_call_id": "abc@10.0.0.1",
             "status": 200,
             "end_reason": "meta_bye",
+            "ended_by": "whatsapp",
             "setup_seconds": 1.25,
             "duration_seconds": 30.0,
             "wa_media": "opus/48000 pt111 SRTP AES_CM_128_HMAC_SHA1_80 -> 57.144.0.1:3480 rtcp-mux",
@@ -174,9 +168,3 @@ def test_writer_errors_are_counted_not_raised(tmp_path: Path) -> None:
     writer = RecordWriter(tmp_path / "calls.jsonl")
     assert writer.write({"call": 1}) is False
     assert writer.errors == 1 and writer.written == 0
-
-
-@pytest.mark.parametrize("reason", ["pbx_bye", "no_media_pbx", "failed_408"])
-def test_ended_by_is_derived_when_the_call_does_not_say(reason: str) -> None:
-    rec = build_record(FakeCall(end_reason=reason), WALL)
-    assert rec["ended_by"] == ("pbx" if reason == "pbx_bye" else "gateway")
