@@ -546,7 +546,7 @@ def _media_params(
     rtcp_port = m.port if rtcp_mux else (rtcp.port if rtcp is not None else m.port + 1)
     rtcp_port = min(rtcp_port, 65535)
     return MediaParams(
-        remote_address=conn.address,
+        remote_address=_canonical(conn.address),
         remote_port=m.port,
         remote_rtcp_port=rtcp_port,  # RFC 5761, RFC 3605, RFC 3550 section 11
         codec="opus" if codec.is_("opus") else codec.encoding.upper(),
@@ -615,3 +615,13 @@ def _accept(
     rtcp_mux = om.rtcp_mux and am.rtcp_mux
     recv_pts = (recv.pt, recv_dtmf.pt if recv_dtmf is not None else None)
     return _media_params(conn, am, codec, dtmf, direction, rtcp_mux, srtp, recv_pts)
+
+
+def _canonical(address: str) -> str:
+    """An IP literal in the form the kernel reports a datagram's source in
+    (``2001:db8::1`` for ``2001:0DB8:0:0::1``), so source checks compare equal;
+    anything else (an FQDN) as it is."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address

@@ -239,3 +239,18 @@ def test_reoffer_bumps_the_version_of_a_copy() -> None:
 def test_describe_variants() -> None:
     media = MediaParams("2001:db8::1", 5000, 5001, "PCMA", 8, 8000, ptime=30, direction="inactive")
     assert describe(media) == "PCMA/8000 pt8 RTP -> [2001:db8::1]:5000 rtcp 5001 ptime30 inactive"
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [("2001:0DB8:0:0::0a", "2001:db8::a"), ("192.0.2.10", "192.0.2.10"),
+     ("pbx.example.com", "pbx.example.com")],
+)  # fmt: skip
+def test_peer_address_in_the_kernels_form(written: str, canonical: str) -> None:
+    """The media source check compares the SDP address with what recvfrom reports:
+    an IPv6 literal is compared in its compressed lower-case form."""
+    text = asterisk_offer().serialize().decode()
+    family = "IP6" if ":" in written else "IP4"
+    text = text.replace("c=IN IP4 192.0.2.10", f"c=IN {family} {written}")
+    _, media = answer_pbx_offer(parse_sdp(text), **PBX)
+    assert media.remote_address == canonical
