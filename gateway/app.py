@@ -96,12 +96,15 @@ def merge_live(old: Config, new: Config) -> tuple[Config, list[str]]:
         for key in keys:
             if getattr(getattr(new, section), key) != getattr(getattr(old, section), key):
                 changed.append(f"{section}.{key}")
-    if new.whatsapp.tls.ca_file != old.whatsapp.tls.ca_file:
+    old_ca = old.whatsapp.tls.ca_file if old.whatsapp.tls is not None else None
+    if (new.whatsapp.tls.ca_file if new.whatsapp.tls is not None else None) != old_ca:
         changed.append("whatsapp.tls.ca_file")
     for section in ("media", "http", "sip", "cluster"):
         if getattr(new, section) != getattr(old, section):
             changed.append(section)
-    tls = new.whatsapp.tls.model_copy(update={"ca_file": old.whatsapp.tls.ca_file})
+    tls = new.whatsapp.tls
+    if tls is not None:
+        tls = tls.model_copy(update={"ca_file": old_ca})
     wa_update: dict[str, Any] = {k: getattr(old.whatsapp, k) for k in keep_wa}
     wa = new.whatsapp.model_copy(update={**wa_update, "tls": tls})
     pbx = new.pbx.model_copy(update={k: getattr(old.pbx, k) for k in keep_pbx})
@@ -175,7 +178,8 @@ class Gateway:
         self.endpoint = endpoint
         self._load_certificate(cfg)
         try:
-            tls_client: ssl.SSLContext | None = client_context(cfg.whatsapp.tls.ca_file)
+            ca_file = cfg.whatsapp.tls.ca_file if cfg.whatsapp.tls is not None else None
+            tls_client: ssl.SSLContext | None = client_context(ca_file)
         except (OSError, ssl.SSLError) as exc:
             log.error("tls_client_context_failed", error=str(exc))
             tls_client = None
@@ -242,6 +246,8 @@ class Gateway:
 
     def _load_certificate(self, cfg: Config) -> bool:
         tls = cfg.whatsapp.tls
+        if tls is None:  # behind a proxy without a TLS listener: nothing to load
+            return False
         prepared, problems = TlsState.prepare(tls.cert_file, tls.key_file)
         if prepared is None:
             self.tls.fail(problems)
@@ -360,7 +366,9 @@ class Gateway:
             )
             if listener is not None:
                 shared.append(listener)
-        shared += self.tls.findings(cfg.whatsapp.hostname, cfg.development, dt.datetime.now(dt.UTC))
+        if cfg.whatsapp.tls is not None:
+            now = dt.datetime.now(dt.UTC)
+            shared += self.tls.findings(cfg.whatsapp.hostname, cfg.development, now)
         if self.prober is not None:
             shared += pbx_findings(self.prober.misses, self.prober.where)
         active = len(self.calls.calls) if self.calls is not None else 0
@@ -502,13 +510,14 @@ class Gateway:
         if files.errors:
             return self._refuse(files.errors)
         tls = new.whatsapp.tls
-        prepared, problems = TlsState.prepare(tls.cert_file, tls.key_file)
-        if prepared is None:
+        prepared, problems = TlsState.prepare(tls.cert_file, tls.key_file) if tls else (None, [])
+        if prepared is None and tls is not None:
             return self._refuse([f"whatsapp.tls: {p.description}" for p in problems])
         effective, restart = merge_live(self.cfg, new)
         old = self.cfg
         try:
-            self.tls.commit(prepared)
+            if prepared is not None:
+                self.tls.commit(prepared)
         except (OSError, ssl.SSLError) as exc:
             return self._refuse([f"whatsapp.tls.cert_file: changed while loading ({exc})"])
         self.cfg = effective
@@ -532,13 +541,12 @@ class Gateway:
             self.records.reopen()
         self.reload_problems = None
         self.reloads["applied"] += 1
-        info = prepared.info
-        log.info(
-            "config_reloaded",
-            config=str(path),
-            certificate_sha256=info.fingerprint,
-            certificate_not_after=info.not_after.isoformat(),
-        )
+        certificate: dict[str, str] = {}
+        if prepared is not None:
+            info = prepared.info
+            certificate["certificate_sha256"] = info.fingerprint
+            certificate["certificate_not_after"] = info.not_after.isoformat()
+        log.info("config_reloaded", config=str(path), **certificate)
         if restart:
             log.warning("config_reload_needs_restart", keys=restart)
         if not self.tls_listening:

@@ -105,7 +105,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(cfg.logging.level, cfg.logging.format)
     log = get_logger("gateway.cli")
     tls = cfg.whatsapp.tls
-    if cfg.development:
+    if cfg.development and tls is not None:
         try:
             generated = ensure_dev_certificate(tls.cert_file, tls.key_file, cfg.whatsapp.hostname)
         except OSError as exc:

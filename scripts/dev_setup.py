@@ -24,7 +24,8 @@ def main(path: str) -> int:
     if cfg.mode != "development":
         return 0
     tls = cfg.whatsapp.tls
-    if ensure_dev_certificate(tls.cert_file, tls.key_file, cfg.whatsapp.hostname):
+    if tls is not None and ensure_dev_certificate(tls.cert_file, tls.key_file,
+                                                  cfg.whatsapp.hostname):  # fmt: skip
         print(f"generated development certificate {tls.cert_file}")
     for number in cfg.whatsapp.numbers:
         pw_file = number.sip_password_file

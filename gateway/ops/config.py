@@ -167,7 +167,9 @@ class WhatsAppConfig(FrozenModel):
     # through a proxy (proxy_listen).
     listen: HostPortField | None = HostPort("0.0.0.0", 5061)
     hostname: Annotated[str, PlainValidator(v_dns_name)]
-    tls: TlsConfig
+    # Certificate for the TLS listener (and what /health checks). Behind a proxy
+    # with listen null it may be left out: the proxy holds Meta's certificate.
+    tls: TlsConfig | None = None
     meta_proxy: HostPortField = HostPort("wa.meta.vc", 5061)
     allowed_networks: NetworksField = tuple(ipaddress.ip_network(n) for n in META_NETWORKS)
     numbers: Annotated[tuple[NumberConfig, ...], AfterValidator(nonempty)]
@@ -218,6 +220,8 @@ class WhatsAppConfig(FrozenModel):
                                 " UDP/TCP address the proxy sends Meta's requests to)")  # fmt: skip
         if self.listen is None and self.proxy_listen is None:
             raise path_problem("listen", "may only be null behind a proxy (proxy_listen set)")
+        if self.tls is None and self.listen is not None:
+            raise path_problem("tls", "required (cert_file, key_file) unless listen is null")
         if self.outbound_proxy is not None and self.proxy_listen is None:
             raise path_problem("proxy_listen", "required when outbound_proxy is set (Meta's"
                                 " responses and requests come back through the proxy)")  # fmt: skip
@@ -583,23 +587,14 @@ def check_files(cfg: Config) -> FileCheck:
     password cannot be read (the daemon starts and reports it as unhealthy),
     and certificate problems such as expiry or a hostname mismatch.
     """
-    from gateway.ops.certs import certificate_problems
-
     result = FileCheck()
     tls = cfg.whatsapp.tls
-    for key, path in (("cert_file", tls.cert_file), ("key_file", tls.key_file)):
-        problem = _file_problem(path)
-        if problem and not (cfg.development and not path.exists()):
-            result.errors.append(f"whatsapp.tls.{key}: {problem}")
-    if tls.ca_file is not None and (problem := _file_problem(tls.ca_file)):
-        result.errors.append(f"whatsapp.tls.ca_file: {problem}")
+    if tls is not None:
+        _check_tls_files(cfg, tls, result)
     secret_file = cfg.cluster.nonce_secret_file
     if secret_file is not None and cfg.cluster.read_nonce_secret() is None:
         problem = _file_problem(secret_file) or "shorter than 16 bytes"
         result.errors.append(f"cluster.nonce_secret_file: {problem}")
-    if tls.cert_file.is_file() and os.access(tls.cert_file, os.R_OK):
-        for problem in certificate_problems(tls.cert_file, cfg.whatsapp.hostname):
-            result.warnings.append(f"whatsapp.tls.cert_file: {problem}")
     for index, entry in enumerate(cfg.whatsapp.numbers):
         if entry.read_password() is not None:
             continue
@@ -611,6 +606,20 @@ def check_files(cfg: Config) -> FileCheck:
             name = entry.sip_password_env
             result.warnings.append(f"{key}: environment variable {name} is not set or empty")
     return result
+
+
+def _check_tls_files(cfg: Config, tls: TlsConfig, result: FileCheck) -> None:
+    from gateway.ops.certs import certificate_problems
+
+    for key, path in (("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+        problem = _file_problem(path)
+        if problem and not (cfg.development and not path.exists()):
+            result.errors.append(f"whatsapp.tls.{key}: {problem}")
+    if tls.ca_file is not None and (problem := _file_problem(tls.ca_file)):
+        result.errors.append(f"whatsapp.tls.ca_file: {problem}")
+    if tls.cert_file.is_file() and os.access(tls.cert_file, os.R_OK):
+        for problem in certificate_problems(tls.cert_file, cfg.whatsapp.hostname):
+            result.warnings.append(f"whatsapp.tls.cert_file: {problem}")
 
 
 def summary(cfg: Config) -> str:

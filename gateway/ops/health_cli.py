@@ -64,7 +64,7 @@ def fetch_health(cfg: Config, *, timeout: float = 5.0) -> tuple[dict[str, Any], 
 def offline_report(cfg: Config, gateway_down: Finding) -> Report:
     shared: list[Finding] = [gateway_down]
     tls = cfg.whatsapp.tls
-    prepared, problems = TlsState.prepare(tls.cert_file, tls.key_file)
+    prepared, problems = TlsState.prepare(tls.cert_file, tls.key_file) if tls else (None, [])
     if prepared is None:
         shared += problems
     else:

@@ -88,7 +88,7 @@ class Cluster:
 
 def _instance(
     workdir: Path, name: str, proxy_port: int, transport: str, kam: KamailioProxy,
-    pbx: AsteriskPbx, pbx_listen: int, media: tuple[int, int], secret: Path,
+    pbx: AsteriskPbx, pbx_listen: int, media: tuple[int, int], secret: Path, tls: bool,
 ) -> GatewayProcess:  # fmt: skip
     (workdir / name).mkdir(exist_ok=True)
     overrides: dict[str, Any] = {
@@ -110,6 +110,8 @@ def _instance(
         "media": {"port_range": list(media)},
         "logging": {"level": "info"},
     }
+    if not tls:  # Kamailio holds Meta's certificate; this instance has none at all
+        overrides["whatsapp"]["tls"] = None
     gw = GatewayProcess(workdir / name, overrides)
     tls = workdir / name / "tls"
     ensure_dev_certificate(tls / "gw.crt", tls / "gw.key", "sip.example.com")
@@ -140,9 +142,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         pbx.start()
         kam.start()
-        for name, transport, media in (("a", "udp", (41000, 41999)), ("b", "tcp", (42000, 42999))):
+        for name, transport, media, tls in (("a", "udp", (41000, 41999), True),
+                                            ("b", "tcp", (42000, 42999), False)):  # fmt: skip
             gw = _instance(workdir, name, ports[name], transport, kam, pbx, ports[f"pbx_{name}"],
-                           media, secret)  # fmt: skip
+                           media, secret, tls)  # fmt: skip
             instances[name] = gw
             gw.start()
         c = Cluster(kam, pbx, instances, uris, {"a": ports["a"], "b": ports["b"]}, ports["meta"],
@@ -198,6 +201,10 @@ def test_calls_spread_over_both_instances_with_audio(cluster: Cluster) -> None:
             assert line["meta_source"].startswith("127.0.0.1:"), line  # Meta's, not the proxy's
         text = cluster.instances[name].log_text()
         assert "ack_timeout" not in text and "2xx-no-ack" not in text
+    # Instance B runs with no TLS listener and no certificate: healthy, and ready.
+    status, body = cluster.instances["b"].http_get("/health")
+    assert status == 200 and '"can_receive_call_sip": "AVAILABLE"' in body, body
+    assert cluster.instances["b"].http_get("/readyz")[0] == 200
 
 
 def _proxied_invite(port: int, cseq: int, call_id: str, tag: str, auth: str | None) -> bytes:

@@ -687,3 +687,14 @@ def test_nonce_secret_file_is_checked(tmp_path: Path, monkeypatch: pytest.Monkey
     assert cfg.cluster.read_nonce_secret() == secret.encode()
     assert not [e for e in check_files(cfg).errors if e.startswith("cluster.")]
     assert secret not in repr(cfg)  # the config holds the path, never the secret
+
+
+def test_tls_may_be_left_out_only_without_a_tls_listener(tmp_path: Path) -> None:
+    no_tls = PROXIED.replace("  tls: {cert_file: tls/gw.crt, key_file: tls/gw.key}\n", "")
+    cfg = load_config(write(tmp_path, no_tls))
+    assert cfg.whatsapp.tls is None
+    assert not [e for e in check_files(cfg).errors if e.startswith("whatsapp.tls")]
+    with_listener = no_tls.replace("  listen: null\n", "")
+    assert problems_of(write(tmp_path, with_listener)) == [
+        "whatsapp.tls: required (cert_file, key_file) unless listen is null"
+    ]
