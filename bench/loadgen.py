@@ -105,23 +105,6 @@ def _arrival_ns(anc: list[tuple[int, int, bytes]]) -> int:
     return _time_ns()
 
 
-def _split_addresses(values: list[str]) -> list[str]:
-    """Header values split at commas outside <...> and quotes: one entry each."""
-    out: list[str] = []
-    for value in values:
-        depth, quoted, start = 0, False, 0
-        for i, ch in enumerate(value):
-            if ch == '"':
-                quoted = not quoted
-            elif not quoted and ch in "<>":
-                depth += 1 if ch == "<" else -1
-            elif ch == "," and not quoted and depth == 0:
-                out.append(value[start:i].strip())
-                start = i + 1
-        out.append(value[start:].strip())
-    return [v for v in out if v]
-
-
 def _payload_offset(packet: bytes) -> int:
     off = 12 + 4 * (packet[0] & 0x0F)
     if packet[0] & 0x10 and len(packet) >= off + 4:
@@ -551,7 +534,7 @@ class MetaCaller:
         the 2xx's Record-Route, in reverse order (RFC 3261 12.1.2; Meta's own entries
         are its own hops). Empty when the gateway answered directly; None when Meta's
         entries did not come back unchanged at the bottom."""
-        got = _split_addresses(resp.headers.get_all("Record-Route"))
+        got = [v.strip() for v in resp.headers.get_all("Record-Route")]  # split at commas
         ours = self._record_route()
         above = got[: len(got) - len(ours)]
         if got[len(above) :] != ours:

@@ -13,8 +13,8 @@ the instances and Meta.
 - the production path for site defines (kamailio-local.cfg) and stop()
   leaving no Kamailio process behind.
 
-Needs kamailio + kamailio-tls-modules (make apt-deps); WAGW_ALLOW_SKIP_PEERS=1
-turns their absence into a skip.
+Needs Kamailio with its tls module in the peer chroot (make asterisk-chroot);
+WAGW_ALLOW_SKIP_PEERS=1 turns its absence into a skip.
 """
 
 from __future__ import annotations
