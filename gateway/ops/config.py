@@ -591,6 +591,13 @@ def check_files(cfg: Config) -> FileCheck:
     tls = cfg.whatsapp.tls
     if tls is not None:
         _check_tls_files(cfg, tls, result)
+    wa = cfg.whatsapp
+    if wa.listen is None and wa.outbound_proxy is None:
+        result.warnings.append(
+            "whatsapp.outbound_proxy: not set while whatsapp.listen is null: calls from the"
+            " PBX go straight to Meta, naming this instance's public name with no TLS"
+            " listener behind it, so Meta's in-dialog requests for them cannot arrive"
+        )
     secret_file = cfg.cluster.nonce_secret_file
     if secret_file is not None and cfg.cluster.read_nonce_secret() is None:
         problem = _file_problem(secret_file) or "shorter than 16 bytes"

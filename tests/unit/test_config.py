@@ -698,3 +698,11 @@ def test_tls_may_be_left_out_only_without_a_tls_listener(tmp_path: Path) -> None
     assert problems_of(write(tmp_path, with_listener)) == [
         "whatsapp.tls: required (cert_file, key_file) unless listen is null"
     ]
+
+
+def test_no_outbound_proxy_without_a_tls_listener_is_warned(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, PROXIED.replace("  outbound_proxy: 10.0.0.5:5060\n", "")))
+    [warning] = [w for w in check_files(cfg).warnings if w.startswith("whatsapp.outbound_proxy")]
+    assert "Meta's in-dialog requests for them cannot arrive" in warning
+    assert not [w for w in check_files(load_config(write(tmp_path, PROXIED))).warnings
+                if w.startswith("whatsapp.outbound_proxy")]  # fmt: skip
