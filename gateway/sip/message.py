@@ -19,6 +19,7 @@ from gateway.sip.uri import (
     Address,
     SipUri,
     UriError,
+    find_param,
     is_token,
     parse_address,
     parse_host,
@@ -254,11 +255,7 @@ class Via:
     params: tuple[tuple[str, str | None], ...] = ()
 
     def param(self, name: str) -> str | None:
-        lname = name.lower()
-        for k, v in self.params:
-            if k.lower() == lname:
-                return "" if v is None else v
-        return None
+        return find_param(self.params, name)
 
     @property
     def branch(self) -> str | None:

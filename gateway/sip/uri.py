@@ -268,6 +268,16 @@ def _quote_char(m: re.Match[str]) -> str:
     return " " if c in "\r\n" else "\\" + c
 
 
+def find_param(params: tuple[tuple[str, str | None], ...], name: str) -> str | None:
+    """Value of header parameter ``name`` (case-insensitive; ``""`` for a flag), None
+    when absent: for Address (From, To, Contact...) and Via alike."""
+    lname = name.lower()
+    for k, v in params:
+        if k.lower() == lname:
+            return "" if v is None else v
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """name-addr / addr-spec with header parameters (From, To, Contact, Route...)."""
@@ -277,11 +287,7 @@ class Address:
     params: tuple[tuple[str, str | None], ...] = field(default=())
 
     def param(self, name: str) -> str | None:
-        lname = name.lower()
-        for k, v in self.params:
-            if k.lower() == lname:
-                return "" if v is None else v
-        return None
+        return find_param(self.params, name)
 
     @property
     def tag(self) -> str | None:

@@ -55,6 +55,19 @@ class FrameTimes:
         self.sum_ns = 0
         self.skip = 0  # packets to let through untimed before the next sample
 
+    def sample(self, handler: PacketHandler, data: bytes, addr: tuple[str, int], port: int) -> None:
+        """Handle the packet due for a sample and count the time it took; the next
+        :data:`FRAME_SAMPLE` - 1 go through untimed (the receive loops' fast path)."""
+        self.skip = FRAME_SAMPLE - 1
+        start = perf_counter_ns()
+        try:
+            handler(data, addr)
+        except Exception:
+            log.exception("rtp_handler_error", port=port)
+        spent = perf_counter_ns() - start
+        self.counts[bisect_left(self.bounds, spent)] += 1
+        self.sum_ns += spent
+
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound in ns, packets at or under it), ending with (inf, all)."""
         out: list[tuple[float, int]] = []
@@ -185,15 +198,7 @@ class MediaPoller:
                 except Exception:
                     log.exception("rtp_handler_error", port=rtp.port)
             else:
-                timing.skip = FRAME_SAMPLE - 1
-                start = perf_counter_ns()
-                try:
-                    handler(data, addr)
-                except Exception:
-                    log.exception("rtp_handler_error", port=rtp.port)
-                spent = perf_counter_ns() - start
-                timing.counts[bisect_left(timing.bounds, spent)] += 1
-                timing.sum_ns += spent
+                timing.sample(handler, data, addr, rtp.port)
 
 
 _HAVE_EPOLL = hasattr(select, "epoll")
@@ -254,15 +259,7 @@ class RtpSocket:
                 except Exception:
                     log.exception("rtp_handler_error", port=self.port)
                 continue
-            timing.skip = FRAME_SAMPLE - 1
-            start = perf_counter_ns()
-            try:
-                handler(data, addr)
-            except Exception:
-                log.exception("rtp_handler_error", port=self.port)
-            spent = perf_counter_ns() - start
-            timing.counts[bisect_left(timing.bounds, spent)] += 1
-            timing.sum_ns += spent
+            timing.sample(handler, data, addr, self.port)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
