@@ -40,6 +40,7 @@ from gateway.b2bua.endpoint import Endpoint
 from gateway.b2bua.legs import LegAddress, SipPort
 from gateway.media.bridge import BridgeFactory
 from gateway.metaapi.health import MetaHealthCollector, MetaHealthPoller
+from gateway.ops.admission import OverloadControls, build_throttle
 from gateway.ops.config import Config, ConfigError, check_files, load_config
 from gateway.ops.health import (
     Finding,
@@ -167,6 +168,7 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reloading = False
         self._drain_task: asyncio.Task[None] | None = None
+        self.overload: OverloadControls | None = None
 
     # -- start and stop -----------------------------------------------------
     async def start(self) -> None:
@@ -199,9 +201,11 @@ class Gateway:
         secret = cfg.cluster.read_nonce_secret() or secrets.token_bytes(32)
         digest = DigestServer(secret, cfg.whatsapp.hostname, algorithms=("MD5",))
         bridges = BridgeFactory(loop, self.ports, self.media_clock, cfg.media, self.frame_times)
+        throttle = build_throttle(cfg, digest.nonce_ttl)
         self.calls = CallManager(
-            cfg, sip, endpoint, bridges, digest, on_call_end=self._on_call_end
+            cfg, sip, endpoint, bridges, digest, on_call_end=self._on_call_end, throttle=throttle
         )
+        self.overload = OverloadControls(cfg, loop, stack, manager, self.calls, throttle)
         self._acl = AccessList(cfg.whatsapp.allowed_networks)
         pbx_acl = AccessList(cfg.pbx.trusted_networks)
         pbx = cfg.pbx.listen
@@ -224,6 +228,7 @@ class Gateway:
         self.prober.start()
         self.metrics.bind(stack.stats, manager, self)
         self.metrics.registry.register(MetaHealthCollector(self.meta_health))
+        self.metrics.registry.register(self.overload.collector())
         self.meta_health.start()
         self.http = HttpServer(
             self.metrics, self.health_report, self.readiness, annotate=self.meta_health.annotate
@@ -306,6 +311,8 @@ class Gateway:
         await self.meta_health.stop()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        if self.overload is not None:
+            self.overload.stop()
         if self.prober is not None:
             self.prober.stop()
         if self.calls is not None and self.calls.calls:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.b2bua.call import Call, CallLegs
+from gateway.b2bua.challenge import Challenger
 from gateway.b2bua.context import pbx_context_headers, wacid
 from gateway.b2bua.endpoint import Endpoint, unsupported_extensions
 from gateway.b2bua.inbound import InboundCall, InboundSetup
@@ -39,15 +40,11 @@ from gateway.sdp.negotiate import (
     make_whatsapp_offer,
 )
 from gateway.sdp.session import SdpError, SessionDescription, parse_sdp
-from gateway.sip.auth import (
-    AuthParseError,
-    DigestServer,
-    VerifyResult,
-    parse_credentials,
-)
+from gateway.sip.auth import DigestServer
 from gateway.sip.dialog import Dialog
+from gateway.sip.digest_throttle import DigestThrottle
 from gateway.sip.ids import new_tag
-from gateway.sip.message import Request
+from gateway.sip.message import Request, Response
 from gateway.sip.transaction import (
     CancelReceived,
     ClientTransaction,
@@ -89,6 +86,7 @@ class CallManager:
         *,
         on_call_end: Callable[[Call, str], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        throttle: DigestThrottle | None = None,
     ) -> None:
         self.cfg = cfg
         self.sip = sip
@@ -98,6 +96,7 @@ class CallManager:
         self.endpoint = endpoint
         self.bridges = bridges
         self.digest = digest
+        self.challenger = Challenger(digest, throttle, wall_clock, cfg.sip.user_agent)
         self.calls: dict[str, Call] = {}  # by key
         self._by_local: dict[tuple[str, str], tuple[Call, str]] = {}
         self._by_server_tx: dict[ServerTransaction, Call] = {}
@@ -323,32 +322,34 @@ class CallManager:
 
     def _authorised(self, req: Request, tx: ServerTransaction, number: NumberConfig) -> bool:
         """Digest check of Meta's INVITE (whatsapp-sip.md section 3); answers it when not OK."""
-        value = req.headers.get("Proxy-Authorization") or req.headers.get("Authorization")
-        if value is None:
-            self._challenge(tx, stale=False)
-            return False
-        try:
-            creds = parse_credentials(value)
-        except AuthParseError:
-            self._reject(tx, 400, [], "malformed Proxy-Authorization")
-            return False
-        digits = number.number[1:]
-        if creds.username not in (digits, number.number):
-            self._reject(tx, 403, [], "digest username is not the business number")
-            return False
-        password = number.read_password()
-        if password is None:
-            log.error("sip_password_missing", number=number.number)
-            self._reject(tx, 403, [], "SIP password missing")
-            return False
-        result = self.digest.verify(creds, "INVITE", req.uri, password, self._wall())
-        if result is VerifyResult.OK:
+        if req.headers.get("Proxy-Authorization") or req.headers.get("Authorization"):
+            password = number.read_password()
+        else:
+            password = None  # not read for an INVITE that only gets its challenge
+        verdict = self.challenger.verify(req, tx.source, number.number, password)
+        if verdict.status == 0:
             return True
-        if result in (VerifyResult.STALE, VerifyResult.INVALID_NONCE):
-            self._challenge(tx, stale=result is VerifyResult.STALE)
-            return False
-        self._reject(tx, 403, [], f"digest {result.value}")
+        if verdict.status == 407:
+            self._challenge(tx, stale=verdict.stale)
+        else:
+            self._reject(tx, verdict.status, [], verdict.why)
         return False
+
+    def screen_invite(self, req: Request, source: Target, leg: str) -> Response | None:
+        """The stateless answer to a new INVITE from Meta, before any transaction: its 407
+        challenge, or the 403 of a source in digest backoff. None for everything else (the
+        stateful path), decided by the checks of _on_request and _admit_inbound in order."""
+        if leg != "whatsapp" or self.draining or len(self.calls) >= self.cfg.limits.max_calls:
+            return None
+        if unsupported_extensions(req) or not routable(Dialog.uas(req, "", "")):
+            return None
+        try:
+            number = self._business_number(req.parsed_uri)
+        except UriError:
+            return None
+        if number is None or not number.challenge or self._call_key(req) is None:
+            return None
+        return self.challenger.screen(req, source, number.number)
 
     def _reject_sdp(
         self, tx: ServerTransaction, exc: SdpError | NegotiationError, host: str
@@ -360,8 +361,7 @@ class CallManager:
             self._reject(tx, 400, [], f"bad SDP: {exc}")
 
     def _challenge(self, tx: ServerTransaction, *, stale: bool) -> None:
-        challenges = self.digest.challenge(self._wall(), stale=stale)
-        headers = [("Proxy-Authenticate", c.to_header()) for c in challenges]
+        headers = self.challenger.challenge_headers(stale=stale)
         self.sip.reply(tx, 407, to_tag=new_tag(), headers=headers)
 
     def _reject(

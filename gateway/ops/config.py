@@ -79,6 +79,7 @@ from gateway.ops.config_meta import (
     MetaApiConfig,
     MetaCallingConfig,
 )
+from gateway.ops.config_overload import DigestThrottleConfig, OverloadConfig, RateLimitsConfig
 
 __all__ = [
     "DEFAULT_GRAPH_VERSION",
@@ -86,6 +87,7 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "DigestThrottleConfig",
     "FileCheck",
     "HostPort",
     "HttpConfig",
@@ -95,7 +97,9 @@ __all__ = [
     "MetaApiConfig",
     "MetaCallingConfig",
     "NumberConfig",
+    "OverloadConfig",
     "PbxConfig",
+    "RateLimitsConfig",
     "RecordsConfig",
     "ShutdownConfig",
     "SipConfig",
@@ -338,6 +342,9 @@ class SipConfig(FrozenModel):
     user_agent: Annotated[str, PlainValidator(nonempty_line)] = f"wa-sip-gateway/{__version__}"
     max_message_size: Annotated[int, Field(strict=True, ge=1024, le=1_048_576)] = 65535
     advertise: HostPortField | None = None
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    overload: OverloadConfig = Field(default_factory=OverloadConfig)
+    digest_throttle: DigestThrottleConfig = Field(default_factory=DigestThrottleConfig)
 
 
 def _v_records_path(value: object, info: ValidationInfo) -> Path | str:

@@ -216,6 +216,9 @@ def _stamp_via(request: Request, source: Target) -> None:
     request.headers.add("Via", str(via.with_params(**changes)), first=True)
 
 
+stamp_via = _stamp_via  # for stateless answers (RFC 3261 8.2.7), stamped as a transaction would
+
+
 def _tag(value: str | None) -> str:
     return value or ""
 
@@ -301,6 +304,10 @@ class TransactionManager:
 
     def __len__(self) -> int:
         return len(self._client) + len(self._server)
+
+    @property
+    def server_count(self) -> int:
+        return len(self._server)
 
     @property
     def count(self) -> int:

@@ -80,6 +80,10 @@ class AccessList:
 EventHandler = Callable[[Event, str], None]
 """Called with each core event and the leg name of the listener it came in on."""
 
+Screen = Callable[[Request, Target, str, float], Sequence[Outgoing] | None]
+"""Called with each request (source, leg, now) before the transaction layer sees it: None
+lets it in; a sequence means it was handled statelessly (answers sent, maybe none)."""
+
 
 class SipStack:
     """Owns the listeners, the connections and the transaction manager's timer."""
@@ -110,6 +114,7 @@ class SipStack:
         self._ids = itertools.count(1)
         self.local: dict[str, tuple[str, str, int]] = {}  # leg -> (transport, host, port)
         self._leg_of_peer: dict[tuple[str, str, int], str] = {}
+        self.screen: Screen | None = None  # overload control (gateway.ops.admission)
 
     # -- listeners ---------------------------------------------------------
     async def listen_udp(self, leg: str, host: str, port: int, acl: AccessList) -> tuple[str, int]:
@@ -200,6 +205,12 @@ class SipStack:
         else:
             self.stats.responses[(leg, msg.status)] += 1
         now = self._loop.time()
+        if self.screen is not None and isinstance(msg, Request):
+            handled = self.screen(msg, source, leg, now)
+            if handled is not None:
+                for out in handled:
+                    self.send(out)
+                return
         try:
             events = self.manager.receive(msg, source, now)
         except Exception:
