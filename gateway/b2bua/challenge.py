@@ -6,7 +6,8 @@ transaction (RFC 3261 section 8.2.7 allows a stateless UAS for challenges): no
 retransmitted INVITE gets the same one, and the ACK for it matches nothing and
 is dropped by the transaction layer as a stray. An INVITE flood whose 407s are
 never answered so leaves no state behind. An attempt from a source in digest
-backoff (:mod:`gateway.sip.digest_throttle`) gets its 403 the same way.
+backoff (:mod:`gateway.sip.digest_throttle`) gets its 403 the same way, and one
+on a nonce that a failed attempt killed its new challenge.
 
 The re-sent INVITE with credentials goes the stateful way (100 Trying, then the
 call or a 403): :meth:`Challenger.verify` decides.
@@ -81,17 +82,25 @@ class Challenger:
     def screen(self, req: Request, source: Target, number: str) -> Response | None:
         """The stateless answer to an INVITE for ``number`` (a number that challenges,
         every earlier admission check passed), or None for the stateful path."""
-        creds = req.headers.get("Proxy-Authorization") or req.headers.get("Authorization")
-        if creds is None:
+        value = req.headers.get("Proxy-Authorization") or req.headers.get("Authorization")
+        if value is None:
             return self._stateless(req, source, 407, self.challenge_headers(stale=False))
         throttle = self.throttle
-        if throttle is not None:
-            who = digest_source(req, source)
-            left = throttle.blocked(who, number, self._wall())
-            if left is not None:
-                throttle.refused()
-                self._log_throttled(who, number, left)
-                return self._stateless(req, source, 403, [])
+        if throttle is None:
+            return None
+        now = self._wall()
+        who = digest_source(req, source)
+        left = throttle.blocked(who, number, now)
+        if left is not None:
+            throttle.refused()
+            self._log_throttled(who, number, left)
+            return self._stateless(req, source, 403, [])
+        try:
+            nonce = parse_credentials(value).nonce
+        except AuthParseError:
+            return None  # 400, statefully
+        if throttle.is_dead(nonce, now):
+            return self._stateless(req, source, 407, self.challenge_headers(stale=False))
         return None
 
     def _stateless(

@@ -63,6 +63,7 @@ def build_control(cfg: Config) -> OverloadControl:
             Budget(rl.invite.rate, rl.invite.burst),
             Budget(rl.other.rate, rl.other.burst),
             Budget(rl.refusals.rate, rl.refusals.burst),
+            messages=Budget(rl.messages.rate, rl.messages.burst),
             max_sources=rl.max_sources,
         )
     monitor = None
@@ -104,6 +105,12 @@ class Admission:
         except Exception:  # never lose a request to a bug here: the core judges it
             log.exception("sip_screen_error", leg=leg)
             return None
+
+    def prescreen(self, data: bytes, source: Target, leg: str, now: float) -> bool:
+        if self.control.prescreen(data, source.host, leg, now):
+            return True
+        self._log("rate", Verdict.DROP, source, leg, "unparsed", now)
+        return False
 
     def _screen(
         self, req: Request, source: Target, leg: str, now: float
@@ -175,6 +182,7 @@ class OverloadControls:
             user_agent=cfg.sip.user_agent,
         )
         stack.screen = self.admission
+        stack.prescreen = self.admission.prescreen
         self.probe: LagProbe | None = None
         if control.monitor is not None:
             self.probe = LagProbe(loop, control.monitor)

@@ -38,6 +38,9 @@ class RateLimitsConfig(FrozenModel):
     other: Budget = Budget(rate=200, burst=400)
     # 503s a source gets for being over its INVITE budget; past these, dropped.
     refusals: Budget = Budget(rate=20, burst=40)
+    # All requests of a source together, checked before parsing (Kamailio's pike):
+    # over it they are dropped unparsed. Far above any real peer's traffic.
+    messages: Budget = Budget(rate=500, burst=1000)
     # Sources tracked at once (the least recently seen is forgotten).
     max_sources: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = 10_000
 

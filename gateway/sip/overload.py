@@ -8,7 +8,10 @@ In the style of Kamailio's pike and ratelimit modules, and of RFC 7339 in spirit
   requests (BYE, ACK, re-INVITE) are never starved by an INVITE flood from the
   same address. Over budget an INVITE gets a stateless 503 with Retry-After
   while the source's refusal budget lasts, then it is dropped; other requests
-  are dropped. The table of sources is bounded (least recently seen evicted).
+  are dropped. Before any parsing, a third budget for all requests together,
+  far above any real peer's, drops a flood unparsed (pike's check: parsing is
+  most of what a flooded message costs). The table of sources is bounded
+  (least recently seen evicted).
 * :class:`LoadMonitor`: the event loop's lag (fed by a periodic probe) and the
   open server transactions. While either is over its threshold, new INVITEs
   get 503; at the hard cap on transactions new out-of-dialog requests other
@@ -103,7 +106,7 @@ def request_class(method: str, to_tag: str | None) -> str:
 class OverloadStats:
     """Plain counters read by the metrics collector at scrape time."""
 
-    # (leg, class "invite"|"other", action "503"|"drop")
+    # (leg, class "invite"|"other"|"unparsed", action "503"|"drop")
     limited: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     # (reason "lag"|"transactions"|"transactions_cap", action "503"|"drop")
     overload: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -111,23 +114,37 @@ class OverloadStats:
 
 
 class _Source:
-    __slots__ = ("invite", "other", "refusals")
+    __slots__ = ("invite", "messages", "other", "refusals")
 
-    def __init__(self, invite: TokenBucket, other: TokenBucket, refusals: TokenBucket) -> None:
+    def __init__(
+        self,
+        invite: TokenBucket,
+        other: TokenBucket,
+        refusals: TokenBucket,
+        messages: TokenBucket | None,
+    ) -> None:
         self.invite = invite
         self.other = other
         self.refusals = refusals
+        self.messages = messages
 
 
 class SourceLimiter:
     """Token buckets per source address, in a table of at most ``max_sources``."""
 
     def __init__(
-        self, invite: Budget, other: Budget, refusals: Budget, *, max_sources: int = 10_000
+        self,
+        invite: Budget,
+        other: Budget,
+        refusals: Budget,
+        *,
+        messages: Budget | None = None,
+        max_sources: int = 10_000,
     ) -> None:
         if max_sources < 1:
             raise ValueError("max_sources must be at least 1")
         self.invite, self.other, self.refusals = invite, other, refusals
+        self.messages = messages
         self.max_sources = max_sources
         self.evicted = 0
         self._sources: OrderedDict[str, _Source] = OrderedDict()
@@ -139,10 +156,12 @@ class SourceLimiter:
         table = self._sources
         entry = table.get(host)
         if entry is None:
+            messages = self.messages
             entry = _Source(
                 TokenBucket(self.invite, now),
                 TokenBucket(self.other, now),
                 TokenBucket(self.refusals, now),
+                TokenBucket(messages, now) if messages is not None else None,
             )
             table[host] = entry
             if len(table) > self.max_sources:
@@ -151,6 +170,14 @@ class SourceLimiter:
         else:
             table.move_to_end(host)
         return entry
+
+    def admit_unparsed(self, host: str, now: float) -> bool:
+        """Pike's check, before parsing: False when ``host`` is over its budget for all
+        requests together (``messages``), far above what any real peer sends."""
+        if self.messages is None:
+            return True
+        bucket = self._entry(host, now).messages
+        return bucket is None or bucket.take(now)
 
     def check(self, host: str, kind: str, now: float) -> Verdict:
         """``kind`` from :func:`request_class`: ``invite`` uses the INVITE budget,
@@ -225,6 +252,17 @@ class OverloadControl:
         self.limiter = limiter
         self.monitor = monitor
         self.stats = stats or OverloadStats()
+
+    def prescreen(self, data: bytes, host: str, leg: str, now: float) -> bool:
+        """Before parsing: False drops a request from a source over its ``messages``
+        budget unparsed (parsing is most of what a flood costs). Responses pass."""
+        limiter = self.limiter
+        if limiter is None or limiter.messages is None or data.startswith(b"SIP/2.0 "):
+            return True
+        if limiter.admit_unparsed(host, now):
+            return True
+        self.stats.limited[(leg, "unparsed", "drop")] += 1
+        return False
 
     def screen(
         self, method: str, to_tag: str | None, host: str, leg: str, now: float, open_server: int

@@ -115,6 +115,7 @@ class SipStack:
         self.local: dict[str, tuple[str, str, int]] = {}  # leg -> (transport, host, port)
         self._leg_of_peer: dict[tuple[str, str, int], str] = {}
         self.screen: Screen | None = None  # overload control (gateway.ops.admission)
+        self.prescreen: Callable[[bytes, Target, str, float], bool] | None = None
 
     # -- listeners ---------------------------------------------------------
     async def listen_udp(self, leg: str, host: str, port: int, acl: AccessList) -> tuple[str, int]:
@@ -179,6 +180,8 @@ class SipStack:
 
     # -- inbound -----------------------------------------------------------
     def _on_bytes(self, data: bytes, source: Target, leg: str, datagram: bool) -> None:
+        if self.prescreen is not None and not self.prescreen(data, source, leg, self._loop.time()):
+            return  # a flood, dropped unparsed
         try:
             msg = _parse_message(data, max_size=self._max, datagram=datagram)
         except SipParseError as exc:
