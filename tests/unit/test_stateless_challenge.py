@@ -175,3 +175,34 @@ def test_admission_refuses_while_lagging(tmp_path: Path) -> None:
     out = adm(request_of(meta_invite()), META_SOURCE, "whatsapp", 0.1)
     assert out is not None and [wire(o).status for o in out] == [503]
     assert adm.control.stats.overload == {("lag", "503"): 1}
+
+
+def test_metrics_read_the_counters(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.ops.admission import OverloadCollector
+
+    h = Harness(tmp_path)
+    throttle = DigestThrottle()
+    h.calls.challenger.throttle = throttle
+    adm = admission(h)
+    for _ in range(4):
+        adm(request_of(meta_invite()), META_SOURCE, "whatsapp", 0.0)
+    throttle.failed("157.240.19.1", BUSINESS, 0.0, "bad_response")
+    throttle.invalidate("n", 0.0)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OverloadCollector(adm, throttle, lambda: 0.0))
+    text = generate_latest(registry).decode()
+    for line in (
+        'wagw_sip_rate_limited_total{action="503",class="invite",leg="whatsapp"} 1.0',
+        'wagw_sip_rate_limited_total{action="drop",class="invite",leg="whatsapp"} 1.0',
+        'wagw_sip_stateless_responses_total{code="407"} 2.0',
+        "wagw_sip_server_transactions 0.0",
+        "wagw_sip_rate_limit_sources 1.0",
+        "wagw_sip_overloaded 0.0",
+        'wagw_digest_failures_total{outcome="bad_response"} 1.0',
+        "wagw_digest_nonces_invalidated_total 1.0",
+        "wagw_digest_throttled_total 0.0",
+    ):
+        assert line in text, text
+    assert "wagw_sip_loop_lag_seconds" in text and "wagw_sip_overload_total" in text
