@@ -290,6 +290,16 @@ class Daemon:
             "http": {"listen": f"127.0.0.1:{self.ports['http']}"},
             "logging": {"level": self.log_level, "format": "json"},
             "limits": {"max_calls": self.max_calls},
+            # The load generator is one source address placing every call (two INVITEs
+            # each, 407 then credentials): per-source budgets sized for it, not for one
+            # of Meta's edges (sip.rate_limits defaults). Overload control stays on.
+            "sip": {
+                "rate_limits": {
+                    "invite": {"rate": 1000, "burst": 2000},
+                    "other": {"rate": 5000, "burst": 10000},
+                    "messages": {"rate": 10000, "burst": 20000},
+                }
+            },
         }
         if self.proxy is not None:
             cfg["cluster"] = {"nonce_secret_file": str(self.proxy.nonce_secret_file)}
