@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 from gateway.ops.health import Report
 from gateway.sip.transaction import TransactionManager
+from gateway.transport.guard import CLOSE_REASONS, HANDSHAKE_RESULTS, REFUSALS
 from gateway.transport.rtp import FrameTimes
 from gateway.transport.sip import SipStats
 
@@ -276,9 +277,37 @@ class _SipCollector(Collector):
         for leg in LEGS:
             rejected.add_metric([leg], s.rejected_sources.get(leg, 0))
         yield rejected
+        yield from self._connection_families()
         yield GaugeMetricFamily(
             "wagw_sip_transactions", "Open SIP transactions", value=len(self._manager)
         )
+
+    def _connection_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self._stats.connections
+        gauge = GaugeMetricFamily(
+            "wagw_sip_connections",
+            "TCP/TLS connections open (inbound, handshakes included, and outbound)",
+            labels=["leg", "transport"],
+        )
+        for leg in LEGS:
+            for kind in ("tcp", "tls"):
+                gauge.add_metric([leg, kind], c.open.get((leg, kind), 0))
+        yield gauge
+        families = (
+            ("wagw_sip_tls_handshakes", "Inbound TLS handshakes by result", "result",
+             HANDSHAKE_RESULTS, c.handshakes),
+            ("wagw_sip_connections_refused", "Inbound TCP/TLS connections refused at accept,"
+             " before any TLS: source not allowed, or the cap that was full", "reason",
+             REFUSALS, c.refused),
+            ("wagw_sip_connections_closed", "Inbound TCP/TLS connections closed by a deadline"
+             " or for a full write buffer", "reason", CLOSE_REASONS, c.closed),
+        )  # fmt: skip
+        for name, doc, label, values, counts in families:
+            family = CounterMetricFamily(name, doc, labels=["leg", label])
+            for leg in LEGS:
+                for value in values:
+                    family.add_metric([leg, value], counts.get((leg, value), 0))
+            yield family
 
 
 class _OpsCollector(Collector):

@@ -58,12 +58,16 @@ class StreamFramer:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes, limit: int | None = None) -> list[Frame]:
+        """Frames completed by ``data``: at most ``limit`` of them (None: all). What is
+        left stays buffered; ``feed(b"", limit)`` takes the next ones."""
         if self._failed:
             return []
         self._buf += data
         out: list[Frame] = []
         while self._buf:
+            if limit is not None and len(out) >= limit:
+                break
             if self._total is None:
                 if not self._scanned and self._buf[0] in (0x0D, 0x0A):
                     # Keep-alives and stray CRLFs between messages (RFC 5626 3.5.1,
