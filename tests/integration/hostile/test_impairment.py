@@ -12,6 +12,9 @@ at the same time, one relay each:
 * 5 % random loss, Meta -> gateway (seeded: the same packets every run);
 * the same loss with the emulator sending no FEC (the gateway has PLC only);
 * 2 bursts of 60 ms (3 packets each) at 2.5 s and 5.5 s;
+* 30 ms of uniform jitter, packets overtaking each other (the gateway's reorder
+  buffer puts them right; the PBX here records by timestamp, so the jitter itself
+  is not heard, only what the reorder buffer gave up as late);
 * 5 % random loss both ways, for the reverse direction's figure: the PBX's
   reference as the emulator decodes it (the emulator conceals nothing: gaps
   are silence, so this scores the loss itself, not the gateway).
@@ -64,6 +67,7 @@ CONDITIONS = (
     Condition("loss5-nofec", LOSS5, fec=False),
     Condition("bursts", BURSTS),
     Condition("loss5-both", LOSS5, to_meta=Impairment(loss_pct=5, seed=SEED + 1)),
+    Condition("jitter", Impairment(jitter_ms=30, jitter_reorder=True, seed=SEED)),
 )
 
 
@@ -135,7 +139,8 @@ def test_speech_through_loss_and_bursts_with_opus_fec(tmp_path: Path) -> None:
         lines.append(
             f"{s.condition.name}: to PBX {s.to_pbx:.2f}, to WhatsApp {s.to_meta:.2f} "
             f"(lost {counts['to_gateway'].lost}/{counts['to_gateway'].received} "
-            f"Meta->gateway, {counts['to_meta'].lost}/{counts['to_meta'].received} back)"
+            f"Meta->gateway, {counts['to_meta'].lost}/{counts['to_meta'].received} back, "
+            f"{counts['to_gateway'].overtaken} overtaken)"
         )
     report = "\n".join(lines)
     print(report)
@@ -151,5 +156,7 @@ def test_speech_through_loss_and_bursts_with_opus_fec(tmp_path: Path) -> None:
     assert loss >= clean - 0.35, report  # FEC + PLC keep 5 % loss close to clean
     assert loss >= nofec + 0.2, report  # and FEC is what does it
     assert bursts >= clean - 0.4, report
+    assert by["jitter"].relay.counts["to_gateway"].overtaken > 20, report
+    assert by["jitter"].to_pbx >= clean - 0.1, report  # reordering put right
     assert by["clean"].to_meta >= 3.5, report  # PBX -> WhatsApp, G.711 -> Opus, clean
     assert time.monotonic() - started < 60, report
