@@ -40,8 +40,6 @@ from tests.peers.audio import pesq_nb, speech_like
 from tests.peers.impair import Impairment, ImpairmentRelay, parse_bursts
 from tests.peers.rtp_pbx import RtpPbx
 
-pytest.importorskip("pesq")
-
 pytestmark = pytest.mark.integration
 
 NUMBER = "+15550001111"
