@@ -80,6 +80,11 @@ def parse_via(value: str) -> Via:
         return Via(fast.group("transport").upper(), fast.group("host"),
                    int(port) if port else None,
                    tuple((name, v if eq else None) for name, eq, v in found))  # fmt: skip
+    return _parse_via_general(text)
+
+
+def _parse_via_general(text: str) -> Via:
+    """parse_via for any shape (``text`` stripped): IPv6, LWS around ':', odd params."""
     m = _VIA_SENT_BY_RE.match(text)
     if not m:
         raise UriError("bad Via")
