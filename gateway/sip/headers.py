@@ -2,9 +2,9 @@
 
 Splitting a list header at its top-level commas (section 7.3.1) is the one scan
 every message's Via, Route, Record-Route and Contact go through, so it is done by
-``str.split`` and compiled regular expressions over the runs between quotes and
-angle brackets, never by a Python loop over characters: its cost is linear in the
-value's length with the constant of C, plus one step per quote or angle bracket.
+``str.split`` or by ``findall`` with possessive regular expressions, never by a
+Python loop over characters or quotes: its cost is linear in the value's length
+with the constant of C, plus one list item per element.
 """
 
 from __future__ import annotations
