@@ -106,6 +106,7 @@ class Bridge:
         self.wa.last_rx = now
         if not self._wa_ready:
             self._wa_ready = True
+            self.pbx.answered(now)  # a call to WhatsApp: the PBX's window starts now
             # Meta expects the business side to send first: early PBX audio, else silence.
             if self._early:
                 while self._early:

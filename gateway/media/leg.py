@@ -7,11 +7,12 @@ Strict latching (docs/decisions.md, "Media latching"), in the spirit of Asterisk
   The receive paths compare the datagram's address with :attr:`Leg.source` (one tuple
   comparison); everything else goes through :meth:`Leg.admit`.
 * A leg with a learning window (the PBX leg: symmetric RTP, for a PBX behind NAT)
-  may move that source once, early: within ``window`` seconds of the answer or of a
-  renegotiation that moves the media, and only while nothing has been taken from the
-  SDP's source yet, :data:`PROBATION` RTP packets in sequence (one SSRC, the leg's
-  audio or telephone-event payload type) from one other port of the SDP's host make
-  that port the source and the destination. Learning packets are dropped.
+  may move that source once, early: within ``window`` seconds of the answer (Meta's,
+  on a call to WhatsApp: the PBX sends nothing while it rings) or of a renegotiation
+  that moves the media, and only while nothing has been taken from the SDP's source
+  yet, :data:`PROBATION` RTP packets in sequence (one SSRC, the leg's audio or
+  telephone-event payload type) from one other port of the SDP's host make that port
+  the source and the destination. Learning packets are dropped.
 * After that the source holds: packets from the peer's host but another port are
   dropped before anything reads them, counted (``relatch_refused``) and logged at most
   once per :data:`REFUSAL_LOG_INTERVAL` per leg. Packets from any other host are
@@ -112,7 +113,7 @@ class Leg:
         self.last_rx = 0.0
         self.receiving = True  # the peer is expected to send (not on hold/inactive)
 
-    def configure(self, media: MediaParams, complexity: int, now: float = 0.0) -> None:
+    def configure(self, media: MediaParams, complexity: int, now: float) -> None:
         previous = self.media
         same_codec = previous is not None and previous.codec == media.codec
         self.media = media
@@ -157,6 +158,13 @@ class Leg:
         else:
             self.rtcp_remote = (media.remote_address, media.remote_rtcp_port)
             self.rtcp_sources = (self.rtcp_remote, (source[0], source[1] + 1))
+
+    def answered(self, now: float) -> None:
+        """The call is answered (a PBX's offer may wait for Meta's answer for a minute,
+        and sends nothing meanwhile): a window not yet used starts again from now."""
+        if self.window > 0 and not self._held():
+            self.learn_until = now + self.window
+            self._candidate = None
 
     def _held(self) -> bool:
         """The source is settled: learned, or the SDP's source has delivered audio."""

@@ -244,6 +244,21 @@ def test_a_refresh_before_anything_was_learned_reopens_learning() -> None:
     assert rig.pbx_sock.sent[-1][1] == NAT
 
 
+def test_on_a_call_to_whatsapp_the_window_starts_at_metas_answer() -> None:
+    rig = Rig()
+    rig.set_pbx()  # the PBX's offer: its media is known at once, it sends after the answer
+    rig.advance(DEFAULT_LATCH_WINDOW * 3)  # Meta rings for 30 s
+    rig.set_whatsapp()  # Meta's 200
+    rig.to_meta()
+    from_pbx(rig, PROBATION, NAT)
+    from_meta(rig, 2)
+    assert rig.pbx_sock.sent[-1][1] == NAT
+    rig.advance(DEFAULT_LATCH_WINDOW * 3)
+    rig.set_whatsapp()  # the answer only counts once
+    from_pbx(rig, 1, SPOOF)
+    assert rig.stats("pbx")["relatch_refused"] == 1
+
+
 def test_dtmf_takes_part_in_probation() -> None:
     rig = answered()
     rig.from_pbx(rig.pbx.audio(bytes(320)), NAT)
