@@ -298,6 +298,12 @@ class MediaConfig(FrozenModel):
     # kbit/s below 2). 1: same clean-path quality as 3 at 73 % of its instructions
     # (docs/decisions.md); 10 costs about 3x.
     opus_complexity: Annotated[int, Field(strict=True, ge=0, le=10)] = 1
+    # Strict latching (docs/decisions.md, "Media latching"): "strict" lets the PBX leg
+    # learn the PBX's real source port once, within latch_window seconds of the answer or
+    # a renegotiation that moves the media (NAT), then holds it; "sdp": the SDP's
+    # address:port only, never learned. Either way nothing moves the latch mid-call.
+    latch: Literal["strict", "sdp"] = "strict"
+    latch_window: Annotated[float, Field(gt=0, le=60)] = 10.0
 
     @model_validator(mode="after")
     def _advertise(self) -> MediaConfig:
