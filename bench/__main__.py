@@ -20,13 +20,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench import scaleout
+from bench import impair, scaleout
 from bench.daemon import PRIORITIES
 from bench.gateways import FRONTS
 from bench.report import render_stdout, verdict, write_markdown
 from bench.result import Params, Result
-from bench.run import run
+from bench.run import git_describe, run
 from bench.stats import save
+from tests.peers.impair import parse_bursts
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 PAUSE = 3.0  # seconds between the runs of one invocation (--compare)
@@ -74,6 +75,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="experiment: with --priority realtime and no core of its own, the load "
         "generator at the instances' SCHED_FIFO level instead of one below",
     )  # fmt: skip
+    imp = ap.add_argument_group(
+        "impairment relay on the WhatsApp media leg (bench/impair.py; Meta -> gateway "
+        "unless --impair-both; the run goes to docs/benchmarks.md's Audio under impairment)"
+    )
+    imp.add_argument("--loss", type=float, default=0.0, metavar="PCT", help="random loss, %%")
+    imp.add_argument(
+        "--burst", default="", metavar="NxMS",
+        help="N loss bursts of MS ms each, spread over the window (e.g. 2x60)",
+    )  # fmt: skip
+    imp.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="uniform delay")
+    imp.add_argument("--jitter-reorder", action="store_true", help="jitter may reorder")
+    imp.add_argument("--reorder", type=float, default=0.0, metavar="PCT",
+                     help="packets held back behind the next one, %%")  # fmt: skip
+    imp.add_argument("--duplicate", type=float, default=0.0, metavar="PCT", help="sent twice, %%")
+    imp.add_argument("--impair-both", action="store_true", help="gateway -> Meta as well")
+    imp.add_argument("--impair-seed", type=int, default=1, help="the relays' seed (default 1)")
+    imp.add_argument("--relay", action="store_true", help="the relay even with no impairment")
     ap.add_argument("--no-pin", action="store_true", help="do not pin to cores 0 and 1")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--output", type=Path, default=DOCS, help="markdown file to rewrite")
@@ -109,6 +127,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--compare: --calls must be a multiple of --instances (same load per instance)")
     if args.front != "direct" and args.profile:
         ap.error("--profile samples the single daemon (no --instances/--front kamailio)")
+    try:
+        parse_bursts(args.burst)
+    except ValueError as exc:
+        ap.error(f"--burst: {exc}")
     return args
 
 
@@ -135,7 +157,19 @@ def main(argv: list[str] | None = None) -> int:
         front=args.front,
         compare=args.compare,
         generator_below=not args.generator_same_priority,
+        relay=args.relay,
+        loss=args.loss,
+        burst=args.burst,
+        jitter=args.jitter,
+        jitter_reorder=args.jitter_reorder,
+        reorder=args.reorder,
+        duplicate=args.duplicate,
+        impair_both=args.impair_both,
+        impair_seed=args.impair_seed,
     )
+    if impair.wanted(params) and args.front != "direct":
+        print("bench: the impairment relay runs with one direct instance only", file=sys.stderr)
+        return 1
     if args.front != "direct":
         return _scale_out(args, params)
     print(
@@ -153,11 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: could not run: {exc}", file=sys.stderr)
         return 1
     print(render_stdout(result))
+    if impair.wanted(params):
+        print(impair.render_stdout(result))
     if args.dump is not None:
         save(str(args.dump), result.m2p, result.p2m)
         print(f"bench: per-packet data in {args.dump}", file=sys.stderr)
     if not args.no_write:
-        write_markdown(args.output, result)
+        if impair.wanted(params):  # not the Latest run: a row in Audio under impairment
+            impair.write_markdown(args.output, result, result.code or git_describe())
+        else:
+            write_markdown(args.output, result)
         print(f"bench: wrote {args.output}", file=sys.stderr)
     ok, _ = verdict(result)
     print(f"bench: target {'met' if ok else 'not met'}", file=sys.stderr)

@@ -50,6 +50,7 @@ from gateway.media.srtp import new_key_material as srtp_key
 from gateway.sip.auth import answer_challenge, parse_challenge, select_challenge
 from gateway.sip.framing import StreamFramer
 from gateway.sip.message import Request, Response, SipParseError, make_response, parse_message
+from tests.peers.impair import ImpairmentRelay
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 OPUS_PT = 111
@@ -149,6 +150,10 @@ class Call:
         self.meta_key = srtp_key(SUITE)
         self.srtp: SrtpContext | None = None
         self.gw_wa_addr: tuple[str, int] | None = None
+        # The impairment relay (bench/impair.py) Meta's SDP declares instead of
+        # meta_sock: Meta's media then goes to the relay, which passes it on.
+        self.relay: ImpairmentRelay | None = None
+        self.meta_dest: tuple[str, int] | None = None  # the relay, or the gateway
         self.gw_pbx_addr: tuple[str, int] | None = None
         self.m2p = Direction(keep=[] if keep_audio else None)  # Meta sends, PBX receives
         self.p2m = Direction(keep=[] if keep_audio else None)  # PBX sends, Meta receives
@@ -200,7 +205,7 @@ class Call:
         packet = srtp.protect(hdr + self.opus[k % len(self.opus)])
         t = _time_ns()
         try:
-            self.meta_sock.sendto(packet, self.gw_wa_addr)
+            self.meta_sock.sendto(packet, self.meta_dest or self.gw_wa_addr)
         except OSError:
             self.m2p.send_errors += 1
             t = -1
@@ -237,7 +242,7 @@ class Call:
             [SdesChunk(self.m_ssrc, [(1, b"WhatsAppAudioStream1")])]
         ).serialize()
         with contextlib.suppress(OSError):
-            self.meta_sock.sendto(self.srtp.protect_rtcp(rtcp), self.gw_wa_addr)
+            self.meta_sock.sendto(self.srtp.protect_rtcp(rtcp), self.meta_dest or self.gw_wa_addr)
             self.rr_sent += 1
 
     def send_pbx(self) -> None:
@@ -498,6 +503,8 @@ class MetaCaller:
 
     def _offer(self, call: Call) -> bytes:
         port = call.meta_sock.getsockname()[1]
+        if call.relay is not None:  # Meta's SDP names the relay (both on 127.0.0.1)
+            port = call.relay.front(("127.0.0.1", port))[1]
         sess = secrets.randbelow(2**62) + 1
         lines = [
             "v=0",
@@ -658,6 +665,9 @@ class MetaCaller:
             call.failure = "2xx SDP without address, port or a usable a=crypto"
             return
         call.gw_wa_addr = (c.group(1), int(m.group(1)))
+        if call.relay is not None:
+            call.relay.set_gateway(call.gw_wa_addr)
+            call.meta_dest = call.relay.address
         call.srtp = SrtpContext(SUITE, call.meta_key, decode_inline(crypto.group(2), SUITE))
         if call.gw_pbx_addr is None:
             call.failure = "answered without the PBX leg (no INVITE reached the PBX stub)"

@@ -12,6 +12,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from bench.impair import SECTION as IMPAIR_SECTION
+from bench.impair import args as impair_args
 from bench.result import Params, Result
 from bench.run import git_describe, summary_numbers
 from bench.stats import DirectionStats, percentile, worst_moments
@@ -187,7 +189,7 @@ def command_args(p: Params) -> str:
         args += " --compare"
     if not p.generator_below:
         args += " --generator-same-priority"
-    return args
+    return args + impair_args(p)
 
 
 def _core_text(core: int, use: dict[str, float]) -> str:
@@ -430,8 +432,8 @@ def write_markdown(path: Path, r: Result) -> None:
                 rows.append(line)
             if section.startswith("## Where the daemon's time goes"):
                 kept.append(line)
-            if section.startswith(SCALE_OUT):
-                scale_out.append(line)
+            if section.startswith((SCALE_OUT, IMPAIR_SECTION)):
+                scale_out.append(line)  # kept as written (bench.scaleout, bench.impair)
         if not profile and kept:
             profile = "\n".join(kept).rstrip() + "\n"
     rows.append(history_row(r, commit))

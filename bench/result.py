@@ -31,6 +31,16 @@ class Params:
     front: str = "direct"  # "direct": Meta's side connects to the daemon; "kamailio"
     compare: bool = False  # this run came after a one-instance baseline (python -m bench)
     generator_below: bool = True  # realtime, cores shared: generator below the instances
+    # The impairment relay on the WhatsApp media leg (bench/impair.py, issue 11)
+    relay: bool = False  # a relay even without an impairment (what it costs)
+    loss: float = 0.0  # % random loss, Meta -> gateway
+    burst: str = ""  # "NxMS": N bursts of MS ms inside the window
+    jitter: float = 0.0  # ms, uniform
+    jitter_reorder: bool = False  # jittered packets may overtake each other
+    reorder: float = 0.0  # % held back behind the next packet
+    duplicate: float = 0.0  # % sent twice
+    impair_both: bool = False  # gateway -> Meta too
+    impair_seed: int = 1
 
 
 @dataclass
@@ -133,6 +143,7 @@ class Result:
     placement: str = ""
     generator_wait: float = 0.0  # the generator runnable but without a core, in the window
     generator_rt: int = 0  # its SCHED_FIFO level under --priority realtime
+    relay_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # per direction
 
     @property
     def call_seconds(self) -> float:

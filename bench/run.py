@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import media
+from bench import impair, media
 from bench.daemon import (
     BUSINESS_NUMBER,
     HOSTNAME,
@@ -108,7 +108,10 @@ async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -
     calls: list[Call] = []
     spy: PySpy | None = None
     m0 = m1 = 0.0
+    relays = impair.RelayThread() if impair.wanted(p) else None
     try:
+        if relays is not None:
+            relays.start()
         await loop.run_in_executor(None, gw.start)
         for inst, d, sample in zip(result.instances, gw.daemons, gw.cpu(), strict=True):
             inst.pid, inst.rss_idle_kib = d.pid, sample.rss_kib
@@ -137,6 +140,8 @@ async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -
         tasks: list[asyncio.Task[None]] = []
         for i in range(p.calls):
             call = Call(i, silence, keep_audio=(i == 0), meta_rtcp=p.meta_rtcp)
+            if relays is not None:
+                call.relay = relays.relay(*impair.both_ways(p, i))
             calls.append(call)
             calls_by_wacid[call.wacid] = call
             tasks.append(loop.create_task(caller.place(call, on_answer, p.setup_timeout)))
@@ -150,6 +155,8 @@ async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -
         for call in calls:
             our_ports.add(call.meta_sock.getsockname()[1])
             our_ports.add(call.pbx_sock.getsockname()[1])
+            if call.relay is not None:
+                our_ports.add(call.relay.address[1])
         _count_calls(calls, gw, result)
         if not result.calls_ok:
             raise RuntimeError(f"no call was set up: {result.failures}")
@@ -170,7 +177,7 @@ async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -
         calm_since: float | None = None
         while loop.time() - t_settle < p.settle_max:
             now = loop.time()
-            if _current_delay_ms(calls) < SETTLED_MS:
+            if _current_delay_ms(calls) < SETTLED_MS + impair.added_delay_ms(p):
                 calm_since = calm_since or now
                 if now - calm_since >= 1.0:
                     break
@@ -258,6 +265,8 @@ async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -
                     result.instances[which].m2p.add(call.m2p, w0, w1, call.index)
                     result.instances[which].p2m.add(call.p2m, w0, w1, call.index)
         _check_audio(calls, result)
+        if relays is not None:
+            result.relay_counts = impair.sum_counts(relays.relays)
 
         # -- hang up ------------------------------------------------------------
         f_hangup = gw.front.cpu() if gw.front is not None else None
@@ -286,6 +295,8 @@ async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -
             spy.kill()
         if link is not None:
             await link.close()
+        if relays is not None:
+            relays.stop()
         for call in calls:
             with contextlib.suppress(Exception):
                 loop.remove_reader(call.meta_sock.fileno())

@@ -61,6 +61,7 @@ from gateway.ops.systemd import Notifier
 from gateway.ops.tlsstate import TlsState
 from gateway.sip.auth import DigestServer
 from gateway.sip.transaction import Event, RequestReceived, Target, TransactionManager
+from gateway.transport.guard import ConnectionLimits
 from gateway.transport.rtp import FrameTimes, MediaClock, PortAllocator
 from gateway.transport.sip import AccessList, SipStack
 from gateway.transport.tls import client_context
@@ -190,6 +191,7 @@ class Gateway:
             self._on_sip_event,
             max_message_size=cfg.sip.max_message_size,
             client_ssl=tls_client,
+            limits=ConnectionLimits(**cfg.sip.connections.model_dump()),
         )
         self.stack = stack
         self.ports = PortAllocator(cfg.media.address, *cfg.media.port_range)

@@ -16,18 +16,13 @@ import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from gateway.media.codecs import PCM_FRAME_BYTES, AudioCodec, CodecError, codec_for
+from gateway.media.codecs import PCM_FRAME_BYTES, CodecError
 from gateway.media.dtmf import DtmfRelay
-from gateway.media.jitter import Lost, ReorderBuffer
-from gateway.media.rtcp import (
-    ReceiveStats,
-    RtcpReceiverReport,
-    RtcpSenderReport,
-    build_report,
-    parse_rtcp,
-)
-from gateway.media.rtp import RtpError, RtpPacket, RtpSender, parse_rtp
-from gateway.media.srtp import SrtpAuthError, SrtpContext
+from gateway.media.jitter import Lost
+from gateway.media.leg import DEFAULT_LATCH_WINDOW, Leg
+from gateway.media.rtcp import RtcpReceiverReport, RtcpSenderReport, build_report, parse_rtcp
+from gateway.media.rtp import RtpError, parse_rtp
+from gateway.media.srtp import SrtpAuthError
 from gateway.ops.config import MediaConfig
 from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams
@@ -51,129 +46,6 @@ RTCP_INTERVAL = 5.0
 _RTP_REST = struct.Struct("!BHII")
 
 
-class Leg:
-    """One side of the bridge: socket, peer, codec, RTP/RTCP state and counters."""
-
-    __slots__ = (
-        "codec",
-        "dtmf_pt",
-        "last_rx",
-        "latch",
-        "media",
-        "name",
-        "pt",
-        "receiving",
-        "remote",
-        "remote_ip",
-        "reorder",
-        "rtcp_remote",
-        "rx",
-        "rx_auth_failures",
-        "rx_bad",
-        "rx_dtmf_pt",
-        "rx_foreign",
-        "rx_octets",
-        "rx_packets",
-        "rx_pt",
-        "samples",
-        "sender",
-        "sending",
-        "sock",
-        "srtp",
-        "tx_packets",
-    )  # fmt: skip
-
-    def __init__(self, name: str, sock: RtpSocket, *, latch: bool) -> None:
-        self.name = name
-        self.sock = sock
-        self.latch = latch
-        self.media: MediaParams | None = None
-        self.codec: AudioCodec | None = None
-        self.pt = self.rx_pt = -1
-        self.dtmf_pt: int | None = None
-        self.rx_dtmf_pt: int | None = None
-        self.sending = True
-        self.remote: tuple[str, int] | None = None
-        self.remote_ip = ""
-        self.rtcp_remote: tuple[str, int] | None = None
-        self.srtp: SrtpContext | None = None
-        self.sender: RtpSender | None = None
-        self.rx: ReceiveStats | None = None
-        self.reorder: ReorderBuffer[RtpPacket] = ReorderBuffer(3)
-        self.samples = 160
-        self.rx_packets = self.rx_octets = self.rx_bad = self.rx_foreign = 0
-        self.rx_auth_failures = self.tx_packets = 0
-        self.last_rx = 0.0
-        self.receiving = True  # the peer is expected to send (not on hold/inactive)
-
-    def configure(self, media: MediaParams, complexity: int) -> None:
-        previous = self.media
-        same_codec = previous is not None and previous.codec == media.codec
-        self.media = media
-        self.pt = media.payload_type  # what we send with (the remote's number)
-        self.rx_pt = media.recv_payload_type or media.payload_type  # what we receive (ours)
-        self.dtmf_pt = media.dtmf_payload_type
-        self.rx_dtmf_pt = media.recv_dtmf_payload_type
-        # A latched address survives an SDP that repeats the old one (session refresh),
-        # not one that moves the media (re-INVITE to another port or host).
-        moved = previous is None or (previous.remote_address, previous.remote_port) != (
-            media.remote_address,
-            media.remote_port,
-        )
-        if self.remote is None or not self.latch or moved:
-            self.remote = (media.remote_address, media.remote_port)
-        self.remote_ip = media.remote_address
-        self.rtcp_remote = (
-            self.remote if media.rtcp_mux else (media.remote_address, media.remote_rtcp_port)
-        )
-        # The no-media rule applies only to a stream both ways: a PBX that holds the call
-        # (sendonly/inactive) may well send nothing (no music on hold) for minutes.
-        self.receiving = media.direction == "sendrecv"
-        self.sending = media.may_send
-        if not same_codec or self.codec is None:
-            if media.codec.lower() == "opus":
-                self.codec = codec_for("opus", **media.fmtp, complexity=complexity)
-            else:
-                self.codec = codec_for(media.codec)
-            self.samples = self.codec.samples_per_frame
-        if self.sender is None:
-            self.sender = RtpSender(media.clock_rate)
-            self.rx = ReceiveStats(media.clock_rate)
-        if media.srtp is not None and self.srtp is None:
-            srtp = media.srtp
-            self.srtp = SrtpContext(srtp.suite, srtp.local_key, srtp.remote_key)
-
-    def send(self, data: bytes) -> None:
-        if self.remote is None or not self.sending:
-            sender = self.sender
-            if sender is not None:
-                # Not sent (on hold): RFC 3550 5.1 sequence numbers and the SR counts are
-                # of packets sent, so give this one's back; its time has passed all the same.
-                sender.sequence = (sender.sequence - 1) & 0xFFFF
-                sender.packets -= 1
-                sender.octets -= len(data) - 12  # every packet here has a bare 12-octet header
-            return
-        if self.srtp is not None:
-            data = self.srtp.protect(data)
-        self.sock.sendto(data, self.remote)
-        self.tx_packets += 1
-
-    def stats(self) -> dict[str, object]:
-        rx = self.rx
-        return {
-            "codec": self.media.codec if self.media else None,
-            "rx_packets": self.rx_packets,
-            "rx_octets": self.rx_octets,
-            "tx_packets": self.tx_packets,
-            "lost": rx.lost if rx else 0,
-            "jitter_seconds": round(rx.jitter_seconds, 6) if rx else 0.0,
-            "bad_packets": self.rx_bad,
-            "foreign_packets": self.rx_foreign,
-            "srtp_auth_failures": self.rx_auth_failures,
-            "reorder_late": self.reorder.late,
-        }
-
-
 class Bridge:
     """One call's media. Created with both sockets bound; configured as SDP arrives."""
 
@@ -188,10 +60,13 @@ class Bridge:
         *,
         no_media_timeout: float = 30.0,
         opus_complexity: int = 1,
+        latch_window: float = DEFAULT_LATCH_WINDOW,
     ) -> None:
         self.key = key
-        self.wa = Leg("whatsapp", wa_sock, latch=False)
-        self.pbx = Leg("pbx", pbx_sock, latch=True)
+        # Strict latching (gateway/media/leg.py): Meta's SDP address only; the PBX's
+        # source port may be learned once, within latch_window (0: its SDP's only).
+        self.wa = Leg("whatsapp", wa_sock, key=key)
+        self.pbx = Leg("pbx", pbx_sock, key=key, window=latch_window)
         wa_sock.handler = self.on_whatsapp_packet
         pbx_sock.handler = self.on_pbx_packet
         self._time = loop_time
@@ -225,12 +100,13 @@ class Bridge:
         return self.pbx.sock.port
 
     def set_whatsapp(self, params: MediaParams) -> None:
-        self.wa.configure(params, self._complexity)
-        self._update_passthrough()
         now = self._time()
+        self.wa.configure(params, self._complexity, now)
+        self._update_passthrough()
         self.wa.last_rx = now
         if not self._wa_ready:
             self._wa_ready = True
+            self.pbx.answered(now)  # a call to WhatsApp: the PBX's window starts now
             # Meta expects the business side to send first: early PBX audio, else silence.
             if self._early:
                 while self._early:
@@ -239,9 +115,10 @@ class Bridge:
                 self._silence_to_whatsapp()
 
     def set_pbx(self, params: MediaParams) -> None:
-        self.pbx.configure(params, self._complexity)
+        now = self._time()
+        self.pbx.configure(params, self._complexity, now)
         self._update_passthrough()
-        self.pbx.last_rx = self._time()
+        self.pbx.last_rx = now
 
     def stats(self) -> dict[str, object]:
         return {
@@ -271,18 +148,21 @@ class Bridge:
     # -- WhatsApp -> PBX ----------------------------------------------------
     def on_whatsapp_packet(self, data: bytes, addr: tuple[str, int]) -> None:
         wa = self.wa
-        if wa.srtp is None or addr[0] != wa.remote_ip:
+        if addr != wa.source and not wa.admit(data, addr, self._time()):
+            return  # not Meta's SDP address:port: counted, never decrypted
+        srtp = wa.srtp
+        if srtp is None:
             wa.rx_foreign += 1
             return
         now = self._time()
         if len(data) >= 2 and 64 <= (data[1] & 0x7F) <= 95:  # RTCP (is_rtcp, inline)
             try:
-                self._on_rtcp(wa, wa.srtp.unprotect_rtcp(data), now)
+                self._on_rtcp(wa, srtp.unprotect_rtcp(data), now)
             except SrtpAuthError:
                 wa.rx_auth_failures += 1
             return
         try:
-            plain = wa.srtp.unprotect(data)
+            plain = srtp.unprotect(data)
         except SrtpAuthError:
             wa.rx_auth_failures += 1
             return
@@ -328,12 +208,15 @@ class Bridge:
         except RtpError:
             wa.rx_bad += 1
             return
+        pt = packet.payload_type
+        if pt != wa.rx_pt and pt != wa.rx_dtmf_pt:
+            wa.rx_bad += 1  # not this stream's: not received, and no report is about it
+            return
         wa.rx_packets += 1
         wa.rx_octets += len(packet.payload)
         wa.last_rx = now
         assert wa.rx is not None
         wa.rx.ssrc = packet.ssrc  # our report blocks are about this source
-        pt = packet.payload_type
         if pt == wa.rx_dtmf_pt:
             # Events share the audio's sequence space but not its clock (8000 vs 48000):
             # count them without touching the jitter estimate or the loss detector.
@@ -350,9 +233,6 @@ class Bridge:
                 for payload, ts, marker in self._to_pbx_dtmf.process(packet, sender.timestamp):
                     pbx.send(sender.packet_at(pbx.dtmf_pt, payload, ts, marker))
                     self.dtmf_to_pbx += 1
-            return
-        if pt != wa.rx_pt:
-            wa.rx_bad += 1
             return
         if self._passthrough:
             # In sequence order too (the in-order case releases at once); a gap is left
@@ -405,9 +285,8 @@ class Bridge:
     # -- PBX -> WhatsApp ----------------------------------------------------
     def on_pbx_packet(self, data: bytes, addr: tuple[str, int]) -> None:
         pbx = self.pbx
-        if pbx.media is None or addr[0] != pbx.remote_ip:
-            pbx.rx_foreign += 1
-            return
+        if addr != pbx.source and not pbx.admit(data, addr, self._time()):
+            return  # not the PBX's (latched) source: counted, never decoded or followed
         now = self._time()
         if len(data) >= 2 and 64 <= (data[1] & 0x7F) <= 95:  # RTCP (is_rtcp, inline)
             self._on_rtcp(pbx, data, now)
@@ -418,8 +297,6 @@ class Bridge:
             second, seq, ts, ssrc = _RTP_REST.unpack_from(data, 1)
             pt = second & 0x7F
             if pt == pbx.rx_pt and pt != pbx.rx_dtmf_pt and not self._passthrough:
-                if pbx.latch and addr != pbx.remote:
-                    pbx.remote = addr  # symmetric RTP, as below
                 payload = data[12:]
                 pbx.rx_packets += 1
                 pbx.rx_octets += len(payload)
@@ -445,10 +322,9 @@ class Bridge:
             pbx.rx_bad += 1
             return
         pt = packet.payload_type
-        if pbx.latch and addr != pbx.remote and (pt == pbx.rx_pt or pt == pbx.rx_dtmf_pt):
-            # Symmetric RTP: answer where the PBX really sends this stream from (not
-            # wherever any datagram from its host came from).
-            pbx.remote = addr
+        if pt != pbx.rx_pt and pt != pbx.rx_dtmf_pt:
+            pbx.rx_bad += 1  # not this stream's: not received
+            return
         pbx.rx_packets += 1
         pbx.rx_octets += len(packet.payload)
         pbx.last_rx = now
@@ -462,9 +338,6 @@ class Bridge:
                 for payload, ts, marker in self._to_wa_dtmf.process(packet, sender.timestamp):
                     wa.send(sender.packet_at(wa.dtmf_pt, payload, ts, marker))
                     self.dtmf_to_wa += 1
-            return
-        if pt != pbx.rx_pt:
-            pbx.rx_bad += 1
             return
         pbx.rx.received(packet.sequence, packet.timestamp, now)
         self._last_pbx_audio = now
@@ -619,5 +492,5 @@ class BridgeFactory:
             on_no_media,
             no_media_timeout=self._cfg.no_media_timeout,
             opus_complexity=self._cfg.opus_complexity,
+            latch_window=self._cfg.latch_window if self._cfg.latch == "strict" else 0.0,
         )
-

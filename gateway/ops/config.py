@@ -87,6 +87,7 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "ConnectionsConfig",
     "DigestThrottleConfig",
     "FileCheck",
     "HostPort",
@@ -301,6 +302,12 @@ class MediaConfig(FrozenModel):
     # kbit/s below 2). 1: same clean-path quality as 3 at 73 % of its instructions
     # (docs/decisions.md); 10 costs about 3x.
     opus_complexity: Annotated[int, Field(strict=True, ge=0, le=10)] = 1
+    # Strict latching (docs/decisions.md, "Media latching"): "strict" lets the PBX leg
+    # learn the PBX's real source port once, within latch_window seconds of the answer or
+    # a renegotiation that moves the media (NAT), then holds it; "sdp": the SDP's
+    # address:port only, never learned. Either way nothing moves the latch mid-call.
+    latch: Literal["strict", "sdp"] = "strict"
+    latch_window: Annotated[float, Field(gt=0, le=60)] = 10.0
 
     @model_validator(mode="after")
     def _advertise(self) -> MediaConfig:
@@ -336,12 +343,39 @@ class LimitsConfig(FrozenModel):
     max_calls: Annotated[int, Field(strict=True, ge=1)] = 200
 
 
+class ConnectionsConfig(FrozenModel):
+    """``sip.connections``: caps and deadlines of inbound TCP/TLS connections, checked at
+    accept, before any TLS (see docs/decisions.md, "Connections: filter before you spend")."""
+
+    max_connections: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = 1024
+    max_per_source: Annotated[int, Field(strict=True, ge=1)] = 16
+    max_handshakes: Annotated[int, Field(strict=True, ge=1)] = 64
+    handshake_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    first_message_timeout: Annotated[float, Field(gt=0, le=600)] = 15.0
+    message_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    idle_timeout: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    max_write_buffer: Annotated[int, Field(strict=True, ge=16384, le=67_108_864)] = 262_144
+    read_budget: Annotated[int, Field(strict=True, ge=1, le=4096)] = 16
+
+    @model_validator(mode="after")
+    def _caps(self) -> ConnectionsConfig:
+        if self.max_per_source > self.max_connections:
+            raise path_problem("max_per_source", "must be <= max_connections")
+        if self.max_handshakes > self.max_connections:
+            raise path_problem("max_handshakes", "must be <= max_connections")
+        if self.first_message_timeout <= self.handshake_timeout:
+            raise path_problem("first_message_timeout", "must be > handshake_timeout (both"
+                                " count from the accept)")  # fmt: skip
+        return self
+
+
 class SipConfig(FrozenModel):
     """``sip``: protocol settings.  See :attr:`Config.sip_advertise` for the effective advertise."""
 
     user_agent: Annotated[str, PlainValidator(nonempty_line)] = f"wa-sip-gateway/{__version__}"
     max_message_size: Annotated[int, Field(strict=True, ge=1024, le=1_048_576)] = 65535
     advertise: HostPortField | None = None
+    connections: ConnectionsConfig = Field(default_factory=ConnectionsConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     overload: OverloadConfig = Field(default_factory=OverloadConfig)
     digest_throttle: DigestThrottleConfig = Field(default_factory=DigestThrottleConfig)

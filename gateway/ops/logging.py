@@ -23,7 +23,8 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, Literal, TextIO, cast
 
 import structlog
@@ -32,6 +33,7 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor, Wrapped
 
 __all__ = [
     "REDACTED",
+    "LogLimiter",
     "bind_call_key",
     "call_context",
     "configure_logging",
@@ -183,3 +185,37 @@ def call_context(key: str, **values: Any) -> Iterator[None]:
     """Bind ``call=key`` (and ``values``) for the duration of the ``with`` block."""
     with structlog.contextvars.bound_contextvars(call=key, **values):
         yield
+
+
+class LogLimiter:
+    """At most one log line per key (a peer) every ``interval`` seconds.
+
+    ``allow(key)`` returns None when the line is to be left out, else how many
+    lines for that key were left out since the last one written (log it as
+    ``suppressed=``). At most ``max_keys`` keys are remembered: beyond, the
+    oldest half is forgotten (a flood from many sources still logs little).
+    """
+
+    def __init__(
+        self,
+        interval: float = 5.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 4096,
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._max_keys = max_keys
+        self._last: dict[Hashable, tuple[float, int]] = {}  # key -> (last written, left out)
+
+    def allow(self, key: Hashable) -> int | None:
+        now = self._clock()
+        seen = self._last.get(key)
+        if seen is not None and now - seen[0] < self.interval:
+            self._last[key] = (seen[0], seen[1] + 1)
+            return None
+        if seen is None and len(self._last) >= self._max_keys:
+            for old in list(self._last)[: self._max_keys // 2]:
+                del self._last[old]
+        self._last[key] = (now, 0)
+        return seen[1] if seen is not None else 0

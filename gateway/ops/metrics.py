@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 from gateway.ops.health import Report
 from gateway.sip.transaction import TransactionManager
+from gateway.transport.guard import CLOSE_REASONS, HANDSHAKE_RESULTS, REFUSALS
 from gateway.transport.rtp import FrameTimes
 from gateway.transport.sip import SipStats
 
@@ -40,6 +41,23 @@ SETUP_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 MOS_BUCKETS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5)
+# Per-leg packets the bridge did not take as received (gateway/media/leg.py): the
+# stats key, the counter family and its help text.
+DROP_STATS = {
+    "foreign_packets": (
+        "wagw_rtp_foreign_packets",
+        "Packets from a host that is not the leg's peer (or before its SDP), dropped",
+    ),
+    "bad_packets": (
+        "wagw_rtp_bad_packets",
+        "Packets from the peer that are not its stream (not RTP/RTCP, another payload "
+        "type, malformed) or do not decode",
+    ),
+    "relatch_refused": (
+        "wagw_rtp_relatch_refused",
+        "Packets from the peer's host but not its latched source (another port), dropped",
+    ),
+}
 _LABEL = re.compile(r"[^a-z0-9_]+")
 
 
@@ -127,6 +145,7 @@ class CallStats:
         self.packets: Counter[tuple[str, str]] = Counter()  # (leg, rx|tx) of ended calls
         self.lost: Counter[str] = Counter()
         self.srtp_auth_failures = 0
+        self.dropped: Counter[tuple[str, str]] = Counter()  # (leg, DROP_STATS key)
         self.dtmf: Counter[str] = Counter()  # to_pbx | to_whatsapp
         self.meta_failures: Counter[tuple[str, str]] = Counter()
         self._setup_seen: set[str] = set()
@@ -168,6 +187,8 @@ class CallStats:
             self.lost[leg] += self._lost(call.key, leg, item)
             self._lost_high.pop((call.key, leg), None)
             self.srtp_auth_failures += int(item.get("srtp_auth_failures") or 0)
+            for name in DROP_STATS:
+                self.dropped[(leg, name)] += int(item.get(name) or 0)
         dtmf = record.get("dtmf")
         if isinstance(dtmf, Mapping):
             for direction_key in ("to_pbx", "to_whatsapp"):
@@ -200,6 +221,17 @@ class CallStats:
                 lost[leg] += self._lost(call.key, leg, item)
                 auth += int(item.get("srtp_auth_failures") or 0)
         return packets, lost, auth
+
+    def live_dropped(self, calls: Iterable[ActiveCall]) -> Counter[tuple[str, str]]:
+        """Packets not taken as received, by (leg, DROP_STATS key), over live calls."""
+        out: Counter[tuple[str, str]] = Counter()
+        for call in calls:
+            stats = call.bridge.stats()
+            for leg in LEGS:
+                item = stats.get(leg) or {}
+                for name in DROP_STATS:
+                    out[(leg, name)] += int(item.get(name) or 0)
+        return out
 
     def live_dtmf(self, calls: Iterable[ActiveCall]) -> Counter[str]:
         out: Counter[str] = Counter()
@@ -276,9 +308,37 @@ class _SipCollector(Collector):
         for leg in LEGS:
             rejected.add_metric([leg], s.rejected_sources.get(leg, 0))
         yield rejected
+        yield from self._connection_families()
         yield GaugeMetricFamily(
             "wagw_sip_transactions", "Open SIP transactions", value=len(self._manager)
         )
+
+    def _connection_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self._stats.connections
+        gauge = GaugeMetricFamily(
+            "wagw_sip_connections",
+            "TCP/TLS connections open (inbound, handshakes included, and outbound)",
+            labels=["leg", "transport"],
+        )
+        for leg in LEGS:
+            for kind in ("tcp", "tls"):
+                gauge.add_metric([leg, kind], c.open.get((leg, kind), 0))
+        yield gauge
+        families = (
+            ("wagw_sip_tls_handshakes", "Inbound TLS handshakes by result", "result",
+             HANDSHAKE_RESULTS, c.handshakes),
+            ("wagw_sip_connections_refused", "Inbound TCP/TLS connections refused at accept,"
+             " before any TLS: source not allowed, or the cap that was full", "reason",
+             REFUSALS, c.refused),
+            ("wagw_sip_connections_closed", "Inbound TCP/TLS connections closed by a deadline"
+             " or for a full write buffer", "reason", CLOSE_REASONS, c.closed),
+        )  # fmt: skip
+        for name, doc, label, values, counts in families:
+            family = CounterMetricFamily(name, doc, labels=["leg", label])
+            for leg in LEGS:
+                for value in values:
+                    family.add_metric([leg, value], counts.get((leg, value), 0))
+            yield family
 
 
 class _OpsCollector(Collector):
@@ -384,6 +444,12 @@ class _OpsCollector(Collector):
             "SRTP/SRTCP packets from Meta that failed authentication (dropped)",
             value=cs.srtp_auth_failures + live_auth,
         )
+        live_dropped = cs.live_dropped(active)
+        for name, (metric, help_text) in DROP_STATS.items():
+            family = CounterMetricFamily(metric, help_text, labels=["leg"])
+            for leg in LEGS:
+                family.add_metric([leg], cs.dropped[(leg, name)] + live_dropped[(leg, name)])
+            yield family
         yield _histogram(
             "wagw_rtp_jitter_seconds",
             "Interarrival jitter (RFC 3550) of each receiving leg, sampled every 5 s",

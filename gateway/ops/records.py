@@ -13,9 +13,10 @@ x-wa-meta-call-duration, when its BYE carried it), ``status`` (final SIP
 status toward the caller), ``end_cause``, ``ended_by`` ("whatsapp", "pbx" or
 "gateway"), ``codecs`` ({"whatsapp", "pbx"}), ``transcoded``, ``legs``
 ({"whatsapp"|"pbx": rx_packets, tx_packets, lost, loss_ratio, jitter_ms,
-srtp_auth_failures, mos}), ``dtmf`` ({"to_pbx", "to_whatsapp"} events),
-``mos`` (the worse leg's estimate, None without media). No key material,
-passwords or SDP.
+srtp_auth_failures, foreign_packets, bad_packets, relatch_refused, mos}; the three
+before mos are packets not taken as received, see gateway/media/leg.py), ``dtmf``
+({"to_pbx", "to_whatsapp"} events), ``mos`` (the worse leg's estimate, None
+without media). No key material, passwords or SDP.
 
 The file is opened ``O_APPEND`` and each record is one ``write()``, so lines
 never interleave. With ``max_bytes`` set, a write that would pass it first
@@ -95,6 +96,9 @@ def _leg(stats: Mapping[str, Any]) -> dict[str, object]:
         "loss_ratio": round(ratio, 4),
         "jitter_ms": round(jitter * 1000.0, 2),
         "srtp_auth_failures": int(stats.get("srtp_auth_failures") or 0),
+        "foreign_packets": int(stats.get("foreign_packets") or 0),
+        "bad_packets": int(stats.get("bad_packets") or 0),
+        "relatch_refused": int(stats.get("relatch_refused") or 0),
         "mos": mos_estimate(ratio, jitter) if rx else None,
     }
 

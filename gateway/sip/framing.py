@@ -12,10 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.sip.message import MAX_MESSAGE_SIZE
+from gateway.sip.message import MAX_MESSAGE_SIZE, find_head_end
 
-# End of the header section: CRLFCRLF, or bare LF line ends as parse_message tolerates.
-_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
 # A Content-Length line (long or compact name, any case), with its folded continuations.
 _CL_RE = re.compile(
     rb"^(?:content-length|l)[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M
@@ -58,12 +56,16 @@ class StreamFramer:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes, limit: int | None = None) -> list[Frame]:
+        """Frames completed by ``data``: at most ``limit`` of them (None: all). What is
+        left stays buffered; ``feed(b"", limit)`` takes the next ones."""
         if self._failed:
             return []
         self._buf += data
         out: list[Frame] = []
         while self._buf:
+            if limit is not None and len(out) >= limit:
+                break
             if self._total is None:
                 if not self._scanned and self._buf[0] in (0x0D, 0x0A):
                     # Keep-alives and stray CRLFs between messages (RFC 5626 3.5.1,
@@ -76,17 +78,20 @@ class StreamFramer:
                         break  # wait: may become a ping
                     del self._buf[: 2 if self._buf.startswith(b"\r\n") else 1]
                     continue
-                m = _HEAD_END_RE.search(self._buf, max(0, self._scanned - 3))
-                if m is None:
+                # End of the header section: CRLFCRLF, or bare LF line ends as
+                # parse_message tolerates.
+                found = find_head_end(self._buf, max(0, self._scanned - 3))
+                if found is None:
                     self._scanned = len(self._buf)
                     if len(self._buf) > self._max:
                         return self._fail(out, "header section too large")
                     break
-                head = bytes(self._buf[: m.end()])
+                head_end = found[1]
+                head = bytes(self._buf[:head_end])
                 length, error = _content_length(head)
                 if error:
                     return self._fail(out, error, head)
-                total = m.end() + length
+                total = head_end + length
                 if total > self._max:
                     return self._fail(out, "message too large", head)
                 self._total = total

@@ -6,93 +6,56 @@ by :class:`gateway.sip.framing.StreamFramer`) into a :class:`Request` or
 order received under their canonical long names; structured values (Via,
 addresses, CSeq) are parsed by accessors and validated once by the parser for
 the headers every message must carry.
+
+Parsing costs time linear in the message's size with the constant of C: lines,
+folds, list elements and parameters are found by ``str`` methods and compiled
+regular expressions (headers.py, via.py), never by a Python loop over
+characters; only the top Via is parsed into a :class:`Via`, the others are
+checked by one match each. Repeated list headers are capped (``MAX_LIST_VALUES``).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from gateway.sip.headers import COMPACT_FORMS as COMPACT_FORMS
+from gateway.sip.headers import DIGITS_RE, ascii_int
+from gateway.sip.headers import LIST_HEADERS as LIST_HEADERS
+from gateway.sip.headers import SINGLE_HEADERS as SINGLE_HEADERS
+from gateway.sip.headers import Headers as Headers
+from gateway.sip.headers import canonical_name as canonical_name
+from gateway.sip.headers import first_header_value as first_header_value
+from gateway.sip.headers import split_header_values as split_header_values
 from gateway.sip.uri import (
     Address,
     SipUri,
     UriError,
-    find_param,
     is_token,
     parse_address,
-    parse_host,
     parse_uri,
-    split_outside_quotes,
-    split_quoted,
 )
+from gateway.sip.via import Via as Via
+from gateway.sip.via import check_via as check_via
+from gateway.sip.via import parse_via as parse_via
 
 MAX_MESSAGE_SIZE = 65535
 MAX_HEADERS = 128
 MAX_LINE_LENGTH = 8192
-
-# RFC 3261 section 7.3.3 and the IANA registry of compact forms.
-COMPACT_FORMS = {
-    "a": "Accept-Contact", "b": "Referred-By", "c": "Content-Type", "d": "Request-Disposition",
-    "e": "Content-Encoding", "f": "From", "i": "Call-ID", "j": "Reject-Contact",
-    "k": "Supported", "l": "Content-Length", "m": "Contact", "n": "Identity-Info",
-    "o": "Event", "r": "Refer-To", "s": "Subject", "t": "To", "u": "Allow-Events",
-    "v": "Via", "x": "Session-Expires", "y": "Identity",
-}  # fmt: skip
-
-_CANONICAL = {
-    name.lower(): name
-    for name in (
-        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
-        "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
-        "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
-        "Content-Type", "CSeq", "Date", "Error-Info", "Event", "Expires", "From",
-        "In-Reply-To", "Max-Forwards", "Min-Expires", "Min-SE", "MIME-Version",
-        "Organization", "Path", "Priority", "Proxy-Authenticate", "Proxy-Authorization",
-        "Proxy-Require", "RAck", "Reason", "Record-Route", "Refer-To", "Referred-By",
-        "Reply-To", "Require", "Retry-After", "Route", "RSeq", "Server", "Service-Route",
-        "Session-Expires", "Subject", "Supported", "Timestamp", "To", "Unsupported",
-        "User-Agent", "Via", "Warning", "WWW-Authenticate",
-    )
-}  # fmt: skip
-
-# Headers whose grammar is a comma-separated list (section 7.3.1); only these
-# are split by Headers.get_all. Auth headers are not lists of values.
-LIST_HEADERS = frozenset(
-    h.lower()
-    for h in (
-        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
-        "Call-Info", "Contact", "Content-Encoding", "Content-Language", "Error-Info",
-        "In-Reply-To", "Path", "Proxy-Require", "Reason", "Record-Route", "Require", "Route",
-        "Service-Route", "Supported", "Unsupported", "Via", "Warning",
-    )
-)  # fmt: skip
-
-# Headers that may appear at most once (multi01, mcl01).
-SINGLE_HEADERS = frozenset(
-    h.lower() for h in ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length",
-                        "Content-Type", "Expires")
-)  # fmt: skip
+# Physical lines of a header section, folded continuations included (section
+# 7.3.1): folding is rare and each fold costs a replacement.
+MAX_PHYSICAL_LINES = 4 * MAX_HEADERS
+# Values of each list header the parser itself parses (Via, Contact, Route,
+# Record-Route). RFC 3261 sets no limit; RFC 4475's longreq (3.1.1.7) carries 34 Vias.
+# More are answered 400: a request that has crossed 40 proxies is a loop or an attack.
+MAX_LIST_VALUES = 40
+_COUNTED_LISTS = ("Via", "Contact", "Route", "Record-Route")
 
 _METHOD_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 # SIP-Version is case-insensitive (section 7.1); digits are ASCII only.
 _STATUS_LINE_RE = re.compile(r"SIP/([0-9]+\.[0-9]+) ([0-9]{3})(?: (.*))?", re.I)
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
-_VIA_SENT_BY_RE = re.compile(r"^SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(.+)$", re.I)
 _MAX_CSEQ = 2**31 - 1  # section 8.1.1.5: less than 2**31
-_DIGITS_RE = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() accepts e.g. "²"
-
-
-def _ascii_int(text: str, max_digits: int = 18) -> int | None:
-    """``1*DIGIT`` as an int, None when not ASCII digits or longer than ``max_digits``
-    significant digits (which also keeps int() clear of its 4300-digit limit)."""
-    if not _DIGITS_RE.fullmatch(text):
-        return None
-    significant = text.lstrip("0")
-    if len(significant) > max_digits:
-        return None
-    return int(significant or "0")
 
 
 class SipParseError(ValueError):
@@ -111,225 +74,6 @@ class SipParseError(ValueError):
         self.partial = partial
 
 
-def canonical_name(name: str) -> str:
-    """Long, conventionally capitalised header name for ``name`` (any case, compact)."""
-    lower = name.lower()
-    if len(lower) == 1 and lower in COMPACT_FORMS:
-        return COMPACT_FORMS[lower]
-    known = _CANONICAL.get(lower)
-    if known:
-        return known
-    return "-".join(p[:1].upper() + p[1:] for p in name.split("-"))
-
-
-def split_header_values(value: str) -> list[str]:
-    """Split a list header on commas outside quotes and ``<>`` (section 7.3.1)."""
-    out: list[str] = []
-    buf: list[str] = []
-    quoted = escaped = False
-    angle = 0
-    for c in value:
-        if escaped:
-            escaped = False
-        elif quoted:
-            if c == "\\":
-                escaped = True
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == "<":
-            angle += 1
-        elif c == ">":
-            angle = max(0, angle - 1)
-        elif c == "," and not angle:
-            out.append("".join(buf).strip())
-            buf = []
-            continue
-        buf.append(c)
-    out.append("".join(buf).strip())
-    return [v for v in out if v]
-
-
-class Headers:
-    """Ordered, case-insensitive multimap of header lines (canonical names)."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Headers) and self._items == other._items
-
-    def __repr__(self) -> str:
-        return f"Headers({len(self._items)} lines)"
-
-    def copy(self) -> Headers:
-        h = Headers()
-        h._items = list(self._items)
-        return h
-
-    def get(self, name: str) -> str | None:
-        """First line's value for ``name`` (the whole line, not split)."""
-        key = _key(name)
-        for n, v in self._items:
-            if n.lower() == key:
-                return v
-        return None
-
-    def lines(self, name: str) -> list[str]:
-        key = _key(name)
-        return [v for n, v in self._items if n.lower() == key]
-
-    def get_all(self, name: str) -> list[str]:
-        """All values of ``name``, list headers split at top-level commas."""
-        values = self.lines(name)
-        if _key(name) not in LIST_HEADERS:
-            return values
-        out: list[str] = []
-        for v in values:
-            out.extend(split_header_values(v))
-        return out
-
-    def add(self, name: str, value: str, *, first: bool = False) -> None:
-        item = (canonical_name(name), value)
-        if first:
-            self._items.insert(0, item)
-        else:
-            self._items.append(item)
-
-    def set(self, name: str, value: str) -> None:
-        """Replace every line of ``name`` by one (in the first line's place)."""
-        key = _key(name)
-        for i, (n, _) in enumerate(self._items):
-            if n.lower() == key:
-                self._items[i] = (n, value)
-                self._items = [
-                    it for j, it in enumerate(self._items) if j <= i or it[0].lower() != key
-                ]
-                return
-        self._items.append((canonical_name(name), value))
-
-    def remove(self, name: str) -> None:
-        key = _key(name)
-        self._items = [it for it in self._items if it[0].lower() != key]
-
-    def pop_first_value(self, name: str) -> str | None:
-        """Remove and return the first value of a list header (e.g. the top Via)."""
-        key = _key(name)
-        for i, (n, v) in enumerate(self._items):
-            if n.lower() == key:
-                values = split_header_values(v)
-                if len(values) <= 1:
-                    del self._items[i]
-                else:
-                    self._items[i] = (n, ", ".join(values[1:]))
-                return values[0] if values else None
-        return None
-
-
-def _key(name: str) -> str:
-    """Comparison key of a header name: case-insensitive (section 7.3.1), compact
-    forms mapped to their long names. Names are stored canonical for known
-    headers and as spelled (first letters capitalised) for unknown ones."""
-    return canonical_name(name).lower()
-
-
-@dataclass(frozen=True, slots=True)
-class Via:
-    """One Via value: ``SIP/2.0/UDP host:port;branch=...;rport`` (section 20.42)."""
-
-    transport: str
-    host: str
-    port: int | None = None
-    params: tuple[tuple[str, str | None], ...] = ()
-
-    def param(self, name: str) -> str | None:
-        return find_param(self.params, name)
-
-    @property
-    def branch(self) -> str | None:
-        return self.param("branch")
-
-    @property
-    def received(self) -> str | None:
-        return self.param("received")
-
-    @property
-    def rport(self) -> int | None:
-        v = self.param("rport")
-        return _ascii_int(v, 5) if v else None
-
-    def with_params(self, **changes: str | None) -> Via:
-        params = [p for p in self.params if p[0].lower() not in changes]
-        return Via(self.transport, self.host, self.port, (*params, *changes.items()))
-
-    def __str__(self) -> str:
-        port = f":{self.port}" if self.port is not None else ""
-        params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self.params)
-        return f"SIP/2.0/{self.transport} {self.host}{port}{params}"
-
-
-def parse_via(value: str) -> Via:
-    """One via-parm (section 25.1): sent-protocol LWS sent-by *( SEMI via-params ).
-
-    LWS is allowed around the '/' of sent-protocol, around the ':' of sent-by and
-    around ';' and '='. Parameter values are gen-value (token / host /
-    quoted-string); ``received`` may also be a bare IPv6 address (via-received).
-    """
-    m = _VIA_SENT_BY_RE.match(value.strip())
-    if not m:
-        raise UriError("bad Via")
-    transport, rest = m.group(1).upper(), m.group(2)
-    parts = split_outside_quotes(rest, ";")
-    sent_by = _COLON_LWS_RE.sub(":", parts[0].strip())
-    if any(c.isspace() for c in sent_by):
-        raise UriError("bad Via sent-by")
-    host, port = parse_host(sent_by)
-    params: list[tuple[str, str | None]] = []
-    for p in parts[1:]:
-        name, eq, v = p.partition("=")
-        name, v = name.strip(), v.strip()
-        if not is_token(name) or (eq and not v):
-            raise UriError("bad Via parameter")
-        if eq and not _is_gen_value(v):
-            raise UriError("bad Via parameter value")
-        params.append((name, v if eq else None))
-    return Via(transport, host, port, tuple(params))
-
-
-_COLON_LWS_RE = re.compile(r"\s*:\s*")
-
-
-def _is_gen_value(value: str) -> bool:
-    """gen-value = token / host / quoted-string, or a bare IPv6address (via-received)."""
-    if is_token(value):  # also every hostname and IPv4 address
-        return True
-    if value.startswith('"'):
-        try:
-            _, tail = split_quoted(value)
-        except UriError:
-            return False
-        return not tail
-    if value.startswith("[") and value.endswith("]"):
-        value = value[1:-1]
-    try:
-        ipaddress.IPv6Address(value)
-    except ValueError:
-        return False
-    return True
-
-
 @dataclass(frozen=True, slots=True)
 class CSeq:
     seq: int
@@ -341,9 +85,9 @@ class CSeq:
 
 def parse_cseq(value: str) -> CSeq:
     parts = value.split()
-    if len(parts) != 2 or not _DIGITS_RE.fullmatch(parts[0]) or not _METHOD_RE.match(parts[1]):
+    if len(parts) != 2 or not DIGITS_RE.fullmatch(parts[0]) or not _METHOD_RE.match(parts[1]):
         raise UriError("bad CSeq")
-    seq = _ascii_int(parts[0])
+    seq = ascii_int(parts[0])
     if seq is None or seq > _MAX_CSEQ:
         raise UriError("CSeq number out of range")
     return CSeq(seq, parts[1])
@@ -355,6 +99,7 @@ class Message:
 
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
+    _parsed_vias: dict[str, Via] = field(default_factory=dict, init=False, repr=False)
 
     # -- typed accessors for the headers every message carries -------------
     @property
@@ -375,14 +120,24 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        return [parse_via(v) for v in self.headers.get_all("Via")]
+        return [self._via(v) for v in self.headers.get_all("Via")]
 
     @property
     def top_via(self) -> Via:
-        values = self.headers.get_all("Via")
-        if not values:
-            raise UriError("no Via")
-        return parse_via(values[0])
+        """The first Via value: only the first Via line is split and only that value
+        parsed (the transaction layer asks for it several times per message)."""
+        for line in self.headers.lines("Via"):
+            value = first_header_value(line)
+            if value is not None:
+                return self._via(value)
+        raise UriError("no Via")
+
+    def _via(self, value: str) -> Via:
+        """``parse_via(value)``, parsed once per message for each distinct value."""
+        via = self._parsed_vias.get(value)
+        if via is None:
+            via = self._parsed_vias[value] = parse_via(value)
+        return via
 
     def addresses(self, name: str) -> list[Address]:
         """Contact / Route / Record-Route values parsed (``*`` Contact excluded)."""
@@ -464,8 +219,24 @@ class Response(Message):
 # Parsing
 
 
-_BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
 _LINE_END_RE = re.compile(r"\r?\n")
+
+
+def find_head_end(data: bytes | bytearray, pos: int = 0) -> tuple[int, int] | None:
+    """Where the first empty line at or after ``pos`` starts and ends: the first
+    ``\r?\n\r?\n`` (sections 7.5, 18.3), None when there is none yet.
+
+    Two ``find`` calls in C; the regular expression it replaces tried a match at
+    every offset (an optional first character) and cost five times as much.
+    """
+    lf_crlf, lf_lf = data.find(b"\n\r\n", pos), data.find(b"\n\n", pos)
+    if lf_crlf < 0 and lf_lf < 0:
+        return None
+    if lf_lf < 0 or 0 <= lf_crlf < lf_lf:
+        lf, end = lf_crlf, lf_crlf + 3
+    else:
+        lf, end = lf_lf, lf_lf + 2
+    return (lf - 1 if lf > pos and data[lf - 1] == 0x0D else lf), end
 
 
 def _split_head(data: bytes, datagram: bool) -> tuple[bytes, bytes]:
@@ -473,9 +244,9 @@ def _split_head(data: bytes, datagram: bool) -> tuple[bytes, bytes]:
     # peers are tolerated (section 7.5 says CRLF), also mixed with CRLF; the
     # earliest blank line wins so a CRLFCRLF inside an LF-only message's body
     # cannot move the split.
-    m = _BLANK_LINE_RE.search(data)
-    if m:
-        return data[: m.start()], data[m.end() :]
+    found = find_head_end(data)
+    if found:
+        return data[: found[0]], data[found[1] :]
     if datagram:
         # A datagram whose sender dropped the final empty line: all of it is head.
         return data.rstrip(b"\r\n"), b""
@@ -486,27 +257,31 @@ def _unfold(head: str) -> list[str]:
     """Split the header section into logical lines, joining folded ones (section 7.3.1).
 
     A continuation line (starting with SP or HTAB) and the line break before it
-    are replaced by one SP. Linear in the header size however many lines are folded.
+    are replaced by one SP. Done by ``re.split`` / ``re.sub`` in C: linear in the
+    header size with no Python step per physical line.
     """
-    if "\r" in head.replace("\r\n", ""):
+    crlf = head.count("\r\n")
+    if head.count("\r") != crlf:
         # A CR not followed by LF is neither a line end nor allowed in a value;
         # passing it on could let a peer smuggle a line into a message we forward.
         raise SipParseError("bare CR in header section")
-    lines: list[list[str]] = []
-    for line in _LINE_END_RE.split(head):
-        if len(line) > MAX_LINE_LENGTH:
-            raise SipParseError("header line too long")
-        if line[:1] in (" ", "\t"):
-            if not lines:
-                raise SipParseError("continuation line before first line")
-            last = lines[-1]
-            last[-1] = last[-1].rstrip(" \t")
-            part = line.strip(" \t")
-            if part:
-                last.append(part)
-            continue
-        lines.append([line])
-    return [" ".join(parts) for parts in lines]
+    if head[:1] in (" ", "\t"):
+        raise SipParseError("continuation line before first line")
+    if head.count("\n") >= MAX_PHYSICAL_LINES:
+        raise SipParseError("too many header lines")
+    # CRLF throughout (section 7.5) is split by str.split; bare LFs by the regex.
+    lines = head.split("\r\n") if head.count("\n") == crlf else _LINE_END_RE.split(head)
+    if max(map(len, lines)) > MAX_LINE_LENGTH:
+        raise SipParseError("header line too long")
+    if "\n " not in head and "\n\t" not in head:
+        return lines
+    # Whitespace before the break, the break and the continuation's leading
+    # whitespace become one SP; a blank continuation line adds nothing. The
+    # trailing SP this can leave on a line is stripped with the value.
+    return _LINE_END_RE.split(_FOLD_RE.sub(" ", head))
+
+
+_FOLD_RE = re.compile(r"[ \t]*(?:\r?\n[ \t]+)+")
 
 
 def parse_message(
@@ -617,37 +392,60 @@ def _frame_body(headers: Headers, body: bytes, datagram: bool, msg: Message) -> 
     if len(values) > 1:
         raise SipParseError("multiple Content-Length", partial=_partial(msg, headers))
     text = values[0].strip()
-    if not _DIGITS_RE.fullmatch(text):
+    if not DIGITS_RE.fullmatch(text):
         raise SipParseError("bad Content-Length", partial=_partial(msg, headers))
-    length = _ascii_int(text, 9)
+    length = ascii_int(text, 9)
     if length is None or length > len(body):
         raise SipParseError("Content-Length larger than message", partial=_partial(msg, headers))
     return body[:length]
 
 
 def _validate(msg: Request | Response) -> None:
-    """Check the headers every message needs (section 8.1.1) and their syntax."""
+    """Check the headers every message needs (section 8.1.1) and their syntax.
+
+    Each header line is looked at a bounded number of times: names are counted in
+    one pass, list headers are split once, the top Via is parsed (and kept for the
+    transaction layer), the other Vias are checked by one regular expression each
+    (:func:`check_via`).
+    """
     partial = msg if isinstance(msg, Request) else None
     h = msg.headers
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         if not h.get(name):
             raise SipParseError(f"missing {name}", partial=partial)
+    counts: dict[str, int] = {}
+    for name, _ in h:
+        counts[name] = counts.get(name, 0) + 1
     for name in sorted(SINGLE_HEADERS):  # deterministic error reason
-        if len(h.lines(name)) > 1:
+        if counts.get(canonical_name(name), 0) > 1:
             raise SipParseError(f"multiple {canonical_name(name)} values", partial=partial)
+    lists: dict[str, list[str]] = {}
+    for name in _COUNTED_LISTS:
+        values = lists[name] = []
+        for line in h.lines(name):  # line by line: stop splitting at the first excess
+            values += split_header_values(line)
+            if len(values) > MAX_LIST_VALUES:
+                raise SipParseError(
+                    f"too many {name} values (more than {MAX_LIST_VALUES})", partial=partial
+                )
     try:
         cseq = msg.cseq
-        vias = msg.vias
+        vias = lists["Via"]
         if not vias:
             raise UriError("empty Via")
+        msg.top_via  # noqa: B018 - parsed for validation, kept for the transaction layer
+        for value in vias[1:]:
+            check_via(value)
         msg.from_  # noqa: B018 - parse for validation
         msg.to  # noqa: B018
         for name in ("Contact", "Route", "Record-Route"):
-            msg.addresses(name)
+            for value in lists[name]:
+                if value != "*":
+                    parse_address(value)
     except UriError as exc:
         raise SipParseError(f"bad header: {exc}", partial=partial) from exc
     mf = h.get("Max-Forwards")
-    mf_value = None if mf is None else _ascii_int(mf, 3)
+    mf_value = None if mf is None else ascii_int(mf, 3)
     if mf is not None and (mf_value is None or mf_value > 255):
         raise SipParseError("bad Max-Forwards", partial=partial)
     if isinstance(msg, Request):

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
 
 # RFC 3261 section 25.1 character classes.
-_TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
-TOKEN_RE = re.compile(rf"[{_TOKEN_CHARS}]+")
-_TOKEN_FULL = re.compile(rf"^[{_TOKEN_CHARS}]+$")
+TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"  # inside [...] of a regular expression
+TOKEN_RE = re.compile(rf"[{TOKEN_CHARS}]+")
+_TOKEN_FULL = re.compile(rf"^[{TOKEN_CHARS}]+$")
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+\-.]*$")
 # user = 1*( unreserved / escaped / user-unreserved ); we accept ';' too since
 # semiuri-style users must survive, but never whitespace, '<', '>', '"' or '@'.
@@ -23,7 +23,8 @@ _USER_RE = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]*$")
 # hostname = *( domainlabel "." ) toplabel [ "." ]; toplabel starts with ALPHA.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
 _TOPLABEL = r"[A-Za-z](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
-_HOSTNAME_RE = re.compile(rf"(?:{_LABEL}\.)*{_TOPLABEL}\.?")
+HOSTNAME_PATTERN = rf"(?:{_LABEL}\.)*{_TOPLABEL}\.?"
+_HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)
 _IPV4_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _PARAM_CHARS_RE = re.compile(r"^[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]*$")
 _ESCAPE_BAD_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -229,22 +230,19 @@ def parse_uri(text: str) -> Uri:
 
 
 def _split_quoted(text: str) -> tuple[str, str]:
-    """``"display" rest`` -> (display unescaped, rest). text starts with '"'."""
-    out: list[str] = []
-    i = 1
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            if i + 1 >= len(text):
-                break
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if c == '"':
-            return "".join(out), text[i + 1 :]
-        out.append(c)
-        i += 1
-    raise UriError("unterminated quoted string")
+    """``"display" rest`` -> (display unescaped, rest). text starts with '"'.
+
+    One regular-expression match finds the closing quote and one substitution
+    removes the quoted-pair backslashes (section 25.1): no step per character.
+    """
+    m = _QUOTED_TAIL_RE.match(text, 1)
+    if m is None:
+        raise UriError("unterminated quoted string")
+    inner = text[1 : m.end() - 1]
+    return (_QUOTED_PAIR_RE.sub(r"\1", inner) if "\\" in inner else inner), text[m.end() :]
+
+
+_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.S)
 
 
 split_quoted = _split_quoted
@@ -334,25 +332,43 @@ def _looks_like_host(value: str) -> bool:
     return True
 
 
+# The rest of a quoted-string after its '"': up to the closing '"', a backslash
+# quoting any one character (quoted-pair, section 25.1).
+_QUOTED_TAIL_RE = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_QUOTED = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+# Per separator: every part a separator ends, one such part, a whole last part.
+_PART_RES: dict[str, tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]] = {}
+
+
+def _part_res(sep: str) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    res = _PART_RES.get(sep)
+    if res is None:
+        s = re.escape(sep)
+        part = rf'[^{s}"]*+(?:{_QUOTED}[^{s}"]*+)*+'
+        res = _PART_RES[sep] = (
+            re.compile(rf"(?:{part}{s})*", re.S),
+            re.compile(rf"({part}){s}", re.S),
+            re.compile(part, re.S),
+        )
+    return res
+
+
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    parts: list[str] = []
-    buf: list[str] = []
-    quoted = escaped = False
-    for c in text:
-        if escaped:
-            escaped = False
-        elif quoted and c == "\\":
-            escaped = True
-        elif c == '"':
-            quoted = not quoted
-        elif c == sep and not quoted:
-            parts.append("".join(buf))
-            buf = []
-            continue
-        buf.append(c)
-    if quoted:
+    """Split ``text`` at each ``sep`` (one character) outside quoted strings.
+
+    Parts are returned unstripped; an unterminated quoted string is an error.
+    Linear, in C: one match finds where the last part starts, ``findall`` cuts the
+    parts before it; no Python step per character or per quote.
+    """
+    if '"' not in text:
+        return text.split(sep)
+    ended, one, whole = _part_res(sep)
+    m = ended.match(text)
+    end = m.end() if m else 0
+    if not whole.fullmatch(text, end):
         raise UriError("unterminated quoted string")
-    parts.append("".join(buf))
+    parts: list[str] = one.findall(text, 0, end)
+    parts.append(text[end:])
     return parts
 
 

@@ -1,10 +1,12 @@
 """asyncio adapter for SIP over UDP, TCP and TLS.
 
 This is the thin layer between sockets and the sans-IO core: it receives bytes,
-checks the source against the listener's access list before parsing anything,
-frames and parses messages, hands them to the :class:`TransactionManager`,
-passes the resulting events to the application, sends what the core queued,
-and arms the core's single timer. It holds no SIP logic of its own.
+checks the source against the listener's access list before parsing anything
+(on stream listeners before the TLS handshake, with the connection caps of
+:mod:`gateway.transport.guard`), frames and parses messages, hands them to the
+:class:`TransactionManager`, passes the resulting events to the application,
+sends what the core queued, and arms the core's single timer. It holds no SIP
+logic of its own. Stream connections are :mod:`gateway.transport.stream`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gateway.ops.logging import get_logger
-from gateway.sip.framing import FramingError, Ping, StreamFramer
+from gateway.ops.logging import LogLimiter, get_logger
 from gateway.sip.message import (
     MAX_MESSAGE_SIZE,
     Request,
@@ -31,13 +32,14 @@ from gateway.sip.message import (
     parse_message as _parse_message,
 )
 from gateway.sip.transaction import Event, Outgoing, Target, TransactionManager, response_target
+from gateway.transport.guard import ConnectionGuard, ConnectionLimits, ConnectionStats
+from gateway.transport.stream import StreamProtocol
 
 log = get_logger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-IDLE_TIMEOUT = (
-    300.0  # close inbound stream connections silent this long (RFC 5626 keeps them alive)
-)
+SWEEP = 0.25  # seconds between checks of the inbound stream connections' deadlines
+LOG_EVERY = 5.0  # at most one parse-error line per source this often
 UDP_DRAIN = 64  # SIP datagrams read per readable event (as many as an RTP socket drains)
 UDP_RECV_SIZE = 65536  # larger than any UDP datagram
 MAX_PEER_LEGS = 4096  # UDP peers whose leg (listener socket) is remembered
@@ -51,6 +53,7 @@ class SipStats:
     rejected_sources: Counter[str] = field(default_factory=Counter)
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     responses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    connections: ConnectionStats = field(default_factory=ConnectionStats)
 
 
 class AccessList:
@@ -96,18 +99,23 @@ class SipStack:
         max_message_size: int = MAX_MESSAGE_SIZE,
         client_ssl: ssl.SSLContext | None = None,
         stats: SipStats | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.manager = manager
         self._handler = handler
         self._max = max_message_size
         self._client_ssl = client_ssl
         self.stats = stats or SipStats()
+        self.guard = ConnectionGuard(limits or ConnectionLimits())
         self._loop = asyncio.get_running_loop()
+        self.log_limiter = LogLimiter(LOG_EVERY, clock=self._loop.time)
+        self._inbound: set[StreamProtocol] = set()  # admitted, handshaking or not
+        self._sweeper: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._udp: dict[str, _UdpListener] = {}
         self._servers: list[asyncio.AbstractServer] = []
-        self._conns: dict[int, _StreamProtocol] = {}
+        self._conns: dict[int, StreamProtocol] = {}
         self._by_peer: dict[tuple[str, str, int], int] = {}
         self._connecting: dict[tuple[str, str, int], asyncio.Task[None]] = {}
         self._pending: dict[tuple[str, str, int], list[bytes]] = {}
@@ -147,15 +155,16 @@ class SipStack:
         ssl_context: ssl.SSLContext | None = None,
     ) -> tuple[str, int]:
         kind = "tls" if ssl_context else "tcp"
+        # Accepted as plain TCP: the source and the caps are checked before any TLS.
         server = await self._loop.create_server(
-            lambda: _StreamProtocol(self, leg, kind, acl, inbound=True),
+            lambda: StreamProtocol(self, leg, kind, acl, inbound=True, ssl_context=ssl_context),
             host,
             port,
-            ssl=ssl_context,
             reuse_address=True,
-            ssl_handshake_timeout=10.0 if ssl_context else None,
         )
         self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(SWEEP, self._sweep)
         bound = server.sockets[0].getsockname()[1]
         self.local.setdefault(leg, (kind, host, int(bound)))
         return host, int(bound)
@@ -167,9 +176,12 @@ class SipStack:
     async def close(self) -> None:
         if self._timer:
             self._timer.cancel()
+        if self._sweeper:
+            self._sweeper.cancel()
+            self._sweeper = None
         for server in self._servers:
             server.close()
-        for conn in list(self._conns.values()):
+        for conn in {*self._conns.values(), *self._inbound}:
             conn.close()
         for udp in self._udp.values():
             udp.close()
@@ -191,7 +203,15 @@ class SipStack:
 
     def _on_parse_error(self, exc: SipParseError, source: Target, leg: str) -> None:
         self.stats.parse_errors[leg] += 1
-        log.info("sip_parse_error", leg=leg, peer=f"{source.host}:{source.port}", reason=exc.reason)
+        suppressed = self.log_limiter.allow(("parse", source.host))
+        if suppressed is not None:  # a line per source every LOG_EVERY s, with the count left out
+            log.info(
+                "sip_parse_error",
+                leg=leg,
+                peer=f"{source.host}:{source.port}",
+                reason=exc.reason,
+                suppressed=suppressed,
+            )
         req = exc.partial
         if req is None or req.method == "ACK":
             return  # section 17.1.3 / 18: nothing we can answer
@@ -277,7 +297,7 @@ class SipStack:
                 raise ConnectionError("no TLS client context configured")
             _, proto = await asyncio.wait_for(
                 self._loop.create_connection(
-                    lambda: _StreamProtocol(self, leg, transport_kind, None, inbound=False),
+                    lambda: StreamProtocol(self, leg, transport_kind, None, inbound=False),
                     host,
                     port,
                     ssl=ctx,
@@ -321,13 +341,23 @@ class SipStack:
             events = []
         self._deliver(events, "timer")
 
+    def _sweep(self) -> None:
+        """Close the inbound stream connections whose deadline has passed."""
+        now = self._loop.time()
+        for conn in [c for c in self._inbound if c.clock is not None]:
+            assert conn.clock is not None
+            why = conn.clock.expired(now)
+            if why is not None and not conn.closing:
+                conn.expire(why)
+        self._sweeper = self._loop.call_later(SWEEP, self._sweep)
+
     # -- connection registry -------------------------------------------------
-    def _register(self, conn: _StreamProtocol) -> int:
+    def _register(self, conn: StreamProtocol) -> int:
         cid = next(self._ids)
         self._conns[cid] = conn
         return cid
 
-    def _unregister(self, conn: _StreamProtocol) -> None:
+    def _unregister(self, conn: StreamProtocol) -> None:
         self._conns.pop(conn.conn_id, None)
         if conn.peer is not None:
             key = (conn.kind, conn.peer[0], conn.peer[1])
@@ -430,93 +460,3 @@ class _UdpListener:
             self._out.clear()
             self._loop.remove_writer(self._fd)
         self._sock.close()
-
-
-class _StreamProtocol(asyncio.Protocol):
-    def __init__(
-        self, stack: SipStack, leg: str, kind: str, acl: AccessList | None, *, inbound: bool
-    ) -> None:
-        self._stack = stack
-        self.leg = leg
-        self.kind = kind
-        self._acl = acl
-        self.inbound = inbound
-        self._framer = StreamFramer(stack._max)
-        self._transport: asyncio.Transport | None = None
-        self.peer: tuple[str, int] | None = None
-        self.conn_id = 0
-        self.closing = False
-        self._idle: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = (str(peer[0]), int(peer[1])) if peer else None
-        if self._acl is not None and (self.peer is None or not self._acl.allows(self.peer[0])):
-            self._stack.stats.rejected_sources[self.leg] += 1
-            self.closing = True
-            transport.abort()
-            return
-        self.conn_id = self._stack._register(self)
-        if self.inbound and self.peer is not None:
-            # Responses and requests toward this peer may reuse the connection.
-            self._stack._by_peer.setdefault((self.kind, *self.peer), self.conn_id)
-        self._touch()
-
-    def _touch(self) -> None:
-        if not self.inbound:
-            return
-        if self._idle:
-            self._idle.cancel()
-        self._idle = self._stack._loop.call_later(IDLE_TIMEOUT, self.close)
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing or self.peer is None:
-            return
-        self._touch()
-        source = Target(self.kind, self.peer[0], self.peer[1], self.conn_id)
-        for frame in self._framer.feed(data):
-            if isinstance(frame, Ping):
-                self.write(b"\r\n")  # RFC 5626 section 3.5.1 pong
-            elif isinstance(frame, FramingError):
-                self._on_framing_error(frame, source)
-                return
-            else:
-                self._stack._on_bytes(frame, source, self.leg, datagram=False)
-
-    def _on_framing_error(self, err: FramingError, source: Target) -> None:
-        stack = self._stack
-        partial: Request | None = None
-        if err.head:
-            # Answer from the header section when it parses (the body is what is wrong).
-            try:
-                parsed = _parse_message(err.head, datagram=True)
-            except SipParseError as inner:
-                partial = inner.partial
-            else:
-                partial = parsed if isinstance(parsed, Request) else None
-        status = 513 if "large" in err.reason else 400
-        stack._on_parse_error(
-            SipParseError(err.reason, status=status, partial=partial), source, self.leg
-        )
-        # The stream cannot be resynchronised: close after the answer is written.
-        self.closing = True
-        if self._transport is not None:
-            self._transport.close()
-
-    def write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
-
-    def close(self) -> None:
-        self.closing = True
-        if self._transport is not None:
-            self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
-        if self._idle:
-            self._idle.cancel()
-        if self.conn_id:
-            self._stack._unregister(self)

@@ -47,6 +47,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from gateway.sip.auth import (
     AuthParseError,
@@ -531,6 +532,18 @@ def _default_meta_headers(wacid: str, caller: str) -> list[tuple[str, str]]:
     ]
 
 
+class MediaRelay(Protocol):
+    """Something between Meta's media socket and the gateway's (tests/peers/impair.py):
+    Meta's SDP declares :meth:`front`'s address, Meta sends to :attr:`address`."""
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    def front(self, meta_media: tuple[str, int]) -> tuple[str, int]: ...
+
+    def set_gateway(self, gateway_media: tuple[str, int]) -> None: ...
+
+
 @dataclass
 class _CallerParams:
     caller: str
@@ -543,6 +556,7 @@ class _CallerParams:
     answer_timeout: float
     gateway_bye_timeout: float
     wacid: str
+    relay: MediaRelay | None = None
 
 
 class _CallerCall(_CallBase):
@@ -596,9 +610,12 @@ class _CallerCall(_CallBase):
         )
         await self.media.open(host)
         self.offer = [new_crypto(i + 1, s) for i, s in enumerate(p.suites)]
+        sdp_host, sdp_port = host, self.media.port
+        if p.relay is not None:  # Meta's SDP names the relay in front of our socket
+            sdp_host, sdp_port = p.relay.front((host, self.media.port))
         offer = build_meta_sdp(
-            address=host,
-            port=self.media.port,
+            address=sdp_host,
+            port=sdp_port,
             cryptos=self.offer,
             ssrc=self.media.ssrc,
             g711=[8, 0] if p.offer_g711 else None,
@@ -906,10 +923,15 @@ class _CallerCall(_CallBase):
         if m.connection is None or not _is_ip(m.connection):
             r.failure = r.failure or f"answer c= address {m.connection!r} unusable"
             return
+        remote = (m.connection, m.port)
+        relay = self.p.relay
+        if relay is not None:  # we send to the relay, which sends on to the gateway
+            relay.set_gateway(remote)
+            remote = relay.address
         self.media.configure(
             tx=tx,
             rx=chosen,
-            remote=(m.connection, m.port),
+            remote=remote,
             codec=codec,
             declared_remote_ssrcs=m.ssrcs,
         )
@@ -1066,8 +1088,16 @@ class MetaCaller:
         first_packet_max_delay: float = 1.0,
         decode_rate: int = 48000,
         encode_rate: int = 48000,
+        source_pcm: bytes | None = None,
+        opus_fec: bool = True,
+        opus_loss_perc: int = 10,
+        media_relay: MediaRelay | None = None,
     ) -> CallResult:
-        """Place one call from WhatsApp user ``caller`` (+E.164 or BSUID); see CallResult."""
+        """Place one call from WhatsApp user ``caller`` (+E.164 or BSUID); see CallResult.
+
+        ``source_pcm`` (16-bit mono at ``encode_rate``) is sent instead of the tone;
+        ``media_relay`` (tests/peers/impair.py) is put between our media and the gateway's.
+        """
         if hangup not in ("emulator", "gateway"):
             raise ValueError("hangup must be 'emulator' or 'gateway'")
         for s in suites:
@@ -1092,6 +1122,7 @@ class MetaCaller:
             answer_timeout=answer_timeout,
             gateway_bye_timeout=gateway_bye_timeout,
             wacid=wacid,
+            relay=media_relay,
         )
         script = MediaScript(
             tone_hz=tone_hz,
@@ -1104,6 +1135,9 @@ class MetaCaller:
             first_packet_max_delay=first_packet_max_delay,
             decode_rate=decode_rate,
             encode_rate=encode_rate,
+            source_pcm=source_pcm,
+            opus_fec=opus_fec,
+            opus_loss_perc=opus_loss_perc,
         )
         started_here = not self._started
         await self.start()

@@ -47,6 +47,13 @@ class MediaScript:
     encode_rate: int = 48000  # Opus encoder input rate: 48000 or 16000
     dtmf_ts_tolerance: float = 0.25  # seconds an event timestamp may be off the audio clock
     rtcp_interval: float = 2.0
+    # What the user says instead of the tone: 16-bit mono PCM at encode_rate (Opus) or
+    # 8000 (G.711), sent once from the start of our media, then silence.
+    source_pcm: bytes | None = None
+    # Opus in-band FEC as WhatsApp clients send it (Meta's fmtp has useinbandfec=1):
+    # LBRR planned for opus_loss_perc % loss; opus_fec=False sends none.
+    opus_fec: bool = True
+    opus_loss_perc: int = 10
     # Fault injection for the emulator's self-tests (a broken business side):
     dtmf_misclock: bool = False  # event timestamps/durations counted at 48000 Hz
 
@@ -225,6 +232,16 @@ def _srtp_session(crypto: Crypto, outbound: bool) -> pylibsrtp.Session:
 
 # ---------------------------------------------------------------------------
 # The endpoint
+
+
+def opus_encoder(rate: int, bitrate: int, script: MediaScript) -> opuslib_next.Encoder:
+    """Opus as a WhatsApp client encodes: VOIP, voice, in-band FEC per ``script``."""
+    encoder = opuslib_next.Encoder(rate, 1, opuslib_next.APPLICATION_VOIP)
+    encoder.bitrate = bitrate
+    encoder.signal = opuslib_next.SIGNAL_VOICE
+    encoder.inband_fec = 1 if script.opus_fec else 0
+    encoder.packet_loss_perc = script.opus_loss_perc if script.opus_fec else 0
+    return encoder
 
 
 class MediaEndpoint(asyncio.DatagramProtocol):
@@ -491,8 +508,8 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         n = enc_rate // 50
         encoder: opuslib_next.Encoder | None = None
         if codec.name == "opus":
-            encoder = opuslib_next.Encoder(enc_rate, 1, opuslib_next.APPLICATION_VOIP)
-            encoder.bitrate = codec.bitrate
+            encoder = opus_encoder(enc_rate, codec.bitrate, s)
+        source = np.frombuffer(s.source_pcm, dtype="<i2") if s.source_pcm is not None else None
         amp = 32767 * 10 ** (s.tone_level_dbfs / 20)
         sample = 0
         start = loop.time()
@@ -525,7 +542,11 @@ class MediaEndpoint(asyncio.DatagramProtocol):
                     ev_digit = None
                     next_digit_at = now + s.dtmf_gap
             else:
-                if s.tone_hz:
+                if source is not None:
+                    pcm = np.zeros(n, dtype=np.int16)
+                    chunk = source[sample : sample + n]
+                    pcm[: len(chunk)] = chunk
+                elif s.tone_hz:
                     t = (sample + np.arange(n)) / enc_rate
                     pcm = (amp * np.sin(2 * np.pi * s.tone_hz * t)).astype(np.int16)
                 else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,9 +23,10 @@ from typing import Any
 import yaml
 
 from gateway.ops.certs import ensure_dev_certificate
+from tests.peers import host_binary
 
 ROOT = Path(__file__).resolve().parents[2]
-SIPP = shutil.which("sipp")
+SIPP = host_binary("sipp")
 
 
 def free_port(kind: int = socket.SOCK_STREAM, both: bool = True) -> int:

@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from gateway.sip.message import Request, make_response, parse_message
 from tests.emulator import CallResult, MetaCaller, measure_tone
 from tests.integration.harness import ROOT, GatewayProcess, free_port
+from tests.peers import host_binary
 from tests.peers.asterisk import AsteriskPbx
 from tests.unit.test_health import key_pem, make_ca, make_leaf, pem
 
@@ -673,8 +673,8 @@ def test_drain_refuses_new_calls_while_active_ones_finish(
 
 # --------------------------------------------------------------------------- shipped files
 
-PROMTOOL = shutil.which("promtool")
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+PROMTOOL = host_binary("promtool")
+SYSTEMD_ANALYZE = host_binary("systemd-analyze")
 
 
 def _tool(path: str | None, package: str) -> str:

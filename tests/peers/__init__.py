@@ -172,14 +172,34 @@ def skip_allowed() -> bool:
     return any(os.environ.get(name) == "1" for name in names)
 
 
-def require_binary(name: str, package: str) -> str:
-    """The path of executable `name`; fails the test (skips it when
-    skip_allowed()) when it is missing."""
+# Every program of the host the tests run, with the Debian package that provides it.
+# Each package is in the Makefile's APT_PACKAGES (tests/unit/test_peer_binaries.py
+# checks it), so `make test` installs what the suite uses; programs the host does
+# not get from the Makefile (Asterisk, Kamailio, SIPp 3.8) run from the peer chroot.
+HOST_BINARIES: dict[str, str] = {
+    "baresip": "baresip-core",
+    "promtool": "prometheus",
+    "sipp": "sip-tester",
+    "systemd-analyze": "systemd",
+}
+
+
+def host_binary(name: str) -> str | None:
+    """The path of host program `name` (one of HOST_BINARIES), or None."""
+    if name not in HOST_BINARIES:
+        raise KeyError(f"{name} is not in HOST_BINARIES: add it with its package, and the "
+                       "package to the Makefile's APT_PACKAGES")  # fmt: skip
+    return shutil.which(name)
+
+
+def require_binary(name: str, package: str | None = None) -> str:
+    """The path of host program `name` (one of HOST_BINARIES); fails the test
+    (skips it when skip_allowed()) when it is missing."""
     import pytest
 
-    path = shutil.which(name)
+    path = host_binary(name)
     if path is None:
-        msg = f"{name} not found: apt-get install {package}"
+        msg = f"{name} not found: apt-get install {package or HOST_BINARIES[name]} (make apt-deps)"
         if skip_allowed():
             pytest.skip(msg)
         pytest.fail(msg)

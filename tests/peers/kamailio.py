@@ -126,6 +126,28 @@ def require_kamailio() -> None:
     pytest.fail(msg)
 
 
+def check_config(files: Mapping[str, str | Path], *extra: str) -> subprocess.CompletedProcess[str]:
+    """``kamailio -c`` of the chroot's Kamailio on a config directory built from
+    ``files`` (name -> text, or a host path to copy), as it would be installed:
+    the config is ``kamailio.cfg`` there, its includes next to it. The directory
+    is removed afterwards. (The host has no Kamailio: make apt-deps does not
+    install one, so nothing here may fall back to /usr/sbin of the host.)"""
+    root = kamailio_root()
+    inside = f"{RUNS_DIR}/kamcheck-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    host_dir = root / inside.lstrip("/")
+    host_dir.mkdir(parents=True)
+    try:
+        for name, content in files.items():
+            if isinstance(content, Path):
+                shutil.copy(content, host_dir / name)
+            else:
+                (host_dir / name).write_text(content)
+        argv = ["chroot", str(root), "/usr/sbin/kamailio", "-c", "-f", f"{inside}/kamailio.cfg"]
+        return subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=30, cwd="/")
+    finally:
+        shutil.rmtree(host_dir, ignore_errors=True)
+
+
 def _proc_stat(pid: int) -> list[str] | None:
     """/proc/PID/stat fields after the command name (index 0 = field 3, state)."""
     try:

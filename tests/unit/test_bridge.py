@@ -34,7 +34,6 @@ from tests.unit.bridge_fakes import (
     FRAME,
     META_ADDR,
     META_DTMF_PT,
-    META_IP,
     META_PORT,
     META_SSRC,
     OPUS_PT,
@@ -489,27 +488,6 @@ def test_packets_before_a_leg_is_negotiated_are_foreign() -> None:
     assert rig.stats("pbx")["foreign_packets"] == 1
 
 
-def test_pbx_leg_latches_to_the_port_the_pbx_really_sends_from() -> None:
-    rig = answered()
-    talk(rig, 2)
-    assert {addr for _, addr in rig.pbx_sock.sent} == {PBX_ADDR}
-    moved = (PBX_IP, 31000)  # NAT, or a PBX that sends from another port than its SDP
-    rig.from_pbx(rig.pbx.audio(bytes(320)), moved)
-    rig.from_meta(rig.meta.audio(bytes(320)))
-    assert rig.pbx_sock.sent[-1][1] == moved
-    assert rig.stats("pbx")["foreign_packets"] == 0
-
-
-def test_garbage_from_the_pbx_host_does_not_move_the_latch() -> None:
-    rig = answered()
-    rig.from_pbx(rig.pbx.audio(bytes(320)))
-    rig.from_pbx(b"\x00garbage", (PBX_IP, 31000))  # not RTP: someone else's traffic
-    rig.from_pbx(rig.pbx.rtp(99, 1, 1, b"xx"), (PBX_IP, 31002))  # not this stream's type
-    rig.from_meta(rig.meta.audio(bytes(320)))
-    assert rig.pbx_sock.sent[-1][1] == PBX_ADDR
-    assert rig.stats("pbx")["bad_packets"] == 2
-
-
 def test_bad_srtp_auth_tag_is_dropped_counted_and_the_next_packet_flows() -> None:
     rig = answered()
     good = rig.meta.audio(tone_frames(440, 1)[0])
@@ -689,16 +667,6 @@ def test_meta_loss_reports_plan_the_opus_fec() -> None:
     assert len(rig.to_meta()) == 5 and len(rig.to_pbx()) == 5
 
 
-def test_rtcp_follows_the_latched_pbx_address_with_rtcp_mux() -> None:
-    rig = answered(pbx=pbx_params(rtcp_mux=True, remote_rtcp_port=PBX_PORT))
-    moved = (PBX_IP, 31000)
-    for pcm in tone_frames(300, round(RTCP_INTERVAL / FRAME) + 5):
-        rig.from_pbx(rig.pbx.audio(pcm), moved)
-        rig.tick()
-    rig.to_pbx()
-    assert [addr for _, addr in rig.pbx_rtcp] == [moved]
-
-
 # --------------------------------------------------------------------------- no media
 
 
@@ -799,15 +767,6 @@ def test_pbx_reinvite_to_a_new_port_on_the_same_host_is_followed() -> None:
     rig.set_pbx(remote_port=12000, remote_rtcp_port=12001)  # e.g. media moved to a phone
     talk(rig, 2)
     assert rig.pbx_sock.sent[-1][1] == (PBX_IP, 12000)
-
-
-def test_pbx_reinvite_with_the_same_sdp_keeps_the_latched_port() -> None:
-    rig = answered()
-    moved = (PBX_IP, 31000)
-    rig.from_pbx(rig.pbx.audio(bytes(320)), moved)
-    rig.set_pbx()  # a session refresh: same SDP
-    talk(rig, 2)
-    assert rig.pbx_sock.sent[-1][1] == moved
 
 
 # --------------------------------------------------------------------------- close, stats
@@ -988,14 +947,6 @@ def test_early_pbx_audio_in_passthrough_reaches_meta_unchanged() -> None:
         rig.from_pbx(rig.pbx.payload(payload))
     rig.set_whatsapp()
     assert [p.payload for p in rig.to_meta()] == payloads
-
-
-def test_meta_from_another_port_of_its_address_is_authenticated_not_followed() -> None:
-    rig = answered()
-    rig.from_meta(rig.meta.audio(bytes(320)), (META_IP, META_PORT + 2))
-    assert len(rig.to_pbx()) == 1  # SRTP authenticates it: Meta's
-    rig.tick(5)
-    assert {addr for _, addr in rig.wa_sock.sent} == {META_ADDR}  # we keep to its SDP
 
 
 def test_dtmf_toward_a_pbx_without_telephone_event_is_dropped_quietly() -> None:

@@ -21,7 +21,8 @@ REQUIRED = {
     "wagw_rtp_packets_lost", "wagw_rtp_jitter_seconds", "wagw_srtp_auth_failures",
     "wagw_media_frame_seconds", "wagw_dtmf_events", "wagw_meta_failures", "wagw_health_status",
     "wagw_tls_certificate_expiry_timestamp_seconds", "wagw_event_loop_lag_seconds",
-    "wagw_draining", "wagw_build_info",
+    "wagw_draining", "wagw_build_info", "wagw_rtp_foreign_packets", "wagw_rtp_bad_packets",
+    "wagw_rtp_relatch_refused",
 }  # fmt: skip
 
 
@@ -79,6 +80,36 @@ def test_call_stats_live_and_ended_totals_never_go_back() -> None:
     assert cs.mos.count == 1
     cs.rejected("inbound", 503, 2)
     assert cs.results[("inbound", "rejected")] == 2 and cs.rejections[("inbound", "503")] == 2
+
+
+def test_dropped_packets_per_leg_are_exported_live_and_after_the_call() -> None:
+    stats = SipStats()
+    view = FakeView()
+    live = view.calls[0]
+    live.bridge.legs["pbx"].update(foreign_packets=2, bad_packets=3, relatch_refused=4)
+    ended = FakeCall("wacid.D")
+    ended.bridge.legs["pbx"].update(relatch_refused=10)
+    ended.bridge.legs["whatsapp"].update(relatch_refused=1, foreign_packets=5)
+    metrics = Metrics()
+    metrics.bind(stats, TransactionManager(), view)
+    metrics.calls.ended(ended, {"direction": "inbound"})
+    families = _scrape(metrics)
+    values = {
+        (f.name, s.labels["leg"]): s.value
+        for f in families.values()
+        if f.name in ("wagw_rtp_foreign_packets", "wagw_rtp_bad_packets",
+                      "wagw_rtp_relatch_refused")
+        for s in f.samples
+        if s.name.endswith("_total")
+    }  # fmt: skip
+    assert values == {
+        ("wagw_rtp_foreign_packets", "pbx"): 2,
+        ("wagw_rtp_foreign_packets", "whatsapp"): 5,
+        ("wagw_rtp_bad_packets", "pbx"): 3,
+        ("wagw_rtp_bad_packets", "whatsapp"): 0,
+        ("wagw_rtp_relatch_refused", "pbx"): 14,
+        ("wagw_rtp_relatch_refused", "whatsapp"): 1,
+    }
 
 
 def test_setup_time_is_observed_once_while_the_call_runs() -> None:

@@ -43,7 +43,8 @@ class FakeCall:
                 "whatsapp": {"codec": "opus", "rx_packets": 1500, "tx_packets": 1510,
                              "lost": 15, "jitter_seconds": 0.0042, "srtp_auth_failures": 0},
                 "pbx": {"codec": "PCMU", "rx_packets": 1490, "tx_packets": 1480, "lost": 0,
-                        "jitter_seconds": 0.0008},
+                        "jitter_seconds": 0.0008, "foreign_packets": 2, "bad_packets": 3,
+                        "relatch_refused": 41},
                 "passthrough": False,
                 "dtmf_to_pbx": 12, "dtmf_to_whatsapp": 0,
                 "dtmf_events_to_pbx": 3, "dtmf_events_to_whatsapp": 0,
@@ -79,8 +80,11 @@ def test_record_has_the_fields_of_the_issue() -> None:
     assert isinstance(legs, dict)
     assert legs["whatsapp"] == {
         "rx_packets": 1500, "tx_packets": 1510, "lost": 15, "loss_ratio": 0.0099,
-        "jitter_ms": 4.2, "srtp_auth_failures": 0, "mos": legs["whatsapp"]["mos"],
+        "jitter_ms": 4.2, "srtp_auth_failures": 0, "foreign_packets": 0, "bad_packets": 0,
+        "relatch_refused": 0, "mos": legs["whatsapp"]["mos"],
     }  # fmt: skip
+    pbx = legs["pbx"]
+    assert (pbx["foreign_packets"], pbx["bad_packets"], pbx["relatch_refused"]) == (2, 3, 41)
     assert rec["dtmf"] == {"to_pbx": 3, "to_whatsapp": 0}
     assert isinstance(rec["mos"], float) and 3.5 < rec["mos"] < 4.5
     assert rec["mos"] == min(legs["whatsapp"]["mos"], legs["pbx"]["mos"])
