@@ -38,10 +38,12 @@ from gateway import __version__
 from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
 from gateway.b2bua.legs import LegAddress, SipPort
+from gateway.config import Config, ConfigError, MediaConfig, check_files, load_config
+from gateway.logging import configure_logging, get_logger
 from gateway.media.bridge import BridgeFactory
+from gateway.media.settings import MediaSettings
 from gateway.metaapi.health import MetaHealthCollector, MetaHealthPoller
 from gateway.ops.admission import OverloadControls, build_throttle
-from gateway.ops.config import Config, ConfigError, check_files, load_config
 from gateway.ops.health import (
     Finding,
     PbxProber,
@@ -54,7 +56,6 @@ from gateway.ops.health import (
     reload_finding,
 )
 from gateway.ops.http import HttpServer
-from gateway.ops.logging import configure_logging, get_logger
 from gateway.ops.metrics import Metrics
 from gateway.ops.records import RecordWriter, build_record
 from gateway.ops.systemd import Notifier
@@ -85,6 +86,16 @@ class _LoopScheduler:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
         return self._loop.call_later(delay, callback)
+
+
+def media_settings(media: MediaConfig) -> MediaSettings:
+    """The bridge's plain settings from the config's ``media`` section."""
+    return MediaSettings(
+        no_media_timeout=media.no_media_timeout,
+        opus_complexity=media.opus_complexity,
+        latch=media.latch,
+        latch_window=media.latch_window,
+    )
 
 
 def merge_live(old: Config, new: Config) -> tuple[Config, list[str]]:
@@ -202,7 +213,9 @@ class Gateway:
         # issued here verifies on any of them.
         secret = cfg.cluster.read_nonce_secret() or secrets.token_bytes(32)
         digest = DigestServer(secret, cfg.whatsapp.hostname, algorithms=("MD5",))
-        bridges = BridgeFactory(loop, self.ports, self.media_clock, cfg.media, self.frame_times)
+        bridges = BridgeFactory(
+            loop, self.ports, self.media_clock, media_settings(cfg.media), self.frame_times
+        )
         throttle = build_throttle(cfg, digest.nonce_ttl)
         self.calls = CallManager(
             cfg, sip, endpoint, bridges, digest, on_call_end=self._on_call_end, throttle=throttle

@@ -23,7 +23,7 @@ from gateway.b2bua.legs import (
     dialog_target,
     routable,
 )
-from gateway.ops.logging import get_logger
+from gateway.logging import get_logger
 from gateway.sdp.negotiate import (
     MediaParams,
     NegotiationError,

@@ -29,9 +29,9 @@ from gateway.b2bua.legs import (
 )
 from gateway.b2bua.outbound import OutboundCall, OutboundSetup
 from gateway.b2bua.routing import RateLimiter, RoutingError, normalise_number, whatsapp_user
+from gateway.config import Config, HostPort, NumberConfig
+from gateway.logging import get_logger
 from gateway.media.srtp import new_key_material
-from gateway.ops.config import Config, HostPort, NumberConfig
-from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import (
     MediaParams,
     NegotiationError,

@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.ops.logging import get_logger
+from gateway.logging import get_logger
 from gateway.sip.auth import AuthParseError, DigestServer, VerifyResult, parse_credentials
 from gateway.sip.digest_throttle import DigestThrottle
 from gateway.sip.message import Request, Response, make_response

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from gateway import __version__
-from gateway.ops.logging import get_logger
+from gateway.logging import get_logger
 from gateway.sip.ids import new_tag
 from gateway.sip.message import Request, make_response
 from gateway.sip.transaction import (

@@ -16,15 +16,15 @@ import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 
+from gateway.logging import get_logger
 from gateway.media.codecs import PCM_FRAME_BYTES, CodecError
 from gateway.media.dtmf import DtmfRelay
 from gateway.media.jitter import Lost
 from gateway.media.leg import DEFAULT_LATCH_WINDOW, Leg
 from gateway.media.rtcp import RtcpReceiverReport, RtcpSenderReport, build_report, parse_rtcp
 from gateway.media.rtp import RtpError, parse_rtp
+from gateway.media.settings import MediaSettings
 from gateway.media.srtp import SrtpAuthError
-from gateway.ops.config import MediaConfig
-from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams
 from gateway.transport.rtp import (
     FrameTimes,
@@ -463,13 +463,13 @@ class BridgeFactory:
         loop: asyncio.AbstractEventLoop,
         ports: PortAllocator,
         clock: MediaClock,
-        cfg: MediaConfig,
+        settings: MediaSettings,
         frame_times: Mapping[str, FrameTimes] | None = None,
     ) -> None:
         self._loop = loop
         self._ports = ports
         self._clock = clock
-        self._cfg = cfg
+        self._settings = settings
         # Per-packet processing time by the leg a packet arrives on (metrics).
         self._frame_times = frame_times or {}
 
@@ -490,7 +490,7 @@ class BridgeFactory:
             self._clock,
             self._loop.time,
             on_no_media,
-            no_media_timeout=self._cfg.no_media_timeout,
-            opus_complexity=self._cfg.opus_complexity,
-            latch_window=self._cfg.latch_window if self._cfg.latch == "strict" else 0.0,
+            no_media_timeout=self._settings.no_media_timeout,
+            opus_complexity=self._settings.opus_complexity,
+            latch_window=self._settings.latch_window if self._settings.latch == "strict" else 0.0,
         )

@@ -25,12 +25,12 @@ Strict latching (docs/decisions.md, "Media latching"), in the spirit of Asterisk
 
 from __future__ import annotations
 
+from gateway.logging import get_logger
 from gateway.media.codecs import AudioCodec, codec_for
 from gateway.media.jitter import ReorderBuffer
 from gateway.media.rtcp import ReceiveStats
 from gateway.media.rtp import RtpPacket, RtpSender
 from gateway.media.srtp import SrtpContext
-from gateway.ops.logging import get_logger
 from gateway.sdp.negotiate import MediaParams
 from gateway.transport.rtp import RtpSocket
 

@@ -20,8 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.b2bua.calls import CallManager
-from gateway.ops.config import Config
-from gateway.ops.logging import get_logger
+from gateway.config import Config
+from gateway.logging import get_logger
 from gateway.sip.digest_throttle import DigestThrottle
 from gateway.sip.message import Request, make_response
 from gateway.sip.overload import (

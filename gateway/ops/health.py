@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from gateway.b2bua.legs import LegAddress, Scheduler, SipPort, TimerHandle
+from gateway.config import NumberConfig
+from gateway.logging import get_logger
 from gateway.metaapi.health import meta_lines
-from gateway.ops.config import NumberConfig
-from gateway.ops.logging import get_logger
 from gateway.sip.ids import new_call_id, new_tag
 from gateway.sip.message import Request
 from gateway.sip.transaction import (

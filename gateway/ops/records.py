@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from gateway.ops.logging import get_logger
+from gateway.logging import get_logger
 
 __all__ = ["EndedCall", "RecordWriter", "build_record", "mos_estimate"]
 

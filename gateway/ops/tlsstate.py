@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.logging import get_logger
 from gateway.ops.health import (
     CertInfo,
     Code,
@@ -27,7 +28,6 @@ from gateway.ops.health import (
     load_certificate,
     verify_chain,
 )
-from gateway.ops.logging import get_logger
 from gateway.transport.tls import server_context
 
 __all__ = ["Prepared", "TlsState", "roots_context"]

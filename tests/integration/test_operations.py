@@ -850,7 +850,7 @@ def test_systemd_unit_verifies_and_install_stages_the_layout(tmp_path: Path) -> 
                             timeout=60)  # fmt: skip
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
     stop = float(re.search(r"TimeoutStopSec=(\d+)s", unit).group(1))  # type: ignore[union-attr]
-    from gateway.ops.config import load_config
+    from gateway.config import load_config
 
     template = load_config(ROOT / "systemd" / "gateway.yaml")
     assert template.mode == "production"
@@ -900,7 +900,7 @@ def test_systemd_template_unit_verifies_and_install_stages_instances(tmp_path: P
                             timeout=60)  # fmt: skip
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
 
-    from gateway.ops.config import load_config
+    from gateway.config import load_config
 
     base = ROOT / "systemd" / "gateway.yaml"
     dispatcher = [line.split()[1] for line in

@@ -27,7 +27,7 @@ from gateway.b2bua.endpoint import Endpoint
 from gateway.b2bua.inbound import InboundCall
 from gateway.b2bua.legs import NoMediaPorts, SipPort
 from gateway.b2bua.outbound import OutboundCall
-from gateway.ops.config import Config, load_config
+from gateway.config import Config, load_config
 from gateway.sdp.negotiate import MediaParams
 from gateway.sip.auth import DigestServer, answer_challenge, parse_challenge
 from gateway.sip.ids import new_branch, new_tag

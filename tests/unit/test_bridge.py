@@ -25,8 +25,8 @@ from gateway.media.rtcp import (
     ntp_timestamp,
 )
 from gateway.media.rtp import RtpPacket
+from gateway.media.settings import MediaSettings
 from gateway.media.srtp import new_key_material
-from gateway.ops.config import MediaConfig
 from gateway.sdp.negotiate import accept_pbx_answer, answer_whatsapp_offer, make_pbx_offer
 from gateway.sdp.session import parse_sdp
 from gateway.transport.rtp import MediaClock, PortAllocator, PortsExhausted
@@ -921,7 +921,7 @@ def test_factory_binds_both_ports_and_gives_them_back_when_the_range_is_full() -
     try:
         ports = PortAllocator("127.0.0.1", 47100, 47199)
         clock = MediaClock(loop)
-        cfg = MediaConfig(no_media_timeout=7.0, opus_complexity=1)
+        cfg = MediaSettings(no_media_timeout=7.0, opus_complexity=1)
         bridge = BridgeFactory(loop, ports, clock, cfg)("call-9", lambda leg: None)
         assert bridge.whatsapp_port % 2 == bridge.pbx_port % 2 == 0
         assert bridge.whatsapp_port != bridge.pbx_port and ports.in_use == 2

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.b2bua.legs import LegAddress, SipPort
-from gateway.ops.config import NumberConfig
+from gateway.config import NumberConfig
 from gateway.ops.health import (
     CertInfo,
     Code,

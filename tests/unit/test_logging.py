@@ -1,4 +1,4 @@
-"""Tests for gateway.ops.logging."""
+"""Tests for gateway.logging."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from gateway.ops.logging import (
+from gateway.logging import (
     REDACTED,
     bind_call_key,
     call_context,

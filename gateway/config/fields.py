@@ -1,4 +1,4 @@
-"""Field types and checks shared by the configuration models (gateway.ops.config).
+"""Field types and checks shared by the configuration models (gateway.config).
 
 Parsing helpers (:func:`parse_hostport`), the pydantic field types with their
 problem texts (never echoing the value), the frozen base model and Meta's

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from gateway.ops.config import Config
+from gateway.config import Config
 from gateway.ops.health import (
     Finding,
     Report,
