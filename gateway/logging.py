@@ -192,8 +192,10 @@ class LogLimiter:
 
     ``allow(key)`` returns None when the line is to be left out, else how many
     lines for that key were left out since the last one written (log it as
-    ``suppressed=``). At most ``max_keys`` keys are remembered: beyond, the
-    oldest half is forgotten (a flood from many sources still logs little).
+    ``suppressed=`` or ``not_logged=``). At most ``max_keys`` keys are remembered:
+    beyond, the oldest half is forgotten (a flood from many sources still logs
+    little). The time is ``clock()``, or the ``now`` a sans-IO caller passes in
+    (the SIP core and its screens run on the event loop's monotonic time).
     """
 
     def __init__(
@@ -208,14 +210,15 @@ class LogLimiter:
         self._max_keys = max_keys
         self._last: dict[Hashable, tuple[float, int]] = {}  # key -> (last written, left out)
 
-    def allow(self, key: Hashable) -> int | None:
-        now = self._clock()
+    def allow(self, key: Hashable, now: float | None = None) -> int | None:
+        if now is None:
+            now = self._clock()
         seen = self._last.get(key)
         if seen is not None and now - seen[0] < self.interval:
             self._last[key] = (seen[0], seen[1] + 1)
             return None
         if seen is None and len(self._last) >= self._max_keys:
-            for old in list(self._last)[: self._max_keys // 2]:
+            for old in list(self._last)[: max(1, self._max_keys // 2)]:
                 del self._last[old]
         self._last[key] = (now, 0)
         return seen[1] if seen is not None else 0

@@ -21,13 +21,12 @@ from prometheus_client.registry import Collector
 
 from gateway.b2bua.calls import CallManager
 from gateway.config import Config
-from gateway.logging import get_logger
+from gateway.logging import LogLimiter, get_logger
 from gateway.sip.digest_throttle import DigestThrottle
 from gateway.sip.message import Request, make_response
 from gateway.sip.overload import (
     Budget,
     LoadMonitor,
-    LogLimiter,
     OverloadControl,
     SourceLimiter,
     Verdict,
@@ -95,7 +94,7 @@ class Admission:
         self.calls = calls
         self.retry_after = str(retry_after)
         self.user_agent = user_agent
-        self._logs = LogLimiter()
+        self._logs = LogLimiter(5.0, max_keys=1024)
 
     def __call__(
         self, req: Request, source: Target, leg: str, now: float
