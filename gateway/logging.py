@@ -15,11 +15,14 @@ Secrets: :func:`redact_secrets` replaces the value of any key that looks like a
 credential (``password``, ``sip_password``, ``access_token``,
 ``authorization``, ``private_key``, ...) with ``"***"``, and masks SDES keys
 (``inline:...``) and ``Authorization:`` header lines inside string values.
+A value that is a dataclass instance (a call record's media statistics) is
+logged as the dict of its fields.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import sys
@@ -81,6 +84,8 @@ def _redact(value: object, depth: int) -> object:
         return _scrub_text(value)
     if depth >= _MAX_DEPTH:
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)  # e.g. a call record's media stats: its fields
     if isinstance(value, Mapping):
         return {
             k: REDACTED if isinstance(k, str) and is_secret_key(k) else _redact(v, depth + 1)

@@ -230,3 +230,13 @@ def test_redact_processor_nested_and_values() -> None:
         f"INVITE sip:a SIP/2.0\r\nProxy-Authorization: {REDACTED}\r\nVia: v\r\n"
     )
     assert out["sdp"] == f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{REDACTED}|2^20"
+
+
+def test_a_dataclass_value_is_logged_as_its_fields() -> None:
+    from gateway.media.stats import BridgeStats, LegStats
+
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    get_logger("t").info("call_record", media=BridgeStats(pbx=LegStats(rx_packets=7)))
+    [line] = lines(stream)
+    assert line["media"]["pbx"]["rx_packets"] == 7 and line["media"]["passthrough"] is False

@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.media.stats import BridgeStats, LegStats
 from gateway.ops.health import Code, Finding, Report, Status
 from gateway.ops.metrics import Buckets, CallStats, Metrics, meta_failure
 from gateway.sip.transaction import TransactionManager
@@ -39,13 +40,13 @@ class FakeBridge:
         self.legs = legs
         self.dtmf = (0, 0)
 
-    def stats(self) -> dict[str, object]:
-        return {
-            **self.legs,
-            "passthrough": False,
-            "dtmf_events_to_pbx": self.dtmf[0],
-            "dtmf_events_to_whatsapp": self.dtmf[1],
-        }
+    def stats(self) -> BridgeStats:
+        return BridgeStats(
+            whatsapp=LegStats(**self.legs.get("whatsapp", {})),
+            pbx=LegStats(**self.legs.get("pbx", {})),
+            dtmf_events_to_pbx=self.dtmf[0],
+            dtmf_events_to_whatsapp=self.dtmf[1],
+        )
 
 
 class FakeCall:
