@@ -38,6 +38,7 @@ from gateway import __version__
 from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
 from gateway.b2bua.legs import LegAddress, SipPort
+from gateway.b2bua.probe import PbxProber
 from gateway.config import Config, ConfigError, MediaConfig, check_files, load_config
 from gateway.logging import configure_logging, get_logger
 from gateway.media.bridge import BridgeFactory
@@ -45,9 +46,6 @@ from gateway.media.settings import MediaSettings
 from gateway.metaapi.health import MetaHealthCollector, MetaHealthPoller
 from gateway.ops.admission import OverloadControls, build_throttle
 from gateway.ops.health import (
-    Finding,
-    PbxProber,
-    Report,
     capacity_findings,
     draining_finding,
     listener_finding,
@@ -58,6 +56,7 @@ from gateway.ops.health import (
 from gateway.ops.http import HttpServer
 from gateway.ops.metrics import Metrics
 from gateway.ops.records import RecordWriter, build_record
+from gateway.ops.report import Finding, Report
 from gateway.ops.systemd import Notifier
 from gateway.ops.tlsstate import TlsState
 from gateway.sip.auth import DigestServer

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.media.stats import BridgeStats, LegStats
-from gateway.ops.health import Report
+from gateway.ops.report import Report
 from gateway.sip.transaction import TransactionManager
 from gateway.transport.guard import CLOSE_REASONS, HANDSHAKE_RESULTS, REFUSALS
 from gateway.transport.rtp import FrameTimes

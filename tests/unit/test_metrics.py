@@ -10,8 +10,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.media.stats import BridgeStats, LegStats
-from gateway.ops.health import Code, Finding, Report, Status
 from gateway.ops.metrics import Buckets, CallStats, Metrics, meta_failure
+from gateway.ops.report import Code, Finding, Report, Status
 from gateway.sip.transaction import TransactionManager
 from gateway.transport.rtp import FRAME_SAMPLE, FrameTimes, PortAllocator, RtpSocket
 from gateway.transport.sip import SipStats
