@@ -6,10 +6,9 @@ one handler on the root logger and is rendered either as one JSON object per
 line (``timestamp`` ISO-8601 UTC, ``level``, ``event``, ``logger`` and bound
 keys) or by structlog's ConsoleRenderer.
 
-Context: :func:`call_context` / :func:`bind_call_key` bind ``call=<key>`` in
-a context variable, so every line logged in that context carries it.  asyncio
-tasks copy the context when created, so binding inside a call's task does not
-leak into other calls.
+Context: :func:`bind_call_key` binds ``call=<key>`` in a context variable, so
+every line logged in that context carries it.  asyncio tasks copy the context
+when created, so binding inside a call's task does not leak into other calls.
 
 Secrets: :func:`redact_secrets` replaces the value of any key that looks like a
 credential (``password``, ``sip_password``, ``access_token``,
@@ -21,13 +20,12 @@ logged as the dict of its fields.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Literal, TextIO, cast
 
 import structlog
@@ -38,7 +36,6 @@ __all__ = [
     "REDACTED",
     "LogLimiter",
     "bind_call_key",
-    "call_context",
     "configure_logging",
     "get_logger",
     "is_secret_key",
@@ -183,13 +180,6 @@ def bind_call_key(key: str) -> None:
 def unbind_call_key() -> None:
     """Undo :func:`bind_call_key`."""
     structlog.contextvars.unbind_contextvars("call")
-
-
-@contextlib.contextmanager
-def call_context(key: str, **values: Any) -> Iterator[None]:
-    """Bind ``call=key`` (and ``values``) for the duration of the ``with`` block."""
-    with structlog.contextvars.bound_contextvars(call=key, **values):
-        yield
 
 
 class LogLimiter:
