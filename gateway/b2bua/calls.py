@@ -65,7 +65,7 @@ OVERLOAD_RETRY_AFTER = 5
 
 @dataclass
 class CallCounters:
-    """Admission refusals by status (the app turns them into metrics)."""
+    """Admission refusals by status (metrics count them as decided, through on_reject)."""
 
     rejected: dict[int, int] | None = None
 
@@ -85,6 +85,7 @@ class CallManager:
         digest: DigestServer,
         *,
         on_call_end: Callable[[Call, str], None] | None = None,
+        on_reject: Callable[[str, int], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         throttle: DigestThrottle | None = None,
     ) -> None:
@@ -102,6 +103,8 @@ class CallManager:
         self._by_server_tx: dict[ServerTransaction, Call] = {}
         self._rates: dict[str, RateLimiter] = {}
         self._on_call_end = on_call_end
+        self._on_reject = on_reject  # (direction, status) of each refused INVITE: metrics
+        self._direction = "inbound"  # of the new INVITE being admitted
         self.counters = CallCounters()
         self.draining = False  # set by the app on SIGTERM: new calls get 503
         adv = cfg.sip_advertise
@@ -160,6 +163,7 @@ class CallManager:
                     call.on_request(call_leg, req, tx)
                 return
         if tx is not None and req.method == "INVITE" and not to_tag:
+            self._direction = "inbound" if leg == "whatsapp" else "outbound"
             unsupported = unsupported_extensions(req)
             if unsupported:  # RFC 3261 8.2.2.3, before anything else is looked at
                 headers = [("Unsupported", ", ".join(unsupported))]
@@ -368,6 +372,8 @@ class CallManager:
         self, tx: ServerTransaction, status: int, headers: list[tuple[str, str]], why: str
     ) -> None:
         self.counters.reject(status)
+        if self._on_reject is not None:
+            self._on_reject(self._direction, status)
         log.info("call_rejected", status=status, why=why, call_id=tx.request.call_id)
         self.sip.reply(tx, status, to_tag=new_tag(), headers=headers)
 
