@@ -309,10 +309,6 @@ class TransactionManager:
     def server_count(self) -> int:
         return len(self._server)
 
-    @property
-    def count(self) -> int:
-        return len(self)
-
     # -- plumbing -----------------------------------------------------------
     def pop_outgoing(self) -> list[Outgoing]:
         out, self._out = self._out, []
