@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from gateway.netaddr import hostport
 from gateway.sdp.crypto import SUITE_LENGTHS, Crypto
 from gateway.sdp.session import (
     Connection,
@@ -143,9 +144,7 @@ def describe(media: MediaParams) -> str:
     """A one-line summary safe to log (no key material)."""
     parts = [f"{media.codec}/{media.clock_rate} pt{media.payload_type}"]
     parts.append(f"SRTP {media.srtp.suite}" if media.srtp is not None else "RTP")
-    host = media.remote_address
-    host = f"[{host}]" if ":" in host else host
-    parts.append(f"-> {host}:{media.remote_port}")
+    parts.append(f"-> {hostport(media.remote_address, media.remote_port)}")
     parts.append("rtcp-mux" if media.rtcp_mux else f"rtcp {media.remote_rtcp_port}")
     if media.dtmf_payload_type is not None:
         parts.append(f"dtmf{media.dtmf_payload_type}")
