@@ -434,6 +434,39 @@ def test_a_long_gap_is_concealed_up_to_a_cap_then_skipped_in_time() -> None:
     assert (sent[-1].timestamp - sent[0].timestamp) & U32 == 49 * 160
 
 
+def test_packets_held_behind_a_gap_wait_at_most_two_ticks() -> None:
+    # Packet 10 is lost and speech stops after 11 (DTX: nothing more comes). Depth alone
+    # would hold 11 until two more packets arrive, here never; the time rule releases it
+    # (10 concealed, 11 decoded) at the second tick after it came.
+    rig = answered()
+    packets = meta_stream(rig, 12)
+    for i in range(10):
+        rig.from_meta(packets[i])
+        rig.tick()
+    assert len(rig.to_pbx()) == 10
+    rig.from_meta(packets[11])
+    rig.tick()
+    assert rig.to_pbx() == []  # held: 10 may still come, overtaken
+    rig.tick()
+    sent = rig.to_pbx()
+    assert len(sent) == 2 and steps(sent)[:2] == ({1}, {160})  # concealed 10, then 11
+    assert rig.stats("whatsapp")["lost"] == 1
+    rig.from_meta(packets[10])  # too late now: its slot has been played
+    assert rig.to_pbx() == [] and rig.stats("whatsapp")["reorder_late"] == 1
+
+
+def test_a_packet_overtaken_within_the_wait_is_put_back_in_order() -> None:
+    rig = answered()
+    packets = meta_stream(rig, 6)
+    for i in (0, 1, 3):
+        rig.from_meta(packets[i])
+    rig.tick()  # 3 held for 20 ms
+    rig.from_meta(packets[2])
+    sent = rig.to_pbx()
+    assert [p.sequence - sent[0].sequence for p in sent] == [0, 1, 2, 3]
+    assert rig.stats("whatsapp")["lost"] == 0
+
+
 def test_reordered_packets_are_put_right_and_late_ones_dropped() -> None:
     rig = answered()
     packets = meta_stream(rig, 30)
