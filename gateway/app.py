@@ -37,7 +37,7 @@ from typing import Any
 from gateway import __version__
 from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
-from gateway.b2bua.legs import LegAddress, SipPort
+from gateway.b2bua.port import LegAddress, SipPort
 from gateway.config import Config, ConfigError, MediaConfig, check_files, load_config
 from gateway.logging import configure_logging, get_logger
 from gateway.media.bridge import BridgeFactory
@@ -76,7 +76,7 @@ TLS_RETRY = 5.0  # a TLS listener that is down is retried this often
 
 
 class _LoopScheduler:
-    """The event loop as a :class:`gateway.b2bua.legs.Scheduler`."""
+    """The event loop as a :class:`gateway.b2bua.port.Scheduler`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

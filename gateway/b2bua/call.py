@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.b2bua.endpoint import ALLOW
-from gateway.b2bua.legs import (
+from gateway.b2bua.port import (
     LegAddress,
     MediaBridge,
     SipPort,

@@ -18,7 +18,9 @@ from gateway.b2bua.challenge import Challenger
 from gateway.b2bua.context import pbx_context_headers, wacid
 from gateway.b2bua.endpoint import Endpoint, unsupported_extensions
 from gateway.b2bua.inbound import InboundCall, InboundSetup
-from gateway.b2bua.legs import (
+from gateway.b2bua.outbound import OutboundCall, OutboundSetup
+from gateway.b2bua.peer import meta_address
+from gateway.b2bua.port import (
     BridgeFactory,
     LegAddress,
     NoMediaPorts,
@@ -27,9 +29,8 @@ from gateway.b2bua.legs import (
     routable,
     uri_user,
 )
-from gateway.b2bua.outbound import OutboundCall, OutboundSetup
 from gateway.b2bua.routing import RateLimiter, RoutingError, normalise_number, whatsapp_user
-from gateway.config import Config, HostPort, NumberConfig
+from gateway.config import Config, NumberConfig
 from gateway.logging import get_logger
 from gateway.media.srtp import new_key_material
 from gateway.sdp.negotiate import (
@@ -222,7 +223,7 @@ class CallManager:
             return
         caller = req.from_.uri
         user = (caller.user_number if isinstance(caller, SipUri) else None) or "anonymous"
-        meta_source = _meta_source(req, source)
+        meta_source = str(meta_address(req, source))
         legs = self._legs(number.number, user, source.conn_id, source.transport, meta_source)
         setup = self._setup(req, number.number, user, answer, wa_media, legs.wa_via)
         call = InboundCall(key, legs, setup, tx, self.sip, bridge, self._ended)
@@ -546,19 +547,3 @@ def _local_key(req: Request) -> tuple[str, str]:
 
 def _contact(user: str, via: LegAddress) -> str:
     return f"sip:{user}@{via.hostport};transport={via.transport}"
-
-
-def _meta_source(req: Request, source: Target) -> str:
-    """Where Meta's INVITE came from: the connection's peer, or, relayed by a trusted
-    proxy (UDP/TCP on proxy_listen), the proxy's record of it in the second Via
-    (received/rport, else sent-by). Only trusted because the proxy is."""
-    if source.transport != "tls":
-        try:
-            vias = req.vias
-        except UriError:
-            vias = []
-        if len(vias) > 1:
-            via = vias[1]
-            host = (via.received or via.host).strip("[]")
-            return str(HostPort(host, via.rport or via.port or 5061))
-    return str(HostPort(source.host, source.port))

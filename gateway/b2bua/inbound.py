@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from gateway.b2bua import mapping
 from gateway.b2bua.call import FORK_REASON, SDP, SETUP_STATES, Call, CallLegs, State, reason_header
 from gateway.b2bua.endpoint import ALLOW
-from gateway.b2bua.legs import MediaBridge, SipPort, hang_up_answer, routable, uri_user
+from gateway.b2bua.port import MediaBridge, SipPort, hang_up_answer, routable, uri_user
 from gateway.logging import get_logger
 from gateway.sdp.negotiate import MediaParams, NegotiationError, accept_pbx_answer, describe
 from gateway.sdp.session import SdpError, SessionDescription, parse_sdp

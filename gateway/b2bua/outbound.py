@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from gateway.b2bua import mapping
 from gateway.b2bua.call import FORK_REASON, SDP, SETUP_STATES, Call, CallLegs, State, reason_header
 from gateway.b2bua.endpoint import ALLOW
-from gateway.b2bua.legs import MediaBridge, SipPort, hang_up_answer, routable
+from gateway.b2bua.port import MediaBridge, SipPort, hang_up_answer, routable
 from gateway.logging import get_logger
 from gateway.sdp.negotiate import MediaParams, NegotiationError, accept_whatsapp_answer, describe
 from gateway.sdp.session import SdpError, SessionDescription, parse_sdp

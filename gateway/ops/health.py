@@ -38,7 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from gateway.b2bua.legs import LegAddress, Scheduler, SipPort, TimerHandle
+from gateway.b2bua.port import LegAddress, Scheduler, SipPort, TimerHandle
 from gateway.config import NumberConfig
 from gateway.logging import get_logger
 from gateway.metaapi.health import meta_lines

@@ -25,8 +25,8 @@ import yaml
 from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
 from gateway.b2bua.inbound import InboundCall
-from gateway.b2bua.legs import NoMediaPorts, SipPort
 from gateway.b2bua.outbound import OutboundCall
+from gateway.b2bua.port import NoMediaPorts, SipPort
 from gateway.config import Config, load_config
 from gateway.sdp.negotiate import MediaParams
 from gateway.sip.auth import DigestServer, answer_challenge, parse_challenge

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.b2bua.legs import LegAddress, SipPort
+from gateway.b2bua.port import LegAddress, SipPort
 from gateway.config import NumberConfig
 from gateway.ops.health import (
     CertInfo,
