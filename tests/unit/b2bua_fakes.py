@@ -22,10 +22,9 @@ from typing import Any
 
 import yaml
 
+from gateway.b2bua.call import Call
 from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
-from gateway.b2bua.inbound import InboundCall
-from gateway.b2bua.outbound import OutboundCall
 from gateway.b2bua.port import NoMediaPorts, SipPort
 from gateway.config import Config, load_config
 from gateway.sdp.negotiate import MediaParams
@@ -400,7 +399,7 @@ class Flow:
     """One call driven through the harness."""
 
     invite: Request  # Meta's INVITE as the manager saw it (after Via stamping)
-    call: InboundCall
+    call: Call
     pbx_invite: Request  # what went on the wire to the PBX
     bridge: FakeBridge
     pbx_to_tag: str = "as-to-1"
@@ -431,7 +430,7 @@ class Harness:
         self.endpoint = Endpoint(self.manager, self.scheduler.time, user_agent=USER_AGENT)
         self.digest = DigestServer(b"0123456789abcdef-test-secret", HOSTNAME, algorithms=("MD5",))
         self.bridges = bridges or FakeBridgeFactory()
-        self.ended: list[tuple[InboundCall, str]] = []
+        self.ended: list[tuple[Call, str]] = []
         self.calls = CallManager(
             self.cfg,
             self.sip,
@@ -582,7 +581,7 @@ class Harness:
         assert invites[0].target == Target("udp", PBX_HOST, PBX_PORT)
         bridge = call.bridge
         assert isinstance(bridge, FakeBridge)
-        flow = Flow(call.wa_request, call, invites[0].request, bridge)
+        flow = Flow(call.caller.request, call, invites[0].request, bridge)
         flow.extra["sent_at_start"] = sent
         return flow
 
@@ -868,7 +867,7 @@ class OutFlow:
     """One PBX -> WhatsApp call driven through the harness."""
 
     pbx_invite: Request  # the PBX's INVITE as sent
-    call: OutboundCall
+    call: Call
     meta_invite: Request  # the latest INVITE the gateway sent to Meta (wire form)
     bridge: FakeBridge
     meta_target: Target
@@ -997,7 +996,7 @@ class OutboundHarness(Harness):
         new = [k for k in self.calls.calls if k not in before]
         assert len(new) == 1, [s.message for s in sent]
         call = self.calls.calls[new[0]]
-        assert isinstance(call, OutboundCall)
+        assert call.direction == "outbound"
         invites = [s for s in self.to_meta(sent) if isinstance(s.message, Request)]
         assert [s.request.method for s in invites] == ["INVITE"], sent
         bridge = call.bridge
