@@ -97,9 +97,7 @@ class Call:
 
     @property
     def _failures(self) -> CalleeFailures:
-        failures = self.callee.peer.failures
-        assert failures is not None
-        return failures
+        return self.callee.peer.failures
 
     # -- timers -------------------------------------------------------------
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:

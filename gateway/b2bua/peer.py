@@ -90,6 +90,7 @@ class Peer:
     hung_up: str  # the text of the BYE that relays its hang-up
     via: LegAddress  # how the gateway names itself toward it (Via, Contact)
     allow: str  # Allow in our 2xx and 405s; UPDATE is answered only when listed
+    failures: CalleeFailures  # what the caller hears when a call toward it fails here
     conn_id: int | None = None  # its own connection, reused for in-dialog requests
     early_record_route: bool = False  # echo Record-Route in 18x too, not only in the 2xx
     local_failure_reason: bool = False  # a Reason header on our own failures toward it
@@ -98,7 +99,6 @@ class Peer:
     unsupported_body_status: int = 488  # its INVITE carries a body that is not SDP
     warning_host: str = ""  # the host in Warning headers we send it (RFC 3261 20.43)
     # -- as the callee ----------------------------------------------------------
-    failures: CalleeFailures | None = None
     map_failure: Callable[[int], int] = mapping.pbx_failure_to_meta
     failure_text: Callable[[Response], str] = lambda resp: f"answered {resp.status}"
     invite_timeout: float = 32.0  # nothing heard on our INVITE: give up
