@@ -125,8 +125,9 @@ class Call:
         if caller.peer.media_at_admission and caller.media is not None:
             self._set_media(caller, caller.media)
         self._send_invite()
+        field = "wa_media" if caller.peer.name == "whatsapp" else "pbx_media"
         log.info(f"{callee.peer.prefix}_invite", call=self.key, uri=callee.spec.uri,
-                 caller_media=describe(caller.media) if caller.media else None)  # fmt: skip
+                 **{field: describe(caller.media) if caller.media else None})  # fmt: skip
         assert callee.tx is not None
         return callee.tx
 
@@ -137,8 +138,8 @@ class Call:
     def _on_invite_timeout(self) -> None:
         if self.state is State.CALLING:
             failure = self._failures.no_provisional
-            log.warning(f"{self.callee.peer.prefix}_no_response", call=self.key,
-                        after=self.callee.peer.invite_timeout)  # fmt: skip
+            peer = self.callee.peer
+            log.warning(peer.no_response_event, call=self.key, after=peer.invite_timeout)
             self._fail_caller(failure.status, failure.why)
             self.callee.cancel()
 
@@ -298,7 +299,8 @@ class Call:
             return
         self._set_media(callee, media)
         self._answer_caller()
-        log.info("call_answered", call=self.key, media=describe(media))
+        field = "wa_media" if callee.peer.name == "whatsapp" else "pbx_media"
+        log.info("call_answered", call=self.key, **{field: describe(media)})
 
     def _answer_caller(self) -> None:
         caller = self.caller

@@ -19,8 +19,8 @@ from gateway.b2bua.peer import Peer
 from gateway.b2bua.port import SipPort, dialog_target, hang_up_answer, routable
 from gateway.b2bua.session import SDP, Reoffer, Session
 from gateway.logging import get_logger
-from gateway.sdp.negotiate import MediaParams, describe
-from gateway.sdp.session import SessionDescription
+from gateway.sdp.negotiate import MediaParams, NegotiationError, describe
+from gateway.sdp.session import SdpError, SessionDescription
 from gateway.sip.auth import (
     AuthParseError,
     UnsupportedChallenge,
@@ -116,8 +116,13 @@ class Leg:
         return self.contact_headers()
 
     def on_ack(self, ack: Request) -> MediaParams | None:
-        """An ACK in the dialog; after an offer-less re-INVITE it carries the answer."""
-        return self.session.on_ack(ack.body)
+        """An ACK in the dialog; after an offer-less re-INVITE it carries the answer
+        (RFC 3264 section 8; an unusable one leaves the media as it was)."""
+        try:
+            return self.session.on_ack(ack.body)
+        except (SdpError, NegotiationError) as exc:
+            log.warning(f"{self.peer.prefix}_ack_sdp_unusable", call=self.key, error=str(exc))
+            return None
 
     # -- BYE and ACK ------------------------------------------------------------
     def bye(self, why: str, reason: str | None = None) -> None:

@@ -101,6 +101,7 @@ class Peer:
     # -- as the callee ----------------------------------------------------------
     map_failure: Callable[[int], int] = mapping.pbx_failure_to_meta
     failure_text: Callable[[Response], str] = lambda resp: f"answered {resp.status}"
+    no_response_event: str = "no_response"  # the log event when our INVITE hears nothing
     invite_timeout: float = 32.0  # nothing heard on our INVITE: give up
     ring_timeout: float | None = None  # ringing bound once it answered provisionally
 
@@ -161,6 +162,7 @@ def whatsapp_peer(
         failures=WHATSAPP_AS_CALLEE,
         map_failure=mapping.meta_failure_to_pbx,
         failure_text=_meta_failure_text,
+        no_response_event="meta_no_response",
         invite_timeout=invite_timeout,
         ring_timeout=ring_timeout,
     )
@@ -183,6 +185,7 @@ def pbx_peer(via: LegAddress, *, invite_timeout: float = 32.0) -> Peer:
         failures=PBX_AS_CALLEE,
         map_failure=mapping.pbx_failure_to_meta,
         failure_text=_pbx_failure_text,
+        no_response_event="pbx_no_provisional",
         invite_timeout=invite_timeout,
     )
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.logging import get_logger
 from gateway.sdp.negotiate import (
     MediaParams,
     NegotiationError,
@@ -32,8 +31,6 @@ from gateway.sdp.negotiate import (
 )
 from gateway.sdp.session import DIRECTIONS, SdpError, SessionDescription, parse_sdp
 from gateway.sip.message import Request
-
-log = get_logger(__name__)
 
 SDP = "application/sdp"
 
@@ -116,14 +113,11 @@ class PbxSession:
         return Reoffer(200, answer, media=self.media)
 
     def on_ack(self, body: bytes) -> MediaParams | None:
-        """An ACK from the PBX; after an offer-less re-INVITE it carries the answer."""
+        """An ACK from the PBX; after an offer-less re-INVITE it carries the answer
+        (raises SdpError or NegotiationError when it cannot be used)."""
         if not body or self.offer is None:
             return None
-        try:
-            self.media = accept_pbx_answer(self.offer, parse_sdp(body))
-        except (SdpError, NegotiationError) as exc:
-            log.warning("pbx_ack_sdp_unusable", error=str(exc))
-            return None
+        self.media = accept_pbx_answer(self.offer, parse_sdp(body))
         return self.media
 
 
