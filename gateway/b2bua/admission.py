@@ -102,6 +102,8 @@ class Admission:
             else:
                 route = self._from_pbx(req)
             if req.content_type != "application/sdp" or not req.body:
+                # No offer: 488. A body that is not SDP: 415 from Meta (RFC 3261 21.4.13);
+                # the PBX has always had 488 for both.
                 status = 415 if req.body and leg == "whatsapp" else 488
                 raise Refused(status, "no SDP offer", [("Accept", "application/sdp")])
         except Refused as no:

@@ -58,7 +58,7 @@ def build(
         new_key=new_key_material,
     )
     wa_via = whatsapp_address(cfg, source.transport)
-    meta = whatsapp_peer(wa_via, hostname=cfg.whatsapp.hostname, conn_id=source.conn_id)
+    meta = whatsapp_peer(wa_via, conn_id=source.conn_id)
     caller = UasLeg(
         key,
         meta,

@@ -73,8 +73,7 @@ def build(
     wa = cfg.whatsapp
     target = meta_target(cfg)
     wa_via = whatsapp_address(cfg, target.transport)
-    meta = whatsapp_peer(wa_via, hostname=wa.hostname, invite_timeout=wa.invite_timeout,
-                         ring_timeout=wa.ring_timeout)  # fmt: skip
+    meta = whatsapp_peer(wa_via, invite_timeout=wa.invite_timeout, ring_timeout=wa.ring_timeout)
     user = uri_user(info.user)
     spec = InviteSpec(
         uri=f"sip:{user}@{wa.meta_domain};transport=tls",

@@ -5,10 +5,11 @@ a :class:`Peer` says what is particular to the side a leg faces: how the
 gateway names itself there (Via and Contact host, transport, Meta's own
 connection for in-dialog requests), the Allow it advertises (and so whether
 UPDATE is answered or refused 405), whether Meta's Record-Route is echoed in
-provisional responses too, which headers never cross to it (Reason and
-Warning toward Meta only when they relay a PBX failure), how the other side's
-failures are mapped for it (:mod:`gateway.b2bua.mapping`), and the texts,
-statuses and timers of a call placed toward it. :func:`whatsapp_peer` and
+provisional responses too, what never crosses to it (no Warning ever goes to
+Meta, and a Reason only when it relays the PBX's failure; re-INVITEs and
+UPDATEs never cross at all), how its own failures are mapped for the caller
+(:mod:`gateway.b2bua.mapping`), and the texts, statuses and timers of a call
+placed toward it. :func:`whatsapp_peer` and
 :func:`pbx_peer` build the two. Where Meta's address comes from is here too
 (:func:`meta_address`).
 """
@@ -96,8 +97,6 @@ class Peer:
     local_failure_reason: bool = False  # a Reason header on our own failures toward it
     forward_warning: bool = False  # the other side's Warning crosses to it
     media_at_admission: bool = False  # as caller: its media starts before the answer
-    unsupported_body_status: int = 488  # its INVITE carries a body that is not SDP
-    warning_host: str = ""  # the host in Warning headers we send it (RFC 3261 20.43)
     # -- as the callee ----------------------------------------------------------
     map_failure: Callable[[int], int] = mapping.pbx_failure_to_meta
     failure_text: Callable[[Response], str] = lambda resp: f"answered {resp.status}"
@@ -140,7 +139,6 @@ def _pbx_failure_text(resp: Response) -> str:
 def whatsapp_peer(
     via: LegAddress,
     *,
-    hostname: str,
     conn_id: int | None = None,
     invite_timeout: float = 32.0,
     ring_timeout: float | None = None,
@@ -157,8 +155,6 @@ def whatsapp_peer(
         allow=ALLOW,
         conn_id=conn_id,
         early_record_route=True,
-        unsupported_body_status=415,
-        warning_host=hostname,
         failures=WHATSAPP_AS_CALLEE,
         map_failure=mapping.meta_failure_to_pbx,
         failure_text=_meta_failure_text,
@@ -181,7 +177,6 @@ def pbx_peer(via: LegAddress, *, invite_timeout: float = 32.0) -> Peer:
         local_failure_reason=True,
         forward_warning=True,
         media_at_admission=True,
-        warning_host=via.host,
         failures=PBX_AS_CALLEE,
         map_failure=mapping.pbx_failure_to_meta,
         failure_text=_pbx_failure_text,
