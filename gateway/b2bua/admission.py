@@ -59,9 +59,7 @@ class CallCounters:
 class Refused(Exception):
     """A new INVITE refused with ``status`` (counted); ``answered``: already answered."""
 
-    def __init__(
-        self, status: int, why: str, headers: list[tuple[str, str]] | None = None
-    ) -> None:
+    def __init__(self, status: int, why: str, headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(why)
         self.status = status
         self.why = why
@@ -119,11 +117,21 @@ class Admission:
             return
         try:
             if leg == "whatsapp":
-                call = inbound.build(cfg, key, route.info, tx, source, manager.sip, bridge,
-                                     manager.ended)  # fmt: skip
+                call = inbound.build(
+                    cfg, key, route.info, tx, source, manager.sip, bridge, manager.ended
+                )
             else:
-                call = outbound.build(cfg, key, route.info, route.number, tx, source,
-                                      manager.sip, bridge, manager.ended)  # fmt: skip
+                call = outbound.build(
+                    cfg,
+                    key,
+                    route.info,
+                    route.number,
+                    tx,
+                    source,
+                    manager.sip,
+                    bridge,
+                    manager.ended,
+                )
         except (SdpError, NegotiationError) as exc:
             bridge.close()
             host = cfg.whatsapp.hostname if leg == "whatsapp" else manager.pbx_via.host
@@ -132,12 +140,22 @@ class Admission:
         manager.add(call)
         call.start()
         if leg == "whatsapp":
-            log.info("call_admitted", call=key, number=route.info.number, user=route.info.user,
-                     meta_source=route.info.meta_source,
-                     via_proxy=source.transport != "tls")  # fmt: skip
+            log.info(
+                "call_admitted",
+                call=key,
+                number=route.info.number,
+                user=route.info.user,
+                meta_source=route.info.meta_source,
+                via_proxy=source.transport != "tls",
+            )
         else:
-            log.info("call_admitted", call=key, direction="outbound", number=route.info.number,
-                     user=route.info.user)  # fmt: skip
+            log.info(
+                "call_admitted",
+                call=key,
+                direction="outbound",
+                number=route.info.number,
+                user=route.info.user,
+            )
 
     def reject(
         self, tx: ServerTransaction, status: int, headers: list[tuple[str, str]], why: str

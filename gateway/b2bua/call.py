@@ -126,8 +126,12 @@ class Call:
             self._set_media(caller, caller.media)
         self._send_invite()
         field = "wa_media" if caller.peer.name == "whatsapp" else "pbx_media"
-        log.info(f"{callee.peer.prefix}_invite", call=self.key, uri=callee.spec.uri,
-                 **{field: describe(caller.media) if caller.media else None})  # fmt: skip
+        log.info(
+            f"{callee.peer.prefix}_invite",
+            call=self.key,
+            uri=callee.spec.uri,
+            **{field: describe(caller.media) if caller.media else None},
+        )
         assert callee.tx is not None
         return callee.tx
 
@@ -145,8 +149,11 @@ class Call:
 
     def _on_ring_timeout(self) -> None:
         if self.state is State.EARLY:
-            log.info(f"{self.callee.peer.prefix}_ring_timeout", call=self.key,
-                     after=self.callee.peer.ring_timeout)  # fmt: skip
+            log.info(
+                f"{self.callee.peer.prefix}_ring_timeout",
+                call=self.key,
+                after=self.callee.peer.ring_timeout,
+            )
             self._fail(self._failures.no_answer)
             self.callee.cancel()
 
@@ -324,8 +331,12 @@ class Call:
         warning = resp.headers.get("Warning")
         self._note_failure(resp, mapping.meta_warning_reason(warning))
         self.ended_by = peer.name
-        self._fail_caller(peer.map_failure(resp.status), peer.failure_text(resp),
-                          cause=resp.status, warning=warning)  # fmt: skip
+        self._fail_caller(
+            peer.map_failure(resp.status),
+            peer.failure_text(resp),
+            cause=resp.status,
+            warning=warning,
+        )
 
     def _note_failure(self, resp: Response, reason: str) -> None:
         if self.callee.peer.name == "whatsapp":

@@ -44,9 +44,7 @@ Answer = Literal["ours", "fork", "unroutable"]
 class Leg:
     """What both legs do: in-dialog requests, BYE, ACK, the session."""
 
-    def __init__(
-        self, key: str, peer: Peer, sip: SipPort, session: Session, contact: str
-    ) -> None:
+    def __init__(self, key: str, peer: Peer, sip: SipPort, session: Session, contact: str) -> None:
         self.key = key  # the call's key, for logs
         self.peer = peer
         self.sip = sip
@@ -104,8 +102,12 @@ class Leg:
             resp.headers.add("Content-Type", SDP)
         self.sip.send_response(resp)
         if result.media is not None:
-            log.info(f"{self.peer.prefix}_reoffer_answered", call=self.key, method=req.method,
-                     media=describe(result.media))  # fmt: skip
+            log.info(
+                f"{self.peer.prefix}_reoffer_answered",
+                call=self.key,
+                method=req.method,
+                media=describe(result.media),
+            )
         return result.media
 
     def dialog_contact(self) -> list[tuple[str, str]]:
@@ -291,8 +293,14 @@ class UacLeg(Leg):
         """A 2xx to our INVITE: the dialog it creates (RFC 3261 13.2.2.4), ACKed; or another
         fork's (ACKed and hung up here, section 13.2.2.4 too); or unroutable."""
         if self.dialog is not None and (resp.to.tag or "") != self.dialog.remote_tag:
-            hang_up_answer(self.sip, self.request or Request(), resp, self.peer.via,
-                           retransmission, FORK_REASON)  # fmt: skip
+            hang_up_answer(
+                self.sip,
+                self.request or Request(),
+                resp,
+                self.peer.via,
+                retransmission,
+                FORK_REASON,
+            )
             if not retransmission:
                 log.info(f"{self.peer.prefix}_fork_hung_up", call=self.key)
             return "fork"

@@ -653,8 +653,9 @@ META_HOP = Hop("SIP/2.0/TLS 157.240.19.1:5061;branch={};rport", "69", meta=True)
 
 
 def _pbx_hop(contact: str) -> Hop:
-    return Hop(f"SIP/2.0/UDP {PBX_HOST}:{PBX_PORT};branch={{}};rport", "70",
-               "Asterisk PBX 20.5.0", contact)  # fmt: skip
+    return Hop(
+        f"SIP/2.0/UDP {PBX_HOST}:{PBX_PORT};branch={{}};rport", "70", "Asterisk PBX 20.5.0", contact
+    )
 
 
 def in_dialog(
@@ -699,19 +700,31 @@ def from_caller(
 ) -> bytes:
     """The caller's request in its dialog: to our Contact, with our To tag."""
     assert answered is not None and answered.contact is not None
-    return in_dialog(hop, method, cseq, uri=str(answered.contact.uri),
-                     from_=invite.headers.get("From") or "",
-                     to=answered.headers.get("To") or "", call_id=invite.call_id,
-                     **kw)  # fmt: skip
+    return in_dialog(
+        hop,
+        method,
+        cseq,
+        uri=str(answered.contact.uri),
+        from_=invite.headers.get("From") or "",
+        to=answered.headers.get("To") or "",
+        call_id=invite.call_id,
+        **kw,
+    )
 
 
-def from_callee(hop: Hop, ours: Request, their_to: str, method: str, cseq: int,
-                **kw: Any) -> bytes:  # fmt: skip
+def from_callee(hop: Hop, ours: Request, their_to: str, method: str, cseq: int, **kw: Any) -> bytes:
     """The callee's request in the dialog of our INVITE ``ours``: to our Contact."""
     assert ours.contact is not None
-    return in_dialog(hop, method, cseq, uri=str(ours.contact.uri), from_=their_to,
-                     to=ours.headers.get("From") or "", call_id=ours.call_id,
-                     **kw)  # fmt: skip
+    return in_dialog(
+        hop,
+        method,
+        cseq,
+        uri=str(ours.contact.uri),
+        from_=their_to,
+        to=ours.headers.get("From") or "",
+        call_id=ours.call_id,
+        **kw,
+    )
 
 
 def cancel(invite: Request) -> bytes:
@@ -732,8 +745,7 @@ meta_cancel = pbx_cancel = cancel
 
 def meta_ack(flow: Flow, *, body: str = "") -> bytes:
     """Meta's ACK for our 2xx: a new transaction, through the route set, To with our tag."""
-    return from_caller(META_HOP, flow.invite, flow.answered, "ACK", flow.invite.cseq.seq,
-                       body=body)  # fmt: skip
+    return from_caller(META_HOP, flow.invite, flow.answered, "ACK", flow.invite.cseq.seq, body=body)
 
 
 def meta_request(flow: Flow, method: str, cseq: int, **kw: Any) -> bytes:
@@ -741,12 +753,12 @@ def meta_request(flow: Flow, method: str, cseq: int, **kw: Any) -> bytes:
     return from_caller(META_HOP, flow.invite, flow.answered, method, cseq, **kw)
 
 
-def pbx_request(flow: Flow, method: str, cseq: int, *, sdp: str | None = None,
-                **kw: Any) -> bytes:  # fmt: skip
+def pbx_request(flow: Flow, method: str, cseq: int, *, sdp: str | None = None, **kw: Any) -> bytes:
     """An in-dialog request (or an ACK) from the PBX toward the gateway's PBX leg."""
     to = f"{flow.pbx_invite.headers.get('To') or ''};tag={flow.pbx_to_tag}"
-    return from_callee(_pbx_hop(PBX_CONTACT), flow.pbx_invite, to, method, cseq,
-                       body=sdp or "", **kw)  # fmt: skip
+    return from_callee(
+        _pbx_hop(PBX_CONTACT), flow.pbx_invite, to, method, cseq, body=sdp or "", **kw
+    )
 
 
 def pbx_ack(flow: Flow, cseq: int, *, sdp: str | None = None) -> bytes:
@@ -886,8 +898,9 @@ class OutFlow:
     sent_at_start: list[Sent] = field(default_factory=list)
 
 
-def pbx_out_request(flow: OutFlow, method: str, cseq: int, *, sdp: str | None = None,
-                    **kw: Any) -> bytes:  # fmt: skip
+def pbx_out_request(
+    flow: OutFlow, method: str, cseq: int, *, sdp: str | None = None, **kw: Any
+) -> bytes:
     """An in-dialog request (or the 2xx ACK) from the PBX, the UAC of the PBX leg."""
     hop = _pbx_hop(f"<sip:{PBX_AGENT}@{PBX_HOST}:{PBX_PORT}>")
     return from_caller(hop, flow.pbx_invite, flow.answered, method, cseq, body=sdp or "", **kw)
