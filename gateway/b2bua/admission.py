@@ -17,6 +17,7 @@ the number's outbound call cap and call rate (503), not a merged request (482).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,7 @@ RETRY = [("Retry-After", str(OVERLOAD_RETRY_AFTER))]
 
 @dataclass
 class CallCounters:
-    """Admission refusals by status (the app turns them into metrics)."""
+    """Admission refusals by status (metrics count them as decided, through on_reject)."""
 
     rejected: dict[int, int] | None = None
 
@@ -80,9 +81,12 @@ class Route:
 
 
 class Admission:
-    def __init__(self, manager: CallManager) -> None:
+    def __init__(
+        self, manager: CallManager, on_reject: Callable[[str, int], None] | None = None
+    ) -> None:
         self.manager = manager
         self.counters = CallCounters()
+        self._on_reject = on_reject  # (direction, status) of each refused INVITE: metrics
         self._rates: dict[str, RateLimiter] = {}
 
     # -- the pipeline ---------------------------------------------------------
@@ -105,7 +109,7 @@ class Admission:
                 status = 415 if req.body and leg == "whatsapp" else 488
                 raise Refused(status, "no SDP offer", [("Accept", "application/sdp")])
         except Refused as no:
-            self.reject(tx, no.status, no.headers, no.why)
+            self.reject(tx, no.status, no.headers, no.why, leg)
             return
         except Answered:
             return
@@ -113,7 +117,7 @@ class Admission:
         try:
             bridge = manager.bridges(key, lambda media_leg: manager.no_media(key, media_leg))
         except NoMediaPorts:
-            self.reject(tx, 503, RETRY, "no media ports")
+            self.reject(tx, 503, RETRY, "no media ports", leg)
             return
         try:
             if leg == "whatsapp":
@@ -135,7 +139,7 @@ class Admission:
         except (SdpError, NegotiationError) as exc:
             bridge.close()
             host = cfg.whatsapp.hostname if leg == "whatsapp" else manager.pbx_via.host
-            self._reject_sdp(tx, exc, host)
+            self._reject_sdp(tx, exc, host, leg)
             return
         manager.add(call)
         call.start()
@@ -158,20 +162,28 @@ class Admission:
             )
 
     def reject(
-        self, tx: ServerTransaction, status: int, headers: list[tuple[str, str]], why: str
+        self,
+        tx: ServerTransaction,
+        status: int,
+        headers: list[tuple[str, str]],
+        why: str,
+        leg: str,
     ) -> None:
+        """Refuse a new INVITE that came on ``leg``: counted, logged, answered."""
         self.counters.reject(status)
+        if self._on_reject is not None:
+            self._on_reject("inbound" if leg == "whatsapp" else "outbound", status)
         log.info("call_rejected", status=status, why=why, call_id=tx.request.call_id)
         self.manager.sip.reply(tx, status, to_tag=new_tag(), headers=headers)
 
     def _reject_sdp(
-        self, tx: ServerTransaction, exc: SdpError | NegotiationError, host: str
+        self, tx: ServerTransaction, exc: SdpError | NegotiationError, host: str, leg: str
     ) -> None:
         if isinstance(exc, NegotiationError):
             headers = [exc.warning_header(host)]
-            self.reject(tx, exc.status, headers, f"SDP not acceptable: {exc}")
+            self.reject(tx, exc.status, headers, f"SDP not acceptable: {exc}", leg)
         else:
-            self.reject(tx, 400, [], f"bad SDP: {exc}")
+            self.reject(tx, 400, [], f"bad SDP: {exc}", leg)
 
     # -- the route of a call from WhatsApp ------------------------------------
     def _from_whatsapp(self, req: Request, tx: ServerTransaction, source: Target) -> Route:

@@ -57,6 +57,7 @@ class CallManager:
         digest: DigestServer,
         *,
         on_call_end: Callable[[Call, str], None] | None = None,
+        on_reject: Callable[[str, int], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         throttle: DigestThrottle | None = None,
     ) -> None:
@@ -72,7 +73,7 @@ class CallManager:
         self._by_local: dict[tuple[str, str], tuple[Call, Leg]] = {}  # (Call-ID, our tag)
         self._by_server_tx: dict[ServerTransaction, Call] = {}  # the caller's INVITE
         self._on_call_end = on_call_end
-        self.admission = Admission(self)
+        self.admission = Admission(self, on_reject)
         self.draining = False  # set by the app on SIGTERM: new calls get 503
         self.pbx_via = pbx_address(cfg)
 
@@ -136,10 +137,10 @@ class CallManager:
             unsupported = unsupported_extensions(req)
             if unsupported:  # RFC 3261 8.2.2.3, before anything else is looked at
                 headers = [("Unsupported", ", ".join(unsupported))]
-                self.admission.reject(tx, 420, headers, "requires an unsupported extension")
+                self.admission.reject(tx, 420, headers, "requires an unsupported extension", leg)
                 return
             if not routable(Dialog.uas(req, "", "")):  # RFC 3261 8.1.1.8
-                self.admission.reject(tx, 400, [], "no SIP URI in Contact or Record-Route")
+                self.admission.reject(tx, 400, [], "no SIP URI in Contact or Record-Route", leg)
                 return
             self.admission.admit(req, tx, event.source, leg)
             return

@@ -21,11 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.b2bua.peer import meta_address
-from gateway.logging import get_logger
+from gateway.logging import LogLimiter, get_logger
 from gateway.sip.auth import AuthParseError, DigestServer, VerifyResult, parse_credentials
 from gateway.sip.digest_throttle import DigestThrottle
 from gateway.sip.message import Request, Response, make_response
-from gateway.sip.overload import LogLimiter
 from gateway.sip.transaction import Target, stamp_via
 from gateway.sip.uri import UriError
 
@@ -59,7 +58,7 @@ class Challenger:
         self._wall = wall_clock
         self._ua = user_agent
         self._tag_key = secrets.token_bytes(16)
-        self._logs = LogLimiter()
+        self._logs = LogLimiter(5.0, max_keys=1024)
         self.stateless_sent: dict[int, int] = {}  # status -> count
 
     def challenge_headers(self, *, stale: bool) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
 
+from gateway.media.stats import BridgeStats
 from gateway.sdp.negotiate import MediaParams
 from gateway.sip.dialog import Dialog
 from gateway.sip.message import Request, Response, make_response
@@ -54,7 +55,7 @@ class MediaBridge(Protocol):
     def set_pbx(self, params: MediaParams) -> None:
         """The PBX's side is known or changed (answer, re-INVITE: hold, codec, address)."""
 
-    def stats(self) -> dict[str, object]: ...
+    def stats(self) -> BridgeStats: ...
 
     def close(self) -> None: ...
 

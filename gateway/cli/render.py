@@ -1,81 +1,42 @@
-"""``wa-sip-gateway health``: the running gateway's report, or what can be checked without it.
-
-The report comes from ``GET /health`` on ``http.listen`` (a wildcard address is
-reached on loopback). When nothing answers, the command checks what it can
-from the files (certificate, key, SIP passwords) and reports the GATEWAY as
-BLOCKED with code 1002.
-"""
+"""The health report drawn for a person at a terminal (``wa-sip-gateway health``)."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import ssl
-import urllib.error
-import urllib.request
 from typing import Any
 
-from gateway.config import Config
-from gateway.ops.health import (
-    Finding,
-    Report,
-    certificate_findings,
-    chain_finding,
-    not_running_finding,
-    number_findings,
-    render_text,
-    verify_chain,
-)
-from gateway.ops.tlsstate import TlsState, roots_context
+from gateway.metaapi.health import meta_lines
 
-__all__ = ["fetch_health", "health_url", "offline_report", "render"]
+__all__ = ["render_text"]
 
-render = render_text
+_COLOURS = {"AVAILABLE": "\033[32m", "LIMITED": "\033[33m", "BLOCKED": "\033[31m"}
+_BOLD, _DIM, _RESET = "\033[1m", "\033[2m", "\033[0m"
 
 
-def health_url(cfg: Config) -> str:
-    host, port = cfg.http.listen
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/health"
+def render_text(health: dict[str, Any], *, source: str, colour: bool) -> str:
+    """The /health JSON as an operator reads it: one block per entity, errors with fixes."""
 
+    def word(status: str) -> str:
+        return f"{_BOLD}{_COLOURS.get(status, '')}{status}{_RESET}" if colour else status
 
-def fetch_health(cfg: Config, *, timeout: float = 5.0) -> tuple[dict[str, Any], str]:
-    """(the report as JSON, where it came from)."""
-    url = health_url(cfg)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return json.loads(resp.read().decode()), url
-    except urllib.error.HTTPError as exc:  # 503 carries the BLOCKED report
-        try:
-            return json.loads(exc.read().decode()), url
-        except ValueError:
-            why = f"HTTP {exc.code}"
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        why = str(getattr(reason, "strerror", None) or reason)
-    return offline_report(cfg, not_running_finding(url, why)).to_json(), "checked from the files"
+    def dim(text: str) -> str:
+        return f"{_DIM}{text}{_RESET}" if colour else text
 
-
-def offline_report(cfg: Config, gateway_down: Finding) -> Report:
-    shared: list[Finding] = [gateway_down]
-    tls = cfg.whatsapp.tls
-    prepared, problems = TlsState.prepare(tls.cert_file, tls.key_file) if tls else (None, [])
-    if prepared is None:
-        shared += problems
-    else:
-        now = dt.datetime.now(dt.UTC)
-        shared += certificate_findings(prepared.info, cfg.whatsapp.hostname, now)
-        try:
-            ok, why = verify_chain(prepared.context, roots_context(), prepared.info, now)
-        except ssl.SSLError as exc:
-            ok, why = False, str(exc)
-        finding = chain_finding(ok, why, cfg.development)
-        if finding is not None:
-            shared.append(finding)
-    numbers = [(n.number, number_findings(n)) for n in cfg.whatsapp.numbers]
-    return Report.build(cfg.whatsapp.hostname, shared, numbers)
+    body = health.get("health_status", {})
+    overall = str(body.get("can_receive_call_sip", "BLOCKED"))
+    lines = [f"wa-sip-gateway health ({source}): {word(overall)}"]
+    for entity in body.get("entities", []):
+        kind = str(entity.get("entity_type", "?"))
+        lines.append("")
+        lines.append(f"  {kind:<13} {entity.get('id', '?'):<28} "
+                     f"{word(str(entity.get('can_receive_call_sip', '?')))}")  # fmt: skip
+        for error in entity.get("errors", []):
+            lines.append(f"    [{error.get('error_code')}] {error.get('error_description')}")
+            lines.append(dim(f"           fix: {error.get('possible_solution')}"))
+        for info in entity.get("additional_info", []):
+            code, _, text = str(info).partition(": ")
+            text, _, fix = text.partition(" Possible solution: ")
+            lines.append(f"    [{code}] {text}")
+            if fix:
+                lines.append(dim(f"           fix: {fix}"))
+        lines += meta_lines(entity, word, dim)  # Meta's own view, when polled (meta_api)
+    return "\n".join(lines)

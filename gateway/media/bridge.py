@@ -25,6 +25,7 @@ from gateway.media.rtcp import RtcpReceiverReport, RtcpSenderReport, build_repor
 from gateway.media.rtp import RtpError, parse_rtp
 from gateway.media.settings import MediaSettings
 from gateway.media.srtp import SrtpAuthError
+from gateway.media.stats import BridgeStats
 from gateway.sdp.negotiate import MediaParams
 from gateway.transport.rtp import (
     FrameTimes,
@@ -120,16 +121,17 @@ class Bridge:
         self._update_passthrough()
         self.pbx.last_rx = now
 
-    def stats(self) -> dict[str, object]:
-        return {
-            "whatsapp": self.wa.stats(),
-            "pbx": self.pbx.stats(),
-            "passthrough": self._passthrough,
-            "dtmf_to_pbx": self.dtmf_to_pbx,
-            "dtmf_to_whatsapp": self.dtmf_to_wa,
-            "dtmf_events_to_pbx": self._to_pbx_dtmf.events,
-            "dtmf_events_to_whatsapp": self._to_wa_dtmf.events,
-        }
+    def stats(self) -> BridgeStats:
+        """Both legs' counters and the DTMF relayed, copied now (scrape or record time)."""
+        return BridgeStats(
+            whatsapp=self.wa.stats(),
+            pbx=self.pbx.stats(),
+            passthrough=self._passthrough,
+            dtmf_to_pbx=self.dtmf_to_pbx,
+            dtmf_to_whatsapp=self.dtmf_to_wa,
+            dtmf_events_to_pbx=self._to_pbx_dtmf.events,
+            dtmf_events_to_whatsapp=self._to_wa_dtmf.events,
+        )
 
     def close(self) -> None:
         if self._closed:

@@ -27,6 +27,7 @@ from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
 from gateway.b2bua.port import NoMediaPorts, SipPort
 from gateway.config import Config, load_config
+from gateway.media.stats import BridgeStats
 from gateway.sdp.negotiate import MediaParams
 from gateway.sip.auth import DigestServer, answer_challenge, parse_challenge
 from gateway.sip.ids import new_branch, new_tag
@@ -198,8 +199,8 @@ class FakeBridge:
     def set_pbx(self, params: MediaParams) -> None:
         self.calls.append(("pbx", params))
 
-    def stats(self) -> dict[str, object]:
-        return {"calls": len(self.calls)}
+    def stats(self) -> BridgeStats:
+        return BridgeStats()
 
     def close(self) -> None:
         self.closed += 1

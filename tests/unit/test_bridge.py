@@ -266,7 +266,7 @@ def test_early_pbx_audio_buffer_is_bounded_to_the_latest_frames() -> None:
 
 def test_g711_passthrough_carries_payloads_unchanged_both_ways() -> None:
     rig = answered(wa=wa_g711_params())
-    assert rig.bridge.stats()["passthrough"] is True
+    assert rig.bridge.stats().passthrough is True
     payloads = [bytes((i * 7 + j) % 256 for j in range(160)) for i in range(20)]
     for payload in payloads:
         rig.from_pbx(rig.pbx.payload(payload))
@@ -356,7 +356,7 @@ def test_dtmf_from_meta_is_relayed_to_the_pbx_in_its_own_stream() -> None:
     # The audio after the event follows the time the event took; nothing concealed.
     assert len(audio_after) == 10
     assert (audio_after[0].timestamp - audio_before[-1].timestamp) & U32 == 7 * 160
-    assert rig.bridge.stats()["dtmf_to_pbx"] == 6
+    assert rig.bridge.stats().dtmf_to_pbx == 6
     wa = rig.stats("whatsapp")
     assert wa["lost"] == 0 and wa["jitter_seconds"] == 0.0 and wa["reorder_late"] == 0
 
@@ -378,7 +378,7 @@ def test_dtmf_from_the_pbx_is_relayed_to_meta_inside_srtp() -> None:
     # the 8000 event clock, unchanged.
     assert {p.timestamp for p in dtmf} == {(audio_before[-1].timestamp + 960) & U32}
     assert [parse_event(p.payload).duration for p in dtmf] == [160, 320, 480, 640, 640, 640]
-    assert rig.bridge.stats()["dtmf_to_whatsapp"] == 6
+    assert rig.bridge.stats().dtmf_to_whatsapp == 6
     pbx = rig.stats("pbx")
     assert pbx["lost"] == 0 and pbx["bad_packets"] == 0
 
@@ -787,7 +787,7 @@ def test_close_before_any_sdp() -> None:
     rig = Rig()
     rig.bridge.close()
     assert rig.wa_sock.closes == rig.pbx_sock.closes == 1
-    assert rig.bridge.stats()["whatsapp"]["codec"] is None
+    assert rig.bridge.stats().whatsapp.codec is None
 
 
 def test_stats_count_what_was_sent_and_received() -> None:
@@ -822,8 +822,8 @@ def test_stats_count_what_was_sent_and_received() -> None:
     assert wa["lost"] == pbx["lost"] == 0
     assert wa["srtp_auth_failures"] == 1 and pbx["bad_packets"] == 1
     assert wa["foreign_packets"] == 1 and pbx["foreign_packets"] == 0
-    assert stats["passthrough"] is False
-    assert stats["dtmf_to_pbx"] == 6 and stats["dtmf_to_whatsapp"] == 0
+    assert stats.passthrough is False
+    assert stats.dtmf_to_pbx == 6 and stats.dtmf_to_whatsapp == 0
 
 
 # --------------------------------------------------------------------------- cost
@@ -956,4 +956,4 @@ def test_dtmf_toward_a_pbx_without_telephone_event_is_dropped_quietly() -> None:
         rig.from_meta(packet)
     talk(rig, 2)
     assert {p.payload_type for p in rig.to_pbx()} == {PCMU_PT}
-    assert rig.bridge.stats()["dtmf_to_pbx"] == 0
+    assert rig.bridge.stats().dtmf_to_pbx == 0
