@@ -21,6 +21,7 @@ from typing import Any
 from gateway.cli.common import Command, add_config_option, load_or_report
 from gateway.cli.render import render_text
 from gateway.config import Config
+from gateway.netaddr import hostport
 from gateway.ops.certs import certificate_findings, chain_finding, verify_chain
 from gateway.ops.health import not_running_finding, number_findings
 from gateway.ops.report import Finding, Report
@@ -65,9 +66,7 @@ def health_url(cfg: Config) -> str:
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/health"
+    return f"http://{hostport(host, port)}/health"
 
 
 def fetch_health(cfg: Config, *, timeout: float = 5.0) -> tuple[dict[str, Any], str]:

@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from gateway.netaddr import hostport
+
 IPNetwork = IPv4Network | IPv6Network
 _T = TypeVar("_T")
 
@@ -65,7 +67,7 @@ class HostPort(NamedTuple):
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
 
 # --------------------------------------------------------------------------- parsing helpers
