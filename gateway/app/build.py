@@ -21,7 +21,7 @@ from gateway.app.settings import media_settings
 from gateway.app.view import RuntimeView
 from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
-from gateway.b2bua.legs import LegAddress, SipPort
+from gateway.b2bua.port import LegAddress, SipPort
 from gateway.b2bua.probe import PbxProber
 from gateway.config import Config
 from gateway.logging import get_logger
@@ -47,7 +47,7 @@ log = get_logger(__name__)
 
 
 class LoopScheduler:
-    """The event loop as a :class:`gateway.b2bua.legs.Scheduler`."""
+    """The event loop as a :class:`gateway.b2bua.port.Scheduler`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

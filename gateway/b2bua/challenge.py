@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.b2bua.peer import meta_address
 from gateway.logging import LogLimiter, get_logger
 from gateway.sip.auth import AuthParseError, DigestServer, VerifyResult, parse_credentials
 from gateway.sip.digest_throttle import DigestThrottle
@@ -42,19 +43,6 @@ class Verdict:
 
 
 OK = Verdict(0)
-
-
-def digest_source(req: Request, source: Target) -> str:
-    """The address a digest attempt is charged to: the connection's peer over TLS; relayed
-    by a trusted proxy (UDP/TCP), the proxy's record of Meta's address in the second Via."""
-    if source.transport != "tls":
-        try:
-            vias = req.vias
-        except UriError:
-            vias = []
-        if len(vias) > 1:
-            return (vias[1].received or vias[1].host).strip("[]")
-    return source.host
 
 
 class Challenger:
@@ -88,7 +76,7 @@ class Challenger:
         if throttle is None:
             return None
         now = self._wall()
-        who = digest_source(req, source)
+        who = meta_address(req, source).host
         left = throttle.blocked(who, number, now)
         if left is not None:
             throttle.refused()
@@ -134,7 +122,7 @@ class Challenger:
         except AuthParseError:
             return Verdict(400, "malformed Proxy-Authorization")
         now = self._wall()
-        throttle, who = self.throttle, digest_source(req, source)
+        throttle, who = self.throttle, meta_address(req, source).host
         if throttle is not None:
             left = throttle.blocked(who, number, now)
             if left is not None:

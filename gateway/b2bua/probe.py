@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.b2bua.legs import LegAddress, Scheduler, SipPort, TimerHandle
+from gateway.b2bua.port import LegAddress, Scheduler, SipPort, TimerHandle
 from gateway.logging import get_logger
+from gateway.netaddr import hostport
 from gateway.sip.ids import new_call_id, new_tag
 from gateway.sip.message import Request
 from gateway.sip.transaction import (
@@ -66,8 +67,7 @@ class PbxProber:
     @property
     def where(self) -> str:
         t = self.target
-        host = f"[{t.host}]" if ":" in t.host else t.host
-        return f"{t.transport} {host}:{t.port}"
+        return f"{t.transport} {hostport(t.host, t.port)}"
 
     def start(self) -> None:
         """First probe after one interval (a PBX scripted for one call is left alone)."""
@@ -111,14 +111,13 @@ class PbxProber:
 
     def _send(self) -> ClientTransaction:
         via, t = self._via, self.target
-        host = f"[{t.host}]" if ":" in t.host else t.host
-        uri = f"sip:{host}:{t.port}"
+        uri = f"sip:{hostport(t.host, t.port)}"
         if t.transport != "udp":
             uri += f";transport={t.transport}"
         req = Request(method="OPTIONS", uri=uri)
         h = req.headers
         h.add("Max-Forwards", "70")
-        h.add("From", f"<sip:wa-sip-gateway@{_hp(via)}>;tag={new_tag()}")
+        h.add("From", f"<sip:wa-sip-gateway@{via.hostport}>;tag={new_tag()}")
         h.add("To", f"<{uri}>")
         h.add("Call-ID", new_call_id(via.host))
         h.add("CSeq", "1 OPTIONS")
@@ -146,10 +145,3 @@ class PbxProber:
         elif isinstance(event, TransactionTimeout | TransportFailure):
             self._outstanding.discard(tx)
         return True
-
-
-def _hp(via: LegAddress) -> str:
-    host = via.host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{host}:{via.port}"

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.b2bua.legs import LegAddress, SipPort
+from gateway.b2bua.port import LegAddress, SipPort
 from gateway.b2bua.probe import PbxProber
 from gateway.cli.render import render_text
 from gateway.config import NumberConfig
