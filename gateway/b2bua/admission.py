@@ -227,7 +227,7 @@ class Admission:
         return key
 
     def _authorise(self, req: Request, tx: ServerTransaction, number: NumberConfig) -> None:
-        """Digest check of Meta's INVITE (whatsapp-sip.md section 3): returns when it
+        """Digest check of Meta's INVITE (docs/whatsapp-sip.md section 3): returns when it
         passes, else answers it (407 challenge: Answered; 403/400: Refused)."""
         if req.headers.get("Proxy-Authorization") or req.headers.get("Authorization"):
             password = number.read_password()

@@ -3,7 +3,7 @@
 What is particular to this direction, once :mod:`gateway.b2bua.admission` has
 admitted Meta's INVITE: the business number is in the Request-URI, Meta may
 be challenged (:mod:`gateway.b2bua.challenge`), we answer Meta's SDES offer
-at once (whatsapp-sip.md section 3) and offer plain RTP to the PBX, and the
+at once (docs/whatsapp-sip.md section 3) and offer plain RTP to the PBX, and the
 PBX's INVITE carries the caller's display name and Meta's call context as
 X-WA-* headers (:mod:`gateway.b2bua.context`). The call itself is the one
 machine of :mod:`gateway.b2bua.call`.

@@ -1,6 +1,6 @@
 """A call from the business to a WhatsApp user: the PBX is the caller, Meta the callee.
 
-whatsapp-sip.md section 4: Request-URI ``sip:+E164@wa.meta.vc;transport=tls``
+docs/whatsapp-sip.md section 4: Request-URI ``sip:+E164@wa.meta.vc;transport=tls``
 (never an IP), From the business number at the configured SIP hostname, no
 session timers, an SDES offer with Opus (and G.711 when configured). Meta
 challenges with 407: the callee's leg answers once with the number's SIP

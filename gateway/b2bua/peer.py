@@ -144,7 +144,7 @@ def whatsapp_peer(
     ring_timeout: float | None = None,
 ) -> Peer:
     """Meta: SIP over TLS (or through the proxy), no UPDATE and no session timers
-    (whatsapp-sip.md section 5), its Record-Route echoed unchanged and in order in every
+    (docs/whatsapp-sip.md section 5), its Record-Route echoed unchanged and in order in every
     dialog-creating response (section 3); it hears a Reason only when relaying the PBX's."""
     return Peer(
         name="whatsapp",

@@ -170,7 +170,7 @@ def answer_whatsapp_offer(
     session_id: int | None = None,
     pcm_rate: int = PBX_AUDIO_RATE,
 ) -> tuple[SessionDescription, MediaParams]:
-    """Answer Meta's offer on a user-initiated call (whatsapp-sip.md section 6)."""
+    """Answer Meta's offer on a user-initiated call (docs/whatsapp-sip.md section 6)."""
     _check_local(local_address, local_port)
     order = _g711_names(g711_order)
     index = _pick_stream(offer, _SAVP, "RTP/SAVP")
@@ -187,7 +187,7 @@ def answer_whatsapp_offer(
     codec = codec or _find(m, maps, "opus", 48000)
     if codec is None:
         raise NegotiationError("no usable codec offered (Opus, or G.711 when enabled)")
-    dtmf = _find(m, maps, "telephone-event", 8000)  # 8000 only (whatsapp-sip.md 6)
+    dtmf = _find(m, maps, "telephone-event", 8000)  # 8000 only (docs/whatsapp-sip.md 6)
     local_key = new_key(suite)
     if len(local_key) != SUITE_KEY_LENGTHS[suite]:
         raise ValueError(f"new_key({suite}) returned {len(local_key)} bytes")

@@ -6,7 +6,7 @@ Everything runs in memory: a real :class:`TransactionManager`, :class:`SipPort`,
 bytes (parsed like the transport would) and what the manager queues is read back
 through ``to_bytes()`` and parsed again, so the tests assert on real SIP.
 
-Builders shape the WhatsApp side like Meta's SIP edge (whatsapp-sip.md sections
+Builders shape the WhatsApp side like Meta's SIP edge (docs/whatsapp-sip.md sections
 3 and 6) and the PBX side like Asterisk.
 """
 
@@ -264,7 +264,7 @@ def meta_invite(
     extra: Iterable[tuple[str, str]] = (),
     context: bool = True,
 ) -> bytes:
-    """An INVITE shaped like Meta's (whatsapp-sip.md section 3)."""
+    """An INVITE shaped like Meta's (docs/whatsapp-sip.md section 3)."""
     wacid = wacid or "wacid.HBgLMTIxOTU1NTA3MTQVAgARGBI" + new_tag()
     call_id = call_id or f"outgoing:{wacid}"
     from_tag = from_tag or "meta" + new_tag()
@@ -769,7 +769,7 @@ def pbx_ack(flow: Flow, cseq: int, *, sdp: str | None = None) -> bytes:
 
 # =========================================================================== outbound calls
 # Calls from the PBX to WhatsApp (gateway/b2bua/outbound.py): the PBX (Asterisk-like)
-# sends the INVITE, Meta's edge is the UAS (whatsapp-sip.md section 4).
+# sends the INVITE, Meta's edge is the UAS (docs/whatsapp-sip.md section 4).
 
 PBX_AGENT = "agent"
 GW_PBX_HOSTPORT = "127.0.0.1:5090"  # BASE_CONFIG pbx.listen

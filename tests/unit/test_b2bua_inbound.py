@@ -2,7 +2,7 @@
 
 Every test drives a real TransactionManager/CallManager through
 tests/unit/b2bua_fakes.py and asserts on the SIP messages that would go on the
-wire (serialised and parsed back). Meta's side is shaped after whatsapp-sip.md
+wire (serialised and parsed back). Meta's side is shaped after docs/whatsapp-sip.md
 sections 3, 5, 6 and 10; the PBX side after Asterisk.
 """
 
@@ -867,7 +867,7 @@ def test_hold_and_unhold_answered_locally(h: Harness) -> None:
     flow = answered(h)
     calls_before = len(flow.bridge.calls)
     sent = _reinvite(h, flow, "sendonly", 2)
-    assert to_meta(sent) == []  # whatsapp-sip.md section 5: never toward Meta
+    assert to_meta(sent) == []  # docs/whatsapp-sip.md section 5: never toward Meta
     ok = h.responses(sent, 200)[0]
     assert ok.cseq.method == "INVITE" and ok.contact is not None
     answer = parse_sdp(ok.body)

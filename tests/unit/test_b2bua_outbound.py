@@ -1,7 +1,7 @@
 """B2BUA calls from the PBX to WhatsApp users, in memory with a fake clock (no sockets).
 
 A PBX INVITE (UDP, G.711 + telephone-event) reaches the gateway's PBX leg; the
-gateway places a Meta-shaped INVITE (whatsapp-sip.md sections 4 and 5) toward
+gateway places a Meta-shaped INVITE (docs/whatsapp-sip.md sections 4 and 5) toward
 ``whatsapp.meta_proxy``. Every test drives a real TransactionManager/CallManager
 through tests/unit/b2bua_fakes.py (``OutboundHarness``) and asserts on the SIP
 messages that would go on the wire, serialised and parsed back. Meta is played

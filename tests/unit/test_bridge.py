@@ -2,7 +2,7 @@
 
 Meta's side is played with real SRTP (keys swapped) and real Opus, the PBX's with
 PCMU, so every assertion is on what the bridge actually put on the wire, decrypted
-and decoded (fakes in ``bridge_fakes``). Media rules: whatsapp-sip.md section 6.
+and decoded (fakes in ``bridge_fakes``). Media rules: docs/whatsapp-sip.md section 6.
 """
 
 from __future__ import annotations
