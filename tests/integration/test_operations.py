@@ -36,7 +36,7 @@ from tests.emulator import CallResult, MetaCaller, measure_tone
 from tests.integration.harness import ROOT, GatewayProcess, free_port
 from tests.peers import host_binary
 from tests.peers.asterisk import AsteriskPbx
-from tests.unit.test_health import key_pem, make_ca, make_leaf, pem
+from tests.unit.ops.support import key_pem, make_ca, make_leaf, pem
 
 pytestmark = pytest.mark.integration
 
@@ -828,7 +828,7 @@ def _scrape_names() -> str:
     from gateway.sip.overload import OverloadControl
     from gateway.sip.transaction import TransactionManager
     from gateway.transport.sip import SipStats
-    from tests.unit.test_metrics import FakeView
+    from tests.unit.ops.support import FakeView
 
     metrics = Metrics()
     manager = TransactionManager()

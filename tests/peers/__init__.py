@@ -173,7 +173,7 @@ def skip_allowed() -> bool:
 
 
 # Every program of the host the tests run, with the Debian package that provides it.
-# Each package is in the Makefile's APT_PACKAGES (tests/unit/test_peer_binaries.py
+# Each package is in the Makefile's APT_PACKAGES (tests/unit/harness/test_peer_binaries.py
 # checks it), so `make test` installs what the suite uses; programs the host does
 # not get from the Makefile (Asterisk, Kamailio, SIPp 3.8) run from the peer chroot.
 HOST_BINARIES: dict[str, str] = {

@@ -1,0 +1,5 @@
+"""Unit tests, laid out like ``gateway/``: one package per layer (``sip``, ``sdp``,
+``media``, ``transport``, ``b2bua``, ``metaapi``, ``ops``, ``config``, ``logging``,
+``app``, ``cli``), plus ``harness`` for the test peers and the bench's own pieces.
+Helpers a package's tests share are in its ``support.py`` or ``*_fakes.py``;
+fixtures in its ``conftest.py``. No test module imports another."""

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.sip.message import MAX_LIST_VALUES
 from tests.integration.harness import GatewayProcess, running_gateway
-from tests.unit.parse_shapes import benign, many_vias
+from tests.unit.sip.parse_shapes import benign, many_vias
 
 pytestmark = pytest.mark.integration
 
