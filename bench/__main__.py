@@ -41,53 +41,72 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds before the window opens")
     ap.add_argument("--quick", action="store_true", help="smoke run: 10 calls, 5 s")
     ap.add_argument(
-        "--instances", type=int, default=1, metavar="N",
+        "--instances",
+        type=int,
+        default=1,
+        metavar="N",
         help="gateway instances behind Kamailio (default 1: the daemon alone); --calls is "
         "the total",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--front", choices=FRONTS,
+        "--front",
+        choices=FRONTS,
         help="what the load generator connects to as Meta: the daemon's TLS listener "
         "(direct, the default for one instance) or Kamailio (the default for several)",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--compare", action="store_true",
+        "--compare",
+        action="store_true",
         help="with --instances N: first one instance behind the same front with --calls/N "
         "calls, then N instances; report the capacity and CPU ratios",
-    )  # fmt: skip
+    )
     ap.add_argument("--profile", action="store_true", help="sample the daemon with py-spy")
     ap.add_argument(
-        "--opus-complexity", type=int, choices=range(11), metavar="0-10",
+        "--opus-complexity",
+        type=int,
+        choices=range(11),
+        metavar="0-10",
         help="override media.opus_complexity (default: the gateway's default)",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--priority", choices=PRIORITIES, default="normal",
+        "--priority",
+        choices=PRIORITIES,
+        default="normal",
         help="daemon and generator over other work on a shared machine: high = nice -20 "
         "(and its autogroup), realtime = SCHED_FIFO (root); default normal",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--no-meta-rtcp", action="store_true",
+        "--no-meta-rtcp",
+        action="store_true",
         help="the WhatsApp side sends no RTCP receiver reports (the gateway then keeps "
         "planning Opus FEC for the configured loss)",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--generator-same-priority", action="store_true",
+        "--generator-same-priority",
+        action="store_true",
         help="experiment: with --priority realtime and no core of its own, the load "
         "generator at the instances' SCHED_FIFO level instead of one below",
-    )  # fmt: skip
+    )
     imp = ap.add_argument_group(
         "impairment relay on the WhatsApp media leg (bench/impair.py; Meta -> gateway "
         "unless --impair-both; the run goes to docs/benchmarks.md's Audio under impairment)"
     )
     imp.add_argument("--loss", type=float, default=0.0, metavar="PCT", help="random loss, %%")
     imp.add_argument(
-        "--burst", default="", metavar="NxMS",
+        "--burst",
+        default="",
+        metavar="NxMS",
         help="N loss bursts of MS ms each, spread over the window (e.g. 2x60)",
-    )  # fmt: skip
+    )
     imp.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="uniform delay")
     imp.add_argument("--jitter-reorder", action="store_true", help="jitter may reorder")
-    imp.add_argument("--reorder", type=float, default=0.0, metavar="PCT",
-                     help="packets held back behind the next one, %%")  # fmt: skip
+    imp.add_argument(
+        "--reorder",
+        type=float,
+        default=0.0,
+        metavar="PCT",
+        help="packets held back behind the next one, %%",
+    )
     imp.add_argument("--duplicate", type=float, default=0.0, metavar="PCT", help="sent twice, %%")
     imp.add_argument("--impair-both", action="store_true", help="gateway -> Meta as well")
     imp.add_argument("--impair-seed", type=int, default=1, help="the relays' seed (default 1)")
@@ -96,23 +115,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--output", type=Path, default=DOCS, help="markdown file to rewrite")
     ap.add_argument(
-        "--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
         help="first wait up to SECONDS for the machine's other work to drop under 15 %%",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--ref", metavar="GIT_REF",
+        "--ref",
+        metavar="GIT_REF",
         help="run the daemon from gateway/ as committed at GIT_REF (default: the working tree)",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--daemon-gc", default="", metavar="threshold=A,B,C",
+        "--daemon-gc",
+        default="",
+        metavar="threshold=A,B,C",
         help="experiment: set the daemon's gc thresholds (its code is not changed)",
-    )  # fmt: skip
+    )
     ap.add_argument("--keep", action="store_true", help="keep the daemon's work directory")
     ap.add_argument("--dump", type=Path, help="save per-packet send times and latencies (.npz)")
     ap.add_argument(
-        "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
         help="the daemon's logging level (default warning; use with --keep)",
-    )  # fmt: skip
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.calls, args.seconds = 10, 5.0

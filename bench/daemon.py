@@ -385,12 +385,17 @@ def export_ref(ref: str, dest: Path) -> str:
     root = Path(__file__).resolve().parents[1]
     sha = subprocess.run(
         ["git", "rev-parse", "--short", "--verify", f"{ref}^{{commit}}"],
-        cwd=root, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     dest.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(
         ["git", "archive", "--format=tar", sha, "gateway"],
-        cwd=root, capture_output=True, check=True,
-    ).stdout  # fmt: skip
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return sha

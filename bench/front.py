@@ -38,8 +38,9 @@ class KamailioFront:
     @staticmethod
     def check() -> None:
         if not kamailio_available():
-            raise RuntimeError(f"Kamailio with TLS not found in {kamailio_root()}: "
-                               "make asterisk-chroot")  # fmt: skip
+            raise RuntimeError(
+                f"Kamailio with TLS not found in {kamailio_root()}: make asterisk-chroot"
+            )
 
     def prepare(self, backends: list[tuple[str, int]]) -> str:
         """Configure it for these instances (proxy_listen addresses); its internal
@@ -85,9 +86,14 @@ class KamailioFront:
         for pid in self.pids:
             with contextlib.suppress(OSError, ValueError):
                 s = read_cpu(pid)
-                total = CpuSample(s.at, total.utime + s.utime, total.stime + s.stime,
-                                  total.run_ns + s.run_ns, total.rss_kib + s.rss_kib,
-                                  total.wait_ns + s.wait_ns)  # fmt: skip
+                total = CpuSample(
+                    s.at,
+                    total.utime + s.utime,
+                    total.stime + s.stime,
+                    total.run_ns + s.run_ns,
+                    total.rss_kib + s.rss_kib,
+                    total.wait_ns + s.wait_ns,
+                )
         return total
 
     def alive(self) -> int:

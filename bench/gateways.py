@@ -56,9 +56,7 @@ class Gateways:
         gw = cls(workdir, placement, front)
         proxy: ProxySide | None = None
         if front == "kamailio":
-            gw.front = KamailioFront(
-                workdir, placement.others, priority, placement.front_rt
-            )  # fmt: skip
+            gw.front = KamailioFront(workdir, placement.others, priority, placement.front_rt)
             secret = workdir / "nonce.secret"
             secret.write_text(secrets.token_hex(32) + "\n")
             secret.chmod(0o600)

@@ -238,9 +238,10 @@ class Call:
             cumulative_lost=self._rr_lost,
             highest_sequence=high & 0xFFFFFFFF,
         )
-        rtcp = RtcpReceiverReport(self.m_ssrc, [block]).serialize() + RtcpSdes(
-            [SdesChunk(self.m_ssrc, [(1, b"WhatsAppAudioStream1")])]
-        ).serialize()
+        rtcp = (
+            RtcpReceiverReport(self.m_ssrc, [block]).serialize()
+            + RtcpSdes([SdesChunk(self.m_ssrc, [(1, b"WhatsAppAudioStream1")])]).serialize()
+        )
         with contextlib.suppress(OSError):
             self.meta_sock.sendto(self.srtp.protect_rtcp(rtcp), self.meta_dest or self.gw_wa_addr)
             self.rr_sent += 1

@@ -91,10 +91,21 @@ class PySpy:
             return "py-spy not installed (pip install py-spy)"
         core = self.core
         cmd = [
-            exe, "record", "--pid", str(self.pid), "--duration", str(round(self.seconds)),
-            "--rate", str(RATE), "--nonblocking", "--idle", "--format", "raw",
-            "--output", str(self.out),
-        ]  # fmt: skip
+            exe,
+            "record",
+            "--pid",
+            str(self.pid),
+            "--duration",
+            str(round(self.seconds)),
+            "--rate",
+            str(RATE),
+            "--nonblocking",
+            "--idle",
+            "--format",
+            "raw",
+            "--output",
+            str(self.out),
+        ]
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.DEVNULL,

@@ -24,8 +24,9 @@ def main(path: str) -> int:
     if cfg.mode != "development":
         return 0
     tls = cfg.whatsapp.tls
-    if tls is not None and ensure_dev_certificate(tls.cert_file, tls.key_file,
-                                                  cfg.whatsapp.hostname):  # fmt: skip
+    if tls is not None and ensure_dev_certificate(
+        tls.cert_file, tls.key_file, cfg.whatsapp.hostname
+    ):
         print(f"generated development certificate {tls.cert_file}")
     for number in cfg.whatsapp.numbers:
         pw_file = number.sip_password_file

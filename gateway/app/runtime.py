@@ -185,8 +185,13 @@ class Runtime:
         if wa.outbound_proxy is not None:
             out = wa.outbound_proxy
             self.stack.set_peer_leg(wa.proxy_transport, out.host, out.port, "whatsapp")
-        log.info("listening", leg="whatsapp", transport="udp+tcp", address=f"{host}:{port}",
-                 trusted_proxies=[str(n) for n in wa.trusted_proxies])  # fmt: skip
+        log.info(
+            "listening",
+            leg="whatsapp",
+            transport="udp+tcp",
+            address=f"{host}:{port}",
+            trusted_proxies=[str(n) for n in wa.trusted_proxies],
+        )
 
     async def listen_tls(self) -> None:
         """Open the WhatsApp TLS listener unless it is open; on failure say why in the

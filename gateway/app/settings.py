@@ -26,8 +26,16 @@ def media_settings(media: MediaConfig) -> MediaSettings:
 def merge_live(old: Config, new: Config) -> tuple[Config, list[str]]:
     """``new`` with the keys that need new sockets or objects kept from ``old``; and the
     names of those keys that the new file changes (they wait for a restart)."""
-    keep_wa = ("listen", "hostname", "allowed_networks", "advertise", "trusted_proxies",
-               "proxy_listen", "proxy_transport", "outbound_proxy")  # fmt: skip
+    keep_wa = (
+        "listen",
+        "hostname",
+        "allowed_networks",
+        "advertise",
+        "trusted_proxies",
+        "proxy_listen",
+        "proxy_transport",
+        "outbound_proxy",
+    )
     keep_pbx = ("address", "transport", "listen", "trusted_networks")
     changed: list[str] = []
     for section, keys in (("whatsapp", keep_wa), ("pbx", keep_pbx)):

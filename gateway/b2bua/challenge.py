@@ -132,8 +132,14 @@ class Challenger:
             if throttle.is_dead(creds.nonce, now):
                 return Verdict(407, "nonce used in a failed attempt")
         if creds.username not in (number[1:], number):
-            return self._failed(who, number, creds.nonce, now, "username",
-                                "digest username is not the business number")  # fmt: skip
+            return self._failed(
+                who,
+                number,
+                creds.nonce,
+                now,
+                "username",
+                "digest username is not the business number",
+            )
         if password is None:
             log.error("sip_password_missing", number=number)
             return Verdict(403, "SIP password missing")
@@ -146,20 +152,32 @@ class Challenger:
             return Verdict(407, result.value, stale=result is VerifyResult.STALE)
         return self._failed(who, number, creds.nonce, now, result.value, f"digest {result.value}")
 
-    def _failed(self, who: str, number: str, nonce: str, now: float, outcome: str,
-                why: str) -> Verdict:  # fmt: skip
+    def _failed(
+        self, who: str, number: str, nonce: str, now: float, outcome: str, why: str
+    ) -> Verdict:
         throttle = self.throttle
         if throttle is not None:
             throttle.invalidate(nonce, now)
             backoff = throttle.failed(who, number, now, outcome)
             held = self._logs.allow(f"fail:{who}:{number}", now)
             if held is not None:
-                log.warning("digest_failed", source=who, number=number, outcome=outcome,
-                            backoff=round(backoff, 3), not_logged=held)  # fmt: skip
+                log.warning(
+                    "digest_failed",
+                    source=who,
+                    number=number,
+                    outcome=outcome,
+                    backoff=round(backoff, 3),
+                    not_logged=held,
+                )
         return Verdict(403, why)
 
     def _log_throttled(self, who: str, number: str, left: float) -> None:
         held = self._logs.allow(f"throttled:{who}:{number}", self._wall())
         if held is not None:
-            log.warning("digest_throttled", source=who, number=number,
-                        backoff_left=round(left, 3), not_logged=held)  # fmt: skip
+            log.warning(
+                "digest_throttled",
+                source=who,
+                number=number,
+                backoff_left=round(left, 3),
+                not_logged=held,
+            )

@@ -27,8 +27,10 @@ def render_text(health: dict[str, Any], *, source: str, colour: bool) -> str:
     for entity in body.get("entities", []):
         kind = str(entity.get("entity_type", "?"))
         lines.append("")
-        lines.append(f"  {kind:<13} {entity.get('id', '?'):<28} "
-                     f"{word(str(entity.get('can_receive_call_sip', '?')))}")  # fmt: skip
+        lines.append(
+            f"  {kind:<13} {entity.get('id', '?'):<28} "
+            f"{word(str(entity.get('can_receive_call_sip', '?')))}"
+        )
         for error in entity.get("errors", []):
             lines.append(f"    [{error.get('error_code')}] {error.get('error_description')}")
             lines.append(dim(f"           fix: {error.get('possible_solution')}"))

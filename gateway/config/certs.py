@@ -67,11 +67,13 @@ def ensure_dev_certificate(cert_file: Path, key_file: Path, hostname: str) -> bo
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = dt.datetime.now(dt.UTC)
-    san = x509.SubjectAlternativeName([
-        x509.DNSName(hostname),
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-    ])  # fmt: skip
+    san = x509.SubjectAlternativeName(
+        [
+            x509.DNSName(hostname),
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+        ]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -32,13 +32,31 @@ _T = TypeVar("_T")
 
 #: Meta's published WhatsApp Business Calling signalling/media networks.
 META_NETWORKS: tuple[str, ...] = (
-    "31.13.24.0/21", "31.13.64.0/18", "45.64.40.0/22", "57.141.0.0/21",
-    "57.141.8.0/22", "57.141.12.0/23", "57.144.0.0/14", "66.220.144.0/20",
-    "69.63.176.0/20", "69.171.224.0/19", "74.119.76.0/22", "102.132.96.0/20",
-    "103.4.96.0/22", "129.134.0.0/16", "147.75.208.0/20", "157.240.0.0/16",
-    "163.70.128.0/17", "163.77.128.0/17", "173.252.64.0/18", "179.60.192.0/22",
-    "185.60.216.0/22", "185.89.216.0/22", "204.15.20.0/22", "2a03:2880::/32",
-)  # fmt: skip
+    "31.13.24.0/21",
+    "31.13.64.0/18",
+    "45.64.40.0/22",
+    "57.141.0.0/21",
+    "57.141.8.0/22",
+    "57.141.12.0/23",
+    "57.144.0.0/14",
+    "66.220.144.0/20",
+    "69.63.176.0/20",
+    "69.171.224.0/19",
+    "74.119.76.0/22",
+    "102.132.96.0/20",
+    "103.4.96.0/22",
+    "129.134.0.0/16",
+    "147.75.208.0/20",
+    "157.240.0.0/16",
+    "163.70.128.0/17",
+    "163.77.128.0/17",
+    "173.252.64.0/18",
+    "179.60.192.0/22",
+    "185.60.216.0/22",
+    "185.89.216.0/22",
+    "204.15.20.0/22",
+    "2a03:2880::/32",
+)
 
 _E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -167,8 +185,10 @@ def _v_network(value: object) -> IPNetwork:
     try:
         return ipaddress.ip_network(text.strip())
     except ValueError:
-        raise invalid("network", "must be a CIDR network such as 10.0.0.0/8 or 2001:db8::/32"
-                    " (no host bits set)") from None  # fmt: skip
+        raise invalid(
+            "network",
+            "must be a CIDR network such as 10.0.0.0/8 or 2001:db8::/32 (no host bits set)",
+        ) from None
 
 
 def _v_ip(value: object) -> str:
@@ -187,8 +207,11 @@ def v_dns_name(value: object) -> str:
 
 def _v_e164(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
-        raise invalid("e164", 'must be a quoted string such as "+15550001111" (YAML reads an'
-                    " unquoted +number as an integer)")  # fmt: skip
+        raise invalid(
+            "e164",
+            'must be a quoted string such as "+15550001111" (YAML reads an'
+            " unquoted +number as an integer)",
+        )
     text = need_str(value, '"+E.164"').strip()
     if not _E164.match(text):
         raise invalid("e164", "must be +E.164 (a '+' and 8-15 digits)")
@@ -241,7 +264,7 @@ def v_uri_template(value: str) -> str:
     except ValueError as exc:  # unbalanced braces
         raise invalid("uri_template", message) from exc
     rendered = value.format(number="+15550001111", digits="15550001111", user="+1")
-    if not rendered or any(c in rendered for c in " \t<>@\"\r\n"):
+    if not rendered or any(c in rendered for c in ' \t<>@"\r\n'):
         raise invalid("uri_template", "must render to a SIP user part (no spaces, <, >, @)")
     return value
 
@@ -296,8 +319,6 @@ def path_problem(path: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("config_path", message, {"path": path})
 
 
-
 def is_wildcard(host: str) -> bool:
     address = _ip(host)
     return address is not None and address.is_unspecified
-

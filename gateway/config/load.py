@@ -41,15 +41,23 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 _MESSAGES = {
-    "missing": "required", "extra_forbidden": "unknown key", "string_type": "must be a string",
-    "int_type": "must be an integer", "int_parsing": "must be an integer",
-    "int_from_float": "must be an integer", "float_type": "must be a number",
-    "float_parsing": "must be a number", "bool_type": "must be true or false",
-    "model_type": "must be a mapping of keys", "model_attributes_type": "must be a mapping of keys",
-    "dict_type": "must be a mapping of keys", "list_type": "must be a list",
-    "tuple_type": "must be a list", "string_too_short": "must not be empty",
+    "missing": "required",
+    "extra_forbidden": "unknown key",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys",
+    "dict_type": "must be a mapping of keys",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "string_too_short": "must not be empty",
     "invalid_key": "keys must be strings",
-}  # fmt: skip
+}
 
 
 def _message(err: Any) -> str:
@@ -64,8 +72,12 @@ def _message(err: Any) -> str:
         return "must not be empty" if n == 1 else f"must have at least {n} items"
     if kind == "too_long":
         return f"must have at most {ctx.get('max_length')} items"
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
-              "less_than_equal": "<="}  # fmt: skip
+    bounds = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
     if kind in bounds:
         limit = next(iter(ctx.values()))
         return f"must be {bounds[kind]} {limit}"

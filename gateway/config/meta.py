@@ -55,7 +55,7 @@ class MetaHoursConfig(FrozenModel):
 
     day_of_week: Literal[
         "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"
-    ]  # fmt: skip
+    ]
     open_time: HhmmField
     close_time: HhmmField
 
@@ -125,9 +125,12 @@ class MetaApiConfig(FrozenModel):
     @classmethod
     def _no_inline_token(cls, data: object) -> object:
         if isinstance(data, dict) and "access_token" in data:
-            raise path_problem("access_token", "must not be in the YAML file; put the token in"
-                                " a file (access_token_file) or an environment variable"
-                                " (access_token_env)")  # fmt: skip
+            raise path_problem(
+                "access_token",
+                "must not be in the YAML file; put the token in"
+                " a file (access_token_file) or an environment variable"
+                " (access_token_env)",
+            )
         if isinstance(data, dict) and "calling" in data and data["calling"] is None:
             # every key commented out (YAML null): all defaults
             return {k: v for k, v in data.items() if k != "calling"}
@@ -165,4 +168,3 @@ class MetaApiConfig(FrozenModel):
         else:
             secret = os.environ.get(self.access_token_env or "", "").strip()
         return secret or None
-

@@ -182,18 +182,26 @@ class WhatsAppConfig(FrozenModel):
     @model_validator(mode="after")
     def _proxy(self) -> WhatsAppConfig:
         if self.proxy_listen is not None and not self.trusted_proxies:
-            raise path_problem("trusted_proxies", "required when proxy_listen is set (the"
-                                " proxies whose requests are accepted there)")  # fmt: skip
+            raise path_problem(
+                "trusted_proxies",
+                "required when proxy_listen is set (the proxies whose requests are accepted there)",
+            )
         if self.trusted_proxies and self.proxy_listen is None:
-            raise path_problem("proxy_listen", "required when trusted_proxies is set (the"
-                                " UDP/TCP address the proxy sends Meta's requests to)")  # fmt: skip
+            raise path_problem(
+                "proxy_listen",
+                "required when trusted_proxies is set (the"
+                " UDP/TCP address the proxy sends Meta's requests to)",
+            )
         if self.listen is None and self.proxy_listen is None:
             raise path_problem("listen", "may only be null behind a proxy (proxy_listen set)")
         if self.tls is None and self.listen is not None:
             raise path_problem("tls", "required (cert_file, key_file) unless listen is null")
         if self.outbound_proxy is not None and self.proxy_listen is None:
-            raise path_problem("proxy_listen", "required when outbound_proxy is set (Meta's"
-                                " responses and requests come back through the proxy)")  # fmt: skip
+            raise path_problem(
+                "proxy_listen",
+                "required when outbound_proxy is set (Meta's"
+                " responses and requests come back through the proxy)",
+            )
         return self
 
     @field_validator("request_uri_user_params")
@@ -250,7 +258,6 @@ class PbxConfig(FrozenModel):
     business_number_header: Annotated[str, PlainValidator(nonempty_line)] = "X-WA-Business-Number"
 
 
-
 class MediaConfig(FrozenModel):
     """``media``: RTP/SRTP sockets.  ``sdp_address`` is the address put in SDP."""
 
@@ -276,8 +283,9 @@ class MediaConfig(FrozenModel):
     @model_validator(mode="after")
     def _advertise(self) -> MediaConfig:
         if self.advertise_address is None and is_wildcard(self.address):
-            raise path_problem("advertise_address",
-                                "required when media.address is a wildcard address")  # fmt: skip
+            raise path_problem(
+                "advertise_address", "required when media.address is a wildcard address"
+            )
         if self.advertise_address is not None and is_wildcard(self.advertise_address):
             raise path_problem("advertise_address", "must not be a wildcard address")
         return self
@@ -328,8 +336,9 @@ class ConnectionsConfig(FrozenModel):
         if self.max_handshakes > self.max_connections:
             raise path_problem("max_handshakes", "must be <= max_connections")
         if self.first_message_timeout <= self.handshake_timeout:
-            raise path_problem("first_message_timeout", "must be > handshake_timeout (both"
-                                " count from the accept)")  # fmt: skip
+            raise path_problem(
+                "first_message_timeout", "must be > handshake_timeout (both count from the accept)"
+            )
         return self
 
 
@@ -408,8 +417,17 @@ class Config(FrozenModel):
     def _empty_sections(cls, data: object) -> object:
         """A section whose keys are all commented out (YAML null) means "all defaults"."""
         if isinstance(data, dict):
-            optional = ("pbx", "media", "http", "logging", "limits", "sip", "shutdown", "records",
-                        "cluster")  # fmt: skip
+            optional = (
+                "pbx",
+                "media",
+                "http",
+                "logging",
+                "limits",
+                "sip",
+                "shutdown",
+                "records",
+                "cluster",
+            )
             return {k: v for k, v in data.items() if not (k in optional and v is None)}
         return data
 

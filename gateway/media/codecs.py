@@ -188,14 +188,22 @@ class _Opus:
         # not disturb the ones opuslib-next set on lib.opus_encode etc.
         encode = lib["opus_encode"]
         encode.argtypes = (
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int32
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_int32,
         )
         encode.restype = ctypes.c_int32
         decode = lib["opus_decode"]
         decode.argtypes = (
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p,
-            ctypes.c_int, ctypes.c_int,
-        )  # fmt: skip
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int32,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+        )
         decode.restype = ctypes.c_int
         self.encode = encode
         self.decode = decode

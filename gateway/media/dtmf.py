@@ -195,9 +195,7 @@ class DtmfRelay:
         # A new event (or the next segment of a long one).
         out: list[RelayedPacket] = []
         continuation = (
-            not self._ended
-            and ev.event == self._event
-            and self._source_duration >= _MAX_DURATION
+            not self._ended and ev.event == self._event and self._source_duration >= _MAX_DURATION
         )
         if not continuation:
             out = self.close()

@@ -82,7 +82,7 @@ class Leg:
         "srtp",
         "tx_packets",
         "window",
-    )  # fmt: skip
+    )
 
     def __init__(self, name: str, sock: RtpSocket, *, key: str = "", window: float = 0.0) -> None:
         self.name = name
@@ -172,8 +172,9 @@ class Leg:
         return self._learned or self.rx_packets > self._rx_mark
 
     # -- packets not from the source (the slow path) -------------------------
-    def admit(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int],
-              now: float) -> bool:  # fmt: skip
+    def admit(
+        self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int], now: float
+    ) -> bool:
         """A datagram whose address is not :attr:`source`: True when it is the leg's all
         the same (an IPv6 address tuple, RTCP from the RTCP port, the packet that ends
         learning); otherwise counted, and False: drop it unread."""
@@ -192,9 +193,14 @@ class Leg:
         self.relatch_refused += 1
         if now >= self._log_after:
             self._log_after = now + REFUSAL_LOG_INTERVAL
-            log.warning("rtp_relatch_refused", call=self.key, leg=self.name,
-                        source=f"{peer[0]}:{peer[1]}", latched=f"{source[0]}:{source[1]}",
-                        refused=self.relatch_refused)  # fmt: skip
+            log.warning(
+                "rtp_relatch_refused",
+                call=self.key,
+                leg=self.name,
+                source=f"{peer[0]}:{peer[1]}",
+                latched=f"{source[0]}:{source[1]}",
+                refused=self.relatch_refused,
+            )
         return False
 
     def _probation(self, data: bytes, peer: Address) -> bool:
@@ -218,8 +224,13 @@ class Leg:
         sdp = self.source
         self.remote = self.source = peer
         self._rtcp_addresses()
-        log.info("rtp_latched", call=self.key, leg=self.name, source=f"{peer[0]}:{peer[1]}",
-                 sdp=f"{sdp[0]}:{sdp[1]}" if sdp else None)  # fmt: skip
+        log.info(
+            "rtp_latched",
+            call=self.key,
+            leg=self.name,
+            source=f"{peer[0]}:{peer[1]}",
+            sdp=f"{sdp[0]}:{sdp[1]}" if sdp else None,
+        )
         return True
 
     # -- sending and stats ----------------------------------------------------

@@ -120,9 +120,7 @@ class RtpPacket:
         if self.extension:
             if len(self.extension_data) % 4:
                 raise RtpError("extension data must be a multiple of 4 octets")
-            parts.append(
-                _EXT_HEADER.pack(self.extension_profile, len(self.extension_data) // 4)
-            )
+            parts.append(_EXT_HEADER.pack(self.extension_profile, len(self.extension_data) // 4))
             parts.append(self.extension_data)
         parts.append(self.payload)
         if self.padding:
@@ -183,9 +181,7 @@ def parse_rtp(data: bytes) -> RtpPacket:
     return packet
 
 
-def build_rtp(
-    pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: bool = False
-) -> bytes:
+def build_rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: bool = False) -> bytes:
     """A version-2 RTP packet without CSRC, extension or padding (fast path)."""
     return _HEADER.pack(0x80, pt | 0x80 if marker else pt, seq, ts, ssrc) + payload
 
@@ -262,9 +258,10 @@ class RtpSender:
         timestamp is left alone.
         """
         seq = self.sequence
-        data = _HEADER.pack(
-            0x80, pt | 0x80 if marker else pt, seq, timestamp & 0xFFFFFFFF, self.ssrc
-        ) + payload
+        data = (
+            _HEADER.pack(0x80, pt | 0x80 if marker else pt, seq, timestamp & 0xFFFFFFFF, self.ssrc)
+            + payload
+        )
         self.sequence = (seq + 1) & 0xFFFF
         self.packets += 1
         self.octets += len(payload)

@@ -119,9 +119,7 @@ def _check_length(material: bytes, suite: str | None) -> None:
     if suite is not None:
         expected = material_length(suite)
         if len(material) != expected:
-            raise SrtpKeyError(
-                f"{suite} needs {expected} octets of key||salt, got {len(material)}"
-            )
+            raise SrtpKeyError(f"{suite} needs {expected} octets of key||salt, got {len(material)}")
     elif len(material) not in _MATERIAL_LENGTHS:
         raise SrtpKeyError(f"{len(material)} octets of key||salt fit no supported suite")
 

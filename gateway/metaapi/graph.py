@@ -30,8 +30,12 @@ from gateway.config import MetaApiConfig
 from gateway.logging import REDACTED, get_logger
 
 __all__ = [
-    "RATE_LIMIT_CODES", "GraphClient", "GraphError", "MissingToken", "graph_url",
-]  # fmt: skip
+    "RATE_LIMIT_CODES",
+    "GraphClient",
+    "GraphError",
+    "MissingToken",
+    "graph_url",
+]
 
 log = get_logger(__name__)
 

@@ -38,9 +38,16 @@ from gateway.logging import get_logger
 from gateway.metaapi.graph import GraphClient, GraphError
 
 __all__ = [
-    "RANK", "MetaEntity", "MetaHealthCollector", "MetaHealthPoller", "NodeHealth",
-    "disagreement", "fetch_health_status", "meta_lines", "parse_health_status",
-]  # fmt: skip
+    "RANK",
+    "MetaEntity",
+    "MetaHealthCollector",
+    "MetaHealthPoller",
+    "NodeHealth",
+    "disagreement",
+    "fetch_health_status",
+    "meta_lines",
+    "parse_health_status",
+]
 
 log = get_logger(__name__)
 
@@ -95,9 +102,10 @@ def parse_health_status(body: Mapping[str, Any]) -> tuple[MetaEntity, ...]:
     health = body.get("health_status")
     entities = health.get("entities") if isinstance(health, Mapping) else None
     return tuple(
-        MetaEntity.parse(e) for e in (entities if isinstance(entities, list) else [])
+        MetaEntity.parse(e)
+        for e in (entities if isinstance(entities, list) else [])
         if isinstance(e, Mapping)
-    )  # fmt: skip
+    )
 
 
 async def fetch_health_status(graph: GraphClient, node_id: str) -> tuple[MetaEntity, ...]:

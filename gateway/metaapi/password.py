@@ -23,9 +23,13 @@ from gateway.metaapi.graph import GraphClient, GraphError
 from gateway.metaapi.settings import CallingSettings, Desired
 
 __all__ = [
-    "Credential", "Secret", "WriteResult", "fetch_credential", "rotate_password",
+    "Credential",
+    "Secret",
+    "WriteResult",
+    "fetch_credential",
+    "rotate_password",
     "write_password_file",
-]  # fmt: skip
+]
 
 
 class Secret:

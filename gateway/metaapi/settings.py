@@ -16,10 +16,22 @@ from typing import Any, Literal
 from gateway.config import Config, MetaCallingConfig, NumberConfig
 
 __all__ = [
-    "G711", "CallingSettings", "Change", "Comparison", "Desired", "Finding", "Plan",
-    "Restriction", "Row", "SipServer", "compare", "desired_for", "parse_uri_params",
-    "plan", "render_uri_params",
-]  # fmt: skip
+    "G711",
+    "CallingSettings",
+    "Change",
+    "Comparison",
+    "Desired",
+    "Finding",
+    "Plan",
+    "Restriction",
+    "Row",
+    "SipServer",
+    "compare",
+    "desired_for",
+    "parse_uri_params",
+    "plan",
+    "render_uri_params",
+]
 
 G711 = ("PCMA", "PCMU")
 Severity = Literal["error", "warning", "restriction"]
@@ -449,72 +461,97 @@ def compare(settings: CallingSettings, want: Desired, *, now: float | None = Non
     ok = settings.status == "ENABLED"
     out.rows.append(Row("calling", settings.status or "not set", "ENABLED", ok))
     if not ok:
-        out.findings.append(Finding(
-            "calling.status", "error",
-            f"Calling is {settings.status or 'not enabled'} at Meta for {number}: WhatsApp shows"
-            " no call button and no calls reach the gateway.",
-            f"{APPLY} (sets calling.status ENABLED).",
-        ))  # fmt: skip
+        out.findings.append(
+            Finding(
+                "calling.status",
+                "error",
+                f"Calling is {settings.status or 'not enabled'} at Meta for {number}: "
+                "WhatsApp shows no call button and no calls reach the gateway.",
+                f"{APPLY} (sets calling.status ENABLED).",
+            )
+        )
 
     ok = settings.sip_status == "ENABLED"
     out.rows.append(Row("SIP", settings.sip_status or "not set", "ENABLED", ok))
     if not ok:
-        out.findings.append(Finding(
-            "calling.sip.status", "error",
-            f"SIP is {settings.sip_status or 'not enabled'} at Meta: calls are signalled through"
-            " Graph API webhooks instead of SIP to this gateway.",
-            f"{APPLY} (enables SIP with this gateway as the server).",
-        ))  # fmt: skip
+        out.findings.append(
+            Finding(
+                "calling.sip.status",
+                "error",
+                f"SIP is {settings.sip_status or 'not enabled'} at Meta: calls are signalled "
+                "through Graph API webhooks instead of SIP to this gateway.",
+                f"{APPLY} (enables SIP with this gateway as the server).",
+            )
+        )
 
     gateway_server = f"{want.hostname}:{want.port}"
     server = settings.sip_servers[0] if settings.sip_servers else None
     if server is None:
         out.rows.append(Row("SIP server", "none", gateway_server, False))
-        out.findings.append(Finding(
-            "calling.sip.servers", "error",
-            "No SIP server is configured at Meta for this number (Meta's health says 138025):"
-            " Meta has nowhere to send calls.",
-            f"{APPLY} (sets {gateway_server}: whatsapp.hostname and the port of"
-            " whatsapp.listen).",
-        ))  # fmt: skip
+        out.findings.append(
+            Finding(
+                "calling.sip.servers",
+                "error",
+                "No SIP server is configured at Meta for this number (Meta's health says 138025):"
+                " Meta has nowhere to send calls.",
+                f"{APPLY} (sets {gateway_server}: whatsapp.hostname and the port of"
+                " whatsapp.listen).",
+            )
+        )
     else:
         host_ok, port_ok, params_ok = _server_matches(server, want)
         out.rows.append(Row("SIP server", server.where, gateway_server, host_ok and port_ok))
         if not host_ok:
-            out.findings.append(Finding(
-                "calling.sip.servers.0.hostname", "error",
-                f"Meta sends calls to {server.hostname or '(no hostname)'}, not this gateway's"
-                f" whatsapp.hostname {want.hostname}.",
-                f"{APPLY}, or correct whatsapp.hostname if Meta's value is the right one (the"
-                " certificate must cover it).",
-            ))  # fmt: skip
+            out.findings.append(
+                Finding(
+                    "calling.sip.servers.0.hostname",
+                    "error",
+                    f"Meta sends calls to {server.hostname or '(no hostname)'}, not this gateway's"
+                    f" whatsapp.hostname {want.hostname}.",
+                    f"{APPLY}, or correct whatsapp.hostname if Meta's value is the right one (the"
+                    " certificate must cover it).",
+                )
+            )
         if not port_ok:
-            out.findings.append(Finding(
-                "calling.sip.servers.0.port", "error",
-                f"Meta connects to port {server.port}, but the gateway listens on {want.port}"
-                " (whatsapp.listen).",
-                f"{APPLY}, or change whatsapp.listen (a port forward in between must map"
-                f" {server.port} to {want.port}).",
-            ))  # fmt: skip
-        out.rows.append(Row(
-            "request URI user params", render_uri_params(server.request_uri_user_params),
-            render_uri_params(want.uri_params), params_ok,
-        ))  # fmt: skip
+            out.findings.append(
+                Finding(
+                    "calling.sip.servers.0.port",
+                    "error",
+                    f"Meta connects to port {server.port}, but the gateway listens on {want.port}"
+                    " (whatsapp.listen).",
+                    f"{APPLY}, or change whatsapp.listen (a port forward in between must map"
+                    f" {server.port} to {want.port}).",
+                )
+            )
+        out.rows.append(
+            Row(
+                "request URI user params",
+                render_uri_params(server.request_uri_user_params),
+                render_uri_params(want.uri_params),
+                params_ok,
+            )
+        )
         if not params_ok:
-            out.findings.append(Finding(
-                "calling.sip.servers.0.request_uri_user_params", "warning",
-                "Meta appends other parameters to the Request-URI user than"
-                " whatsapp.request_uri_user_params (the gateway ignores them on arrival; a"
-                " proxy or PBX routing on them may not).",
-                f"{APPLY}, or copy Meta's values into whatsapp.request_uri_user_params.",
-            ))  # fmt: skip
+            out.findings.append(
+                Finding(
+                    "calling.sip.servers.0.request_uri_user_params",
+                    "warning",
+                    "Meta appends other parameters to the Request-URI user than"
+                    " whatsapp.request_uri_user_params (the gateway ignores them on arrival; a"
+                    " proxy or PBX routing on them may not).",
+                    f"{APPLY}, or copy Meta's values into whatsapp.request_uri_user_params.",
+                )
+            )
         if len(settings.sip_servers) > 1:
-            out.findings.append(Finding(
-                "calling.sip.servers", "warning",
-                f"Meta lists {len(settings.sip_servers)} SIP servers; only one per number is"
-                " documented and the gateway checked the first.",
-                f"{APPLY} (leaves exactly this gateway).",
-            ))  # fmt: skip
+            out.findings.append(
+                Finding(
+                    "calling.sip.servers",
+                    "warning",
+                    f"Meta lists {len(settings.sip_servers)} SIP servers; only one per number is"
+                    " documented and the gateway checked the first.",
+                    f"{APPLY} (leaves exactly this gateway).",
+                )
+            )
         if server.app_id:
             out.context.append(("SIP server app", server.app_id))
 
@@ -522,12 +559,15 @@ def compare(settings: CallingSettings, want: Desired, *, now: float | None = Non
     ok = settings.srtp == "SDES"
     out.rows.append(Row("SRTP key exchange", srtp_text, "SDES", ok))
     if not ok:
-        out.findings.append(Finding(
-            "calling.srtp_key_exchange_protocol", "error",
-            f"Meta's SRTP key exchange is {settings.srtp}; the gateway does SDES only: Meta's"
-            " INVITEs carry ICE/DTLS offers it cannot answer, so calls fail at setup.",
-            f"{APPLY} (sets SDES; needs SIP enabled).",
-        ))  # fmt: skip
+        out.findings.append(
+            Finding(
+                "calling.srtp_key_exchange_protocol",
+                "error",
+                f"Meta's SRTP key exchange is {settings.srtp}; the gateway does SDES only: Meta's"
+                " INVITEs carry ICE/DTLS offers it cannot answer, so calls fail at setup.",
+                f"{APPLY} (sets SDES; needs SIP enabled).",
+            )
+        )
 
     meta_codecs = ",".join(settings.additional_codecs) or "none (Opus only)"
     uses = [
@@ -539,45 +579,57 @@ def compare(settings: CallingSettings, want: Desired, *, now: float | None = Non
     ok = set(settings.additional_codecs) == set(want.codecs)
     out.rows.append(Row("G.711 at Meta", meta_codecs, gw_codecs, ok))
     if settings.g711 and not want.g711:
-        out.findings.append(Finding(
-            "calling.audio.additional_codecs", "warning",
-            f"G.711 ({meta_codecs}) is enabled at Meta, but the gateway neither offers it"
-            f" ({key}.offer_g711: false) nor accepts it (media.g711_passthrough: false):"
-            " every call is Opus, transcoded here, so G.711 at Meta is unused.",
-            f"Set {key}.offer_g711 and/or media.g711_passthrough to true to use it, or"
-            f" {APPLY} to turn it off at Meta.",
-        ))  # fmt: skip
+        out.findings.append(
+            Finding(
+                "calling.audio.additional_codecs",
+                "warning",
+                f"G.711 ({meta_codecs}) is enabled at Meta, but the gateway neither offers it"
+                f" ({key}.offer_g711: false) nor accepts it (media.g711_passthrough: false):"
+                " every call is Opus, transcoded here, so G.711 at Meta is unused.",
+                f"Set {key}.offer_g711 and/or media.g711_passthrough to true to use it, or"
+                f" {APPLY} to turn it off at Meta.",
+            )
+        )
     elif want.g711 and not settings.g711:
         parts = []
         if want.offer_g711:
             parts.append(f"offers PCMA/PCMU to Meta ({key}.offer_g711: true)")
         if want.g711_passthrough:
             parts.append("relays Meta's G.711 untouched (media.g711_passthrough: true)")
-        out.findings.append(Finding(
-            "calling.audio.additional_codecs", "warning",
-            f"The gateway {' and '.join(parts)}, but G.711 is not enabled at Meta: Meta"
-            " answers with Opus and every call is transcoded here.",
-            f"{APPLY} (enables PCMA,PCMU at Meta), or set those keys to false.",
-        ))  # fmt: skip
+        out.findings.append(
+            Finding(
+                "calling.audio.additional_codecs",
+                "warning",
+                f"The gateway {' and '.join(parts)}, but G.711 is not enabled at Meta: Meta"
+                " answers with Opus and every call is transcoded here.",
+                f"{APPLY} (enables PCMA,PCMU at Meta), or set those keys to false.",
+            )
+        )
     elif not ok:
-        out.findings.append(Finding(
-            "calling.audio.additional_codecs", "warning",
-            f"Meta enables {meta_codecs}; the gateway handles both PCMA and PCMU.",
-            f"{APPLY} (enables PCMA,PCMU).",
-        ))  # fmt: skip
+        out.findings.append(
+            Finding(
+                "calling.audio.additional_codecs",
+                "warning",
+                f"Meta enables {meta_codecs}; the gateway handles both PCMA and PCMU.",
+                f"{APPLY} (enables PCMA,PCMU).",
+            )
+        )
 
     _compare_optional(settings, want, out)
 
     for r in settings.restrictions:
         reason = f", reason {r.reason}" if r.reason else ""
         if r.active(now):
-            out.findings.append(Finding(
-                "calling.restrictions", "restriction",
-                f"Meta restricts {r.what} ({r.type}{reason}) {r.until()}.",
-                "Nothing in the gateway can lift it; it ends at the time shown. Meta"
-                " restricts numbers for low call quality or many declined/unanswered calls:"
-                " see WhatsApp Manager > Insights and the call records.",
-            ))  # fmt: skip
+            out.findings.append(
+                Finding(
+                    "calling.restrictions",
+                    "restriction",
+                    f"Meta restricts {r.what} ({r.type}{reason}) {r.until()}.",
+                    "Nothing in the gateway can lift it; it ends at the time shown. Meta"
+                    " restricts numbers for low call quality or many declined/unanswered calls:"
+                    " see WhatsApp Manager > Insights and the call records.",
+                )
+            )
         else:
             out.context.append(("restriction (expired)", f"{r.type}{reason} {r.until()}"))
     return out
@@ -685,36 +737,46 @@ def plan(settings: CallingSettings, want: Desired) -> Plan:
     if settings.sip_status != "ENABLED" or not server_ok:
         first["sip"] = {"status": "ENABLED", "servers": [want.server_json()]}
         after = SipServer(want.hostname, want.port, want.uri_params)
-        out.changes.append(Change(
-            "calling.sip",
-            _sip_text(settings.sip_status, settings.sip_servers),
-            _sip_text("ENABLED", [after]),
-        ))  # fmt: skip
+        out.changes.append(
+            Change(
+                "calling.sip",
+                _sip_text(settings.sip_status, settings.sip_servers),
+                _sip_text("ENABLED", [after]),
+            )
+        )
         out.enables_sip = not settings.sip_configured
     if set(settings.additional_codecs) != set(want.codecs):
         first["audio"] = {"additional_codecs": list(want.codecs)}
-        out.changes.append(Change(
-            "calling.audio.additional_codecs",
-            ",".join(settings.additional_codecs) or "none",
-            ",".join(want.codecs) or "none",
-        ))  # fmt: skip
+        out.changes.append(
+            Change(
+                "calling.audio.additional_codecs",
+                ",".join(settings.additional_codecs) or "none",
+                ",".join(want.codecs) or "none",
+            )
+        )
     c = want.calling
     if c.call_icon_visibility is not None and settings.call_icon_visibility != (
         c.call_icon_visibility
     ):
         first["call_icon_visibility"] = c.call_icon_visibility
-        out.changes.append(Change(
-            "calling.call_icon_visibility", settings.call_icon_visibility or "not set",
-            c.call_icon_visibility,
-        ))  # fmt: skip
+        out.changes.append(
+            Change(
+                "calling.call_icon_visibility",
+                settings.call_icon_visibility or "not set",
+                c.call_icon_visibility,
+            )
+        )
     if c.callback_permission_status is not None and (
         settings.callback_permission_status != c.callback_permission_status
     ):
         first["callback_permission_status"] = c.callback_permission_status
-        out.changes.append(Change(
-            "calling.callback_permission_status",
-            settings.callback_permission_status or "not set", c.callback_permission_status,
-        ))  # fmt: skip
+        out.changes.append(
+            Change(
+                "calling.callback_permission_status",
+                settings.callback_permission_status or "not set",
+                c.callback_permission_status,
+            )
+        )
     hours = _call_hours_json(c)
     if hours is not None and _norm_hours(settings.call_hours) != _norm_hours(hours):
         first["call_hours"] = hours
@@ -724,15 +786,20 @@ def plan(settings: CallingSettings, want: Desired) -> Plan:
     voicemail = _voicemail_json(c)
     if voicemail is not None and not _voicemail_matches(settings.voicemail, voicemail):
         first["voicemail"] = voicemail
-        out.changes.append(Change(
-            "calling.voicemail", _voicemail_text(settings.voicemail), _voicemail_text(voicemail)
-        ))  # fmt: skip
+        out.changes.append(
+            Change(
+                "calling.voicemail", _voicemail_text(settings.voicemail), _voicemail_text(voicemail)
+            )
+        )
     if first:
         out.bodies.append({"calling": first})
     if settings.srtp != "SDES":
         out.bodies.append({"calling": {"srtp_key_exchange_protocol": "SDES"}})
-        out.changes.append(Change(
-            "calling.srtp_key_exchange_protocol",
-            settings.srtp_key_exchange_protocol or "DTLS (default)", "SDES",
-        ))  # fmt: skip
+        out.changes.append(
+            Change(
+                "calling.srtp_key_exchange_protocol",
+                settings.srtp_key_exchange_protocol or "DTLS (default)",
+                "SDES",
+            )
+        )
     return out

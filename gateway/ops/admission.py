@@ -151,9 +151,17 @@ class Admission:
         event = "sip_rate_limited" if reason == "rate" else "sip_overload"
         monitor = self.control.monitor
         lag = round(monitor.current_lag(now), 3) if monitor is not None else None
-        log.warning(event, leg=leg, peer=source.host, method=method, reason=reason,
-                    action=verdict.value, lag=lag, server_transactions=self.manager.server_count,
-                    not_logged=held)  # fmt: skip
+        log.warning(
+            event,
+            leg=leg,
+            peer=source.host,
+            method=method,
+            reason=reason,
+            action=verdict.value,
+            lag=lag,
+            server_transactions=self.manager.server_count,
+            not_logged=held,
+        )
 
 
 class OverloadControls:
@@ -274,14 +282,25 @@ class OverloadCollector(Collector):
             failures.add_metric([outcome], n)
         yield failures
         for name, doc, value in (
-            ("wagw_digest_throttled", "Digest attempts answered 403 in a backoff, unchecked",
-             t.throttled if t else 0),
-            ("wagw_digest_backoffs", "Digest backoffs started (per source and number)",
-             t.backoffs if t else 0),
-            ("wagw_digest_nonces_invalidated", "Nonces made dead by a failed attempt",
-             t.invalidated_nonces if t else 0),
-            ("wagw_digest_dead_nonce_attempts",
-             "Attempts on a dead nonce (challenged again with a fresh one)",
-             t.dead_nonce_attempts if t else 0),
-        ):  # fmt: skip
+            (
+                "wagw_digest_throttled",
+                "Digest attempts answered 403 in a backoff, unchecked",
+                t.throttled if t else 0,
+            ),
+            (
+                "wagw_digest_backoffs",
+                "Digest backoffs started (per source and number)",
+                t.backoffs if t else 0,
+            ),
+            (
+                "wagw_digest_nonces_invalidated",
+                "Nonces made dead by a failed attempt",
+                t.invalidated_nonces if t else 0,
+            ),
+            (
+                "wagw_digest_dead_nonce_attempts",
+                "Attempts on a dead nonce (challenged again with a fresh one)",
+                t.dead_nonce_attempts if t else 0,
+            ),
+        ):
             yield CounterMetricFamily(name, doc, value=value)

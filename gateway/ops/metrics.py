@@ -340,14 +340,29 @@ class _SipCollector(Collector):
                 gauge.add_metric([leg, kind], c.open.get((leg, kind), 0))
         yield gauge
         families = (
-            ("wagw_sip_tls_handshakes", "Inbound TLS handshakes by result", "result",
-             HANDSHAKE_RESULTS, c.handshakes),
-            ("wagw_sip_connections_refused", "Inbound TCP/TLS connections refused at accept,"
-             " before any TLS: source not allowed, or the cap that was full", "reason",
-             REFUSALS, c.refused),
-            ("wagw_sip_connections_closed", "Inbound TCP/TLS connections closed by a deadline"
-             " or for a full write buffer", "reason", CLOSE_REASONS, c.closed),
-        )  # fmt: skip
+            (
+                "wagw_sip_tls_handshakes",
+                "Inbound TLS handshakes by result",
+                "result",
+                HANDSHAKE_RESULTS,
+                c.handshakes,
+            ),
+            (
+                "wagw_sip_connections_refused",
+                "Inbound TCP/TLS connections refused at accept,"
+                " before any TLS: source not allowed, or the cap that was full",
+                "reason",
+                REFUSALS,
+                c.refused,
+            ),
+            (
+                "wagw_sip_connections_closed",
+                "Inbound TCP/TLS connections closed by a deadline or for a full write buffer",
+                "reason",
+                CLOSE_REASONS,
+                c.closed,
+            ),
+        )
         for name, doc, label, values, counts in families:
             family = CounterMetricFamily(name, doc, labels=["leg", label])
             for leg in LEGS:

@@ -45,6 +45,7 @@ __all__ = ["EndedCall", "RecordWriter", "build_record", "mos_estimate"]
 
 log = get_logger(__name__)
 
+
 class EndedCall(Protocol):
     """What a record is built from (a :class:`gateway.b2bua.call.Call`, either direction)."""
 

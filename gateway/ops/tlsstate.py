@@ -105,8 +105,10 @@ class TlsState:
         info, server = self.info, self._validation
         if info is None or server is None or self._checking:
             return
-        if not force and self.chain is not None and time.monotonic() - self._chain_checked < (
-            CHAIN_RECHECK
+        if (
+            not force
+            and self.chain is not None
+            and time.monotonic() - self._chain_checked < (CHAIN_RECHECK)
         ):
             return
         self._checking = True

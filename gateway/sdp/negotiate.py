@@ -192,15 +192,17 @@ def answer_whatsapp_offer(
     if len(local_key) != SUITE_KEY_LENGTHS[suite]:
         raise ValueError(f"new_key({suite}) returned {len(local_key)} bytes")
     direction = answer_direction(m.direction(offer))
-    params = _media_params(conn, m, codec, dtmf, direction, m.rtcp_mux,
-                           SrtpParams(suite, local_key, remote_key, tag))  # fmt: skip
+    params = _media_params(
+        conn, m, codec, dtmf, direction, m.rtcp_mux, SrtpParams(suite, local_key, remote_key, tag)
+    )
     fmtps = {codec.pt: _opus_fmtp(pcm_rate)} if codec.is_("opus") else {}
     extra: list[tuple[str, str | None]] = []
     if m.mid is not None:
         extra.append(("mid", m.mid))  # RFC 5888 section 9.1
     extra.append(("crypto", f"{tag} {suite} inline:{_b64(local_key)}"))  # RFC 4568 5.1.2
-    section = _audio_section(local_port, m.proto, [codec], dtmf, fmtps, params.direction,
-                             m.rtcp_mux, extra)  # fmt: skip
+    section = _audio_section(
+        local_port, m.proto, [codec], dtmf, fmtps, params.direction, m.rtcp_mux, extra
+    )
     answer = _session(local_address, session_id)
     if m.mid is not None and any(
         sem.upper() == "BUNDLE" and m.mid in mids for sem, mids in offer.groups()
@@ -241,9 +243,16 @@ def make_whatsapp_offer(
         if len(keys[tag]) != SUITE_KEY_LENGTHS[suite]:
             raise ValueError(f"new_key({suite}) returned {len(keys[tag])} bytes")
         extra.append(("crypto", f"{tag} {suite} inline:{_b64(keys[tag])}"))
-    section = _audio_section(local_port, "RTP/SAVP", codecs,
-                             RtpMap(dtmf_pt, "telephone-event", 8000),
-                             {opus_pt: _opus_fmtp(pcm_rate)}, "sendrecv", True, extra)  # fmt: skip
+    section = _audio_section(
+        local_port,
+        "RTP/SAVP",
+        codecs,
+        RtpMap(dtmf_pt, "telephone-event", 8000),
+        {opus_pt: _opus_fmtp(pcm_rate)},
+        "sendrecv",
+        True,
+        extra,
+    )
     offer = _session(local_address, session_id)
     offer.media.append(section)
     return offer, keys
@@ -297,9 +306,17 @@ def make_pbx_offer(
     if direction not in _FLAGS or not 10 <= ptime <= 200:
         raise ValueError("bad direction or ptime")
     dtmf = RtpMap(dtmf_pt, "telephone-event", 8000) if dtmf_pt is not None else None
-    section = _audio_section(local_port, "RTP/AVP",
-                             [RtpMap(G711_PAYLOAD_TYPES[n], n, 8000) for n in names], dtmf, {},
-                             direction, True, [], ptime)  # fmt: skip
+    section = _audio_section(
+        local_port,
+        "RTP/AVP",
+        [RtpMap(G711_PAYLOAD_TYPES[n], n, 8000) for n in names],
+        dtmf,
+        {},
+        direction,
+        True,
+        [],
+        ptime,
+    )
     offer = _session(local_address, session_id)
     offer.media.append(section)
     return offer
@@ -345,8 +362,9 @@ def answer_pbx_offer(
     dtmf = _find(m, maps, "telephone-event", 8000) if dtmf_pt is not None else None
     direction = answer_direction(m.direction(offer))
     params = _media_params(conn, m, codec, dtmf, direction, m.rtcp_mux, None)
-    section = _audio_section(local_port, m.proto, [codec], dtmf, {}, params.direction,
-                             m.rtcp_mux, [])  # fmt: skip
+    section = _audio_section(
+        local_port, m.proto, [codec], dtmf, {}, params.direction, m.rtcp_mux, []
+    )
     answer = _session(local_address, session_id)
     answer.media = _with_rejected(offer, index, section)
     if previous is not None:
@@ -443,8 +461,7 @@ def _audio_section(
     if rtcp_mux:
         attributes.append(("rtcp-mux", None))  # RFC 5761 section 5.1.1
     attributes += extra
-    return MediaDescription("audio", port, proto, [str(r.pt) for r in maps],
-                            attributes=attributes)  # fmt: skip
+    return MediaDescription("audio", port, proto, [str(r.pt) for r in maps], attributes=attributes)
 
 
 def _with_rejected(
@@ -564,8 +581,9 @@ def _answered_stream(
     if am.port == 0:
         raise NegotiationError("audio stream rejected (port 0)", warning=WARN_MEDIA_TYPE)
     if am.proto.upper() != om.proto.upper():
-        raise NegotiationError(f"answer proto {am.proto} for offered {om.proto}",
-                               warning=WARN_TRANSPORT)  # fmt: skip
+        raise NegotiationError(
+            f"answer proto {am.proto} for offered {om.proto}", warning=WARN_TRANSPORT
+        )
     return om, am, _remote_connection(answer, am)
 
 

@@ -21,11 +21,27 @@ from dataclasses import dataclass, field
 from gateway.sdp.crypto import Crypto, KeyParam, parse_crypto, redact_attribute
 
 __all__ = [
-    "DIRECTIONS", "MAX_ATTRIBUTES", "MAX_MEDIA", "MAX_SDP_SIZE", "STATIC_PAYLOAD_TYPES",
-    "Bandwidth", "Connection", "Crypto", "KeyParam", "MediaDescription", "Origin", "RtcpAttribute",
-    "RtpMap", "SdpError", "SessionDescription", "Ssrc", "Timing", "parse_crypto", "parse_sdp",
+    "DIRECTIONS",
+    "MAX_ATTRIBUTES",
+    "MAX_MEDIA",
+    "MAX_SDP_SIZE",
+    "STATIC_PAYLOAD_TYPES",
+    "Bandwidth",
+    "Connection",
+    "Crypto",
+    "KeyParam",
+    "MediaDescription",
+    "Origin",
+    "RtcpAttribute",
+    "RtpMap",
+    "SdpError",
+    "SessionDescription",
+    "Ssrc",
+    "Timing",
+    "parse_crypto",
+    "parse_sdp",
     "redact_attribute",
-]  # fmt: skip
+]
 
 MAX_SDP_SIZE = 65536
 MAX_MEDIA = 64
@@ -322,8 +338,9 @@ class SessionDescription(_Attributes):
     def _lines(self) -> Iterator[str]:
         o = self.origin
         yield f"v={self.version}"
-        yield _join("o", o.username, o.sess_id, str(o.sess_version), o.nettype, o.addrtype,
-                    o.address)  # fmt: skip
+        yield _join(
+            "o", o.username, o.sess_id, str(o.sess_version), o.nettype, o.addrtype, o.address
+        )
         yield _text("s", self.session_name)
         yield from _extra_lines(self.extra, "iuep")
         if self.connection is not None:
@@ -349,14 +366,25 @@ class SessionDescription(_Attributes):
 STATIC_PAYLOAD_TYPES: dict[int, RtpMap] = {
     pt: RtpMap(pt, name, rate, channels)
     for pt, name, rate, channels in (
-        (0, "PCMU", 8000, 1), (3, "GSM", 8000, 1), (4, "G723", 8000, 1),
-        (5, "DVI4", 8000, 1), (6, "DVI4", 16000, 1), (7, "LPC", 8000, 1),
-        (8, "PCMA", 8000, 1), (9, "G722", 8000, 1), (10, "L16", 44100, 2),
-        (11, "L16", 44100, 1), (12, "QCELP", 8000, 1), (13, "CN", 8000, 1),
-        (14, "MPA", 90000, 1), (15, "G728", 8000, 1), (16, "DVI4", 11025, 1),
-        (17, "DVI4", 22050, 1), (18, "G729", 8000, 1),
+        (0, "PCMU", 8000, 1),
+        (3, "GSM", 8000, 1),
+        (4, "G723", 8000, 1),
+        (5, "DVI4", 8000, 1),
+        (6, "DVI4", 16000, 1),
+        (7, "LPC", 8000, 1),
+        (8, "PCMA", 8000, 1),
+        (9, "G722", 8000, 1),
+        (10, "L16", 44100, 2),
+        (11, "L16", 44100, 1),
+        (12, "QCELP", 8000, 1),
+        (13, "CN", 8000, 1),
+        (14, "MPA", 90000, 1),
+        (15, "G728", 8000, 1),
+        (16, "DVI4", 11025, 1),
+        (17, "DVI4", 22050, 1),
+        (18, "G729", 8000, 1),
     )
-}  # fmt: skip
+}
 
 
 def _parse_rtpmap(value: str | None) -> RtpMap | None:
@@ -479,8 +507,9 @@ def _parse_origin(value: str) -> Origin:
     username, sess_id, version, nettype, addrtype, address = parts
     if not _TOKEN_RE.fullmatch(sess_id):
         raise SdpError("o=: bad sess-id")
-    return Origin(username, sess_id, _number(version, "o= sess-version"), nettype, addrtype,
-                  address)  # fmt: skip
+    return Origin(
+        username, sess_id, _number(version, "o= sess-version"), nettype, addrtype, address
+    )
 
 
 def _parse_media(value: str) -> MediaDescription:
@@ -589,8 +618,9 @@ def parse_sdp(data: str | bytes) -> SessionDescription:
                 parts = value.split()
                 if len(parts) != 2:
                     raise SdpError("t=: expected '<start> <stop>'")
-                session.timing.append(Timing(_number(parts[0], "t= start"),
-                                             _number(parts[1], "t= stop")))  # fmt: skip
+                session.timing.append(
+                    Timing(_number(parts[0], "t= start"), _number(parts[1], "t= stop"))
+                )
             elif kind == "r":
                 if not session.timing:
                     raise SdpError("r= before any t=")

@@ -78,8 +78,17 @@ def compute_userhash(algorithm: str, username: str, realm: str) -> str:
 
 
 def compute_response(
-    algorithm: str, username: str, realm: str, password: str, method: str, uri: str,
-    nonce: str, nc: int | None, cnonce: str | None, qop: str | None, body: bytes = b"",
+    algorithm: str,
+    username: str,
+    realm: str,
+    password: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    nc: int | None,
+    cnonce: str | None,
+    qop: str | None,
+    body: bytes = b"",
 ) -> str:
     """The ``response`` value of RFC 7616 section 3.4.1 (strings hashed as UTF-8).
 
@@ -276,9 +285,16 @@ def parse_challenge(value: str) -> Challenge:
     realm, nonce = _required(p, "realm"), _required(p, "nonce")
     qop = tuple(q.lower() for q in re.split(r"[\s,]+", p.pop("qop", "")) if q)
     return Challenge(
-        realm, nonce, opaque=p.pop("opaque", None), algorithm=_canon_alg(p), qop=qop,
-        stale=_flag(p, "stale"), domain=tuple(p.pop("domain", "").split()),
-        charset=p.pop("charset", None), userhash=_flag(p, "userhash"), params=p,
+        realm,
+        nonce,
+        opaque=p.pop("opaque", None),
+        algorithm=_canon_alg(p),
+        qop=qop,
+        stale=_flag(p, "stale"),
+        domain=tuple(p.pop("domain", "").split()),
+        charset=p.pop("charset", None),
+        userhash=_flag(p, "userhash"),
+        params=p,
     )
 
 
@@ -359,9 +375,18 @@ def parse_credentials(value: str) -> Credentials:
     realm, nonce = _required(p, "realm"), _required(p, "nonce")
     uri, response = _required(p, "uri"), _required(p, "response")
     creds = Credentials(
-        username, realm, nonce, uri, response, algorithm=_canon_alg(p),
-        cnonce=p.pop("cnonce", None), opaque=p.pop("opaque", None), qop=p.pop("qop", None),
-        nc=nc, userhash=_flag(p, "userhash"), params=p,
+        username,
+        realm,
+        nonce,
+        uri,
+        response,
+        algorithm=_canon_alg(p),
+        cnonce=p.pop("cnonce", None),
+        opaque=p.pop("opaque", None),
+        qop=p.pop("qop", None),
+        nc=nc,
+        userhash=_flag(p, "userhash"),
+        params=p,
     )
     if creds.qop is not None and (creds.nc is None or creds.cnonce is None):
         raise AuthParseError("qop present without nc and cnonce")
@@ -395,8 +420,15 @@ def select_challenge(challenges: Sequence[Challenge], *, strongest: bool = True)
 
 
 def answer_challenge(
-    challenge: Challenge, method: str, uri: str, username: str, password: str, *,
-    cnonce: str | None = None, nc: int = 1, body: bytes = b"",
+    challenge: Challenge,
+    method: str,
+    uri: str,
+    username: str,
+    password: str,
+    *,
+    cnonce: str | None = None,
+    nc: int = 1,
+    body: bytes = b"",
 ) -> Credentials:
     """Build the credentials answering ``challenge`` for a request.
 
@@ -421,15 +453,32 @@ def answer_challenge(
         cnonce = None
     used_nc = nc if qop is not None else None
     response = compute_response(
-        challenge.algorithm, username, challenge.realm, password, method, uri,
-        challenge.nonce, used_nc, cnonce, qop, body,
+        challenge.algorithm,
+        username,
+        challenge.realm,
+        password,
+        method,
+        uri,
+        challenge.nonce,
+        used_nc,
+        cnonce,
+        qop,
+        body,
     )
     if challenge.userhash:
         username = compute_userhash(challenge.algorithm, username, challenge.realm)
     return Credentials(
-        username=username, realm=challenge.realm, nonce=challenge.nonce, uri=uri,
-        response=response, algorithm=challenge.algorithm, cnonce=cnonce,
-        opaque=challenge.opaque, qop=qop, nc=used_nc, userhash=challenge.userhash,
+        username=username,
+        realm=challenge.realm,
+        nonce=challenge.nonce,
+        uri=uri,
+        response=response,
+        algorithm=challenge.algorithm,
+        cnonce=cnonce,
+        opaque=challenge.opaque,
+        qop=qop,
+        nc=used_nc,
+        userhash=challenge.userhash,
     )
 
 
@@ -500,8 +549,14 @@ class DigestServer:
     """
 
     def __init__(
-        self, secret: bytes, realm: str, *, algorithms: Sequence[str] = ("SHA-256", "MD5"),
-        nonce_ttl: float = 300.0, opaque: str | None = None, clock_skew: float = 30.0,
+        self,
+        secret: bytes,
+        realm: str,
+        *,
+        algorithms: Sequence[str] = ("SHA-256", "MD5"),
+        nonce_ttl: float = 300.0,
+        opaque: str | None = None,
+        clock_skew: float = 30.0,
         max_tracked_nonces: int = 100_000,
     ) -> None:
         if len(secret) < 16 or not algorithms or nonce_ttl <= 0 or max_tracked_nonces < 1:
@@ -558,8 +613,14 @@ class DigestServer:
         ]
 
     def verify(
-        self, credentials: Credentials, method: str, request_uri: str, password: str | None,
-        now: float, *, username: str | None = None,
+        self,
+        credentials: Credentials,
+        method: str,
+        request_uri: str,
+        password: str | None,
+        now: float,
+        *,
+        username: str | None = None,
     ) -> VerifyResult:
         """Check credentials for a request; see VerifyResult for the outcomes.
 
@@ -588,8 +649,16 @@ class DigestServer:
         if password is None:
             return VerifyResult.NO_PASSWORD
         expected = compute_response(
-            algorithm, username if c.userhash and username else c.username, c.realm,
-            password, method, c.uri, c.nonce, c.nc, c.cnonce, c.qop,
+            algorithm,
+            username if c.userhash and username else c.username,
+            c.realm,
+            password,
+            method,
+            c.uri,
+            c.nonce,
+            c.nc,
+            c.cnonce,
+            c.qop,
         )
         if not hmac.compare_digest(expected.encode(), c.response.lower().encode("utf-8")):
             return VerifyResult.BAD_RESPONSE

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from gateway.sip.message import MAX_MESSAGE_SIZE, find_head_end
 
 # A Content-Length line (long or compact name, any case), with its folded continuations.
-_CL_RE = re.compile(
-    rb"^(?:content-length|l)[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M
-)
+_CL_RE = re.compile(rb"^(?:content-length|l)[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M)
 _DIGITS_RE = re.compile(rb"[0-9]+")
 
 

@@ -14,46 +14,134 @@ from collections.abc import Iterable, Iterator
 
 # RFC 3261 section 7.3.3 and the IANA registry of compact forms.
 COMPACT_FORMS = {
-    "a": "Accept-Contact", "b": "Referred-By", "c": "Content-Type", "d": "Request-Disposition",
-    "e": "Content-Encoding", "f": "From", "i": "Call-ID", "j": "Reject-Contact",
-    "k": "Supported", "l": "Content-Length", "m": "Contact", "n": "Identity-Info",
-    "o": "Event", "r": "Refer-To", "s": "Subject", "t": "To", "u": "Allow-Events",
-    "v": "Via", "x": "Session-Expires", "y": "Identity",
-}  # fmt: skip
+    "a": "Accept-Contact",
+    "b": "Referred-By",
+    "c": "Content-Type",
+    "d": "Request-Disposition",
+    "e": "Content-Encoding",
+    "f": "From",
+    "i": "Call-ID",
+    "j": "Reject-Contact",
+    "k": "Supported",
+    "l": "Content-Length",
+    "m": "Contact",
+    "n": "Identity-Info",
+    "o": "Event",
+    "r": "Refer-To",
+    "s": "Subject",
+    "t": "To",
+    "u": "Allow-Events",
+    "v": "Via",
+    "x": "Session-Expires",
+    "y": "Identity",
+}
 
 _CANONICAL = {
     name.lower(): name
     for name in (
-        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
-        "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
-        "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
-        "Content-Type", "CSeq", "Date", "Error-Info", "Event", "Expires", "From",
-        "In-Reply-To", "Max-Forwards", "Min-Expires", "Min-SE", "MIME-Version",
-        "Organization", "Path", "Priority", "Proxy-Authenticate", "Proxy-Authorization",
-        "Proxy-Require", "RAck", "Reason", "Record-Route", "Refer-To", "Referred-By",
-        "Reply-To", "Require", "Retry-After", "Route", "RSeq", "Server", "Service-Route",
-        "Session-Expires", "Subject", "Supported", "Timestamp", "To", "Unsupported",
-        "User-Agent", "Via", "Warning", "WWW-Authenticate",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Authentication-Info",
+        "Authorization",
+        "Call-ID",
+        "Call-Info",
+        "Contact",
+        "Content-Disposition",
+        "Content-Encoding",
+        "Content-Language",
+        "Content-Length",
+        "Content-Type",
+        "CSeq",
+        "Date",
+        "Error-Info",
+        "Event",
+        "Expires",
+        "From",
+        "In-Reply-To",
+        "Max-Forwards",
+        "Min-Expires",
+        "Min-SE",
+        "MIME-Version",
+        "Organization",
+        "Path",
+        "Priority",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "RAck",
+        "Reason",
+        "Record-Route",
+        "Refer-To",
+        "Referred-By",
+        "Reply-To",
+        "Require",
+        "Retry-After",
+        "Route",
+        "RSeq",
+        "Server",
+        "Service-Route",
+        "Session-Expires",
+        "Subject",
+        "Supported",
+        "Timestamp",
+        "To",
+        "Unsupported",
+        "User-Agent",
+        "Via",
+        "Warning",
+        "WWW-Authenticate",
     )
-}  # fmt: skip
+}
 
 # Headers whose grammar is a comma-separated list (section 7.3.1); only these
 # are split by Headers.get_all. Auth headers are not lists of values.
 LIST_HEADERS = frozenset(
     h.lower()
     for h in (
-        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
-        "Call-Info", "Contact", "Content-Encoding", "Content-Language", "Error-Info",
-        "In-Reply-To", "Path", "Proxy-Require", "Reason", "Record-Route", "Require", "Route",
-        "Service-Route", "Supported", "Unsupported", "Via", "Warning",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Call-Info",
+        "Contact",
+        "Content-Encoding",
+        "Content-Language",
+        "Error-Info",
+        "In-Reply-To",
+        "Path",
+        "Proxy-Require",
+        "Reason",
+        "Record-Route",
+        "Require",
+        "Route",
+        "Service-Route",
+        "Supported",
+        "Unsupported",
+        "Via",
+        "Warning",
     )
-)  # fmt: skip
+)
 
 # Headers that may appear at most once (multi01, mcl01).
 SINGLE_HEADERS = frozenset(
-    h.lower() for h in ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length",
-                        "Content-Type", "Expires")
-)  # fmt: skip
+    h.lower()
+    for h in (
+        "Call-ID",
+        "CSeq",
+        "From",
+        "To",
+        "Max-Forwards",
+        "Content-Length",
+        "Content-Type",
+        "Expires",
+    )
+)
 
 DIGITS_RE = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() accepts e.g. "²"
 
@@ -220,5 +308,3 @@ def _key(name: str) -> str:
     forms mapped to their long names. Names are stored canonical for known
     headers and as spelled (first letters capitalised) for unknown ones."""
     return canonical_name(name).lower()
-
-

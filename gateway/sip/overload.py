@@ -273,8 +273,9 @@ class OverloadControl:
         if limiter is not None:
             verdict = limiter.check(host, kind, now)
             if verdict is not Verdict.PASS:
-                self.stats.limited[(leg, "invite" if kind == "invite" else "other",
-                                    verdict.value)] += 1  # fmt: skip
+                self.stats.limited[
+                    (leg, "invite" if kind == "invite" else "other", verdict.value)
+                ] += 1
                 return Decision(verdict, "rate")
         monitor = self.monitor
         if monitor is None or kind == "dialog":

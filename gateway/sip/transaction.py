@@ -70,9 +70,21 @@ _Timers = dict[str, tuple[float, int]]
 class ClientTransaction:
     """Section 17.1. ``state`` starts at CALLING (INVITE) or TRYING (other methods)."""
 
-    __slots__ = ("_ack", "_cancel_pending", "_interval", "_key", "_ok_tags", "_timers",
-                 "branch", "cancel_tx", "last_response", "method", "request", "state",
-                 "target")  # fmt: skip
+    __slots__ = (
+        "_ack",
+        "_cancel_pending",
+        "_interval",
+        "_key",
+        "_ok_tags",
+        "_timers",
+        "branch",
+        "cancel_tx",
+        "last_response",
+        "method",
+        "request",
+        "state",
+        "target",
+    )
 
     def __init__(self, request: Request, target: Target, branch: str) -> None:
         self.request = request
@@ -96,8 +108,19 @@ class ClientTransaction:
 class ServerTransaction:
     """Section 17.2. ``state`` starts at PROCEEDING (INVITE) or TRYING (other methods)."""
 
-    __slots__ = ("_acked", "_interval", "_key", "_rkey", "_timers", "last_response",
-                 "method", "request", "response_target", "source", "state")  # fmt: skip
+    __slots__ = (
+        "_acked",
+        "_interval",
+        "_key",
+        "_rkey",
+        "_timers",
+        "last_response",
+        "method",
+        "request",
+        "response_target",
+        "source",
+        "state",
+    )
 
     def __init__(
         self, request: Request, source: Target, key: tuple[str, ...], rkey: tuple[str, ...]

@@ -197,7 +197,7 @@ Uri = SipUri | AbsoluteUri
 
 def parse_uri(text: str) -> Uri:
     """Parse a Request-URI or the URI of a name-addr (no surrounding ``<>``)."""
-    if not text or any(c in text for c in " \t\r\n<>\""):
+    if not text or any(c in text for c in ' \t\r\n<>"'):
         raise UriError("URI contains whitespace, '<', '>' or '\"'")
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.match(scheme):

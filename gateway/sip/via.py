@@ -77,9 +77,12 @@ def parse_via(value: str) -> Via:
     if fast:
         port = fast.group("port")
         found = _VIA_PARAM_RE.findall(text, fast.start("params"))
-        return Via(fast.group("transport").upper(), fast.group("host"),
-                   int(port) if port else None,
-                   tuple((name, v if eq else None) for name, eq, v in found))  # fmt: skip
+        return Via(
+            fast.group("transport").upper(),
+            fast.group("host"),
+            int(port) if port else None,
+            tuple((name, v if eq else None) for name, eq, v in found),
+        )
     return _parse_via_general(text)
 
 

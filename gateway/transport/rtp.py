@@ -211,9 +211,17 @@ class RtpSocket:
     """One bound UDP socket feeding ``handler`` packet by packet."""
 
     __slots__ = (
-        "_closed", "_fd", "_loop", "_poller", "_ports", "dropped_sends", "handler", "port",
-        "sock", "timing",
-    )  # fmt: skip
+        "_closed",
+        "_fd",
+        "_loop",
+        "_poller",
+        "_ports",
+        "dropped_sends",
+        "handler",
+        "port",
+        "sock",
+        "timing",
+    )
 
     def __init__(
         self,

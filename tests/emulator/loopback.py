@@ -142,9 +142,13 @@ def _answer_sdp(
     opus = next(pt for pt, rm in maps.items() if rm.encoding.lower() == "opus")
     te = next((pt for pt, rm in maps.items() if rm.encoding.lower() == "telephone-event"), None)
     answer = build_meta_sdp(
-        address="127.0.0.1", port=media.port, cryptos=[tx], ssrc=media.ssrc, opus_pt=opus,
+        address="127.0.0.1",
+        port=media.port,
+        cryptos=[tx],
+        ssrc=media.ssrc,
+        opus_pt=opus,
         te_pt=te,
-    )  # fmt: skip
+    )
     return answer, tx, rx, Codec("opus", opus, 48000, te_pt=te), (m.connection, m.port)
 
 
@@ -235,9 +239,14 @@ class LoopbackUas:
                 return
         contact = f"<sip:+15550001111@127.0.0.1:{self.edge.port};transport=tls>"
         peer.reply(
-            conn, req, 200, tag=tag, rr=self.echo_record_route,
-            extra=[("Contact", contact)], body=answer.encode(),
-        )  # fmt: skip
+            conn,
+            req,
+            200,
+            tag=tag,
+            rr=self.echo_record_route,
+            extra=[("Contact", contact)],
+            body=answer.encode(),
+        )
         r.status = 200
         r.connected_at = peer.loop.time()
         peer.media.configure(tx=tx, rx=rx, remote=remote, codec=codec)
@@ -319,9 +328,11 @@ class LoopbackUac:
         await peer.media.open()
         offer_crypto = new_crypto(1, "AES_CM_128_HMAC_SHA1_80")
         offer = build_meta_sdp(
-            address="127.0.0.1", port=peer.media.port, cryptos=[offer_crypto],
+            address="127.0.0.1",
+            port=peer.media.port,
+            cryptos=[offer_crypto],
             ssrc=peer.media.ssrc,
-        )  # fmt: skip
+        )
         r.offer_sdp = offer
         ruri = f"sip:{to}@{ruri_host};transport=tls"
         from_value = f"<sip:{business_number}@{from_host}>;tag={new_tag()}"

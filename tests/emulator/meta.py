@@ -843,8 +843,9 @@ class _CallerCall(_CallBase):
             cu = contacts[0].uri
             assert isinstance(cu, SipUri)
             first = parse_address(self.send_route[0]).uri if self.send_route else cu
-            if not isinstance(first, SipUri) or (first.scheme != "sips"
-                                                 and first.transport != "tls"):  # fmt: skip
+            if not isinstance(first, SipUri) or (
+                first.scheme != "sips" and first.transport != "tls"
+            ):
                 self.violation(f"2xx first hop {first} is not reachable over TLS (transport=tls)")
             self.remote_target = str(cu)
         for item in _session_timer_problems(resp):
@@ -1487,8 +1488,7 @@ class _ServerCall(_CallBase):
         first = parse_address(rr[0]).uri if rr else contact.uri if contact else None
         if contact is None or not isinstance(contact.uri, SipUri):
             self.violation("INVITE lacks a SIP Contact")
-        elif not isinstance(first, SipUri) or (first.scheme != "sips"
-                                               and first.transport != "tls"):  # fmt: skip
+        elif not isinstance(first, SipUri) or (first.scheme != "sips" and first.transport != "tls"):
             what = "Record-Route" if rr else "Contact"
             self.violation(f"INVITE {what} {first} is not reachable over TLS")
 

@@ -284,8 +284,11 @@ class GraphEmulator:
         if not _VERSION.match(request.match_info["version"]):
             return graph_error(400, "Unknown path components", 2500, kind="OAuthException")
         if not auth:
-            return graph_error(400, "An active access token must be used to query information"
-                               " about the current user.", 2500)  # fmt: skip
+            return graph_error(
+                400,
+                "An active access token must be used to query information about the current user.",
+                2500,
+            )
         if not authorized:
             return graph_error(
                 401,
@@ -335,11 +338,13 @@ class GraphEmulator:
         }
         if sip.get("status") != "ENABLED":
             phone["can_receive_call_sip"] = "BLOCKED"
-            phone["errors"] = [{
-                "error_code": 138024,
-                "error_description": "SIP is not enabled for this business phone number",
-                "possible_solution": "Enable SIP using {PHONE_NUMBER_ID}/settings API",
-            }]  # fmt: skip
+            phone["errors"] = [
+                {
+                    "error_code": 138024,
+                    "error_description": "SIP is not enabled for this business phone number",
+                    "possible_solution": "Enable SIP using {PHONE_NUMBER_ID}/settings API",
+                }
+            ]
         return [phone, self._app_entity([state])]
 
     def _app_entity(self, states: list[NumberState]) -> dict[str, Any]:
@@ -351,12 +356,16 @@ class GraphEmulator:
         }
         if any(s.sip().get("status") == "ENABLED" and not s.sip().get("servers") for s in states):
             app["can_receive_call_sip"] = "BLOCKED"
-            app["errors"] = [{
-                "error_code": 138025,
-                "error_description": "This app cannot use SIP for WhatsApp Business calling"
-                " because it has not configured a SIP server for this business phone number",
-                "possible_solution": "Configure SIP server using {PHONE_NUMBER_ID}/settings API",
-            }]  # fmt: skip
+            app["errors"] = [
+                {
+                    "error_code": 138025,
+                    "error_description": "This app cannot use SIP for WhatsApp Business calling"
+                    " because it has not configured a SIP server for this business phone number",
+                    "possible_solution": (
+                        "Configure SIP server using {PHONE_NUMBER_ID}/settings API"
+                    ),
+                }
+            ]
         return app
 
     async def _edge(self, request: web.Request) -> web.Response:
@@ -397,10 +406,12 @@ class GraphEmulator:
                 if state.password is not None:
                     server["sip_user_password"] = state.password
                 server["app_id"] = self.app_id
-        return web.json_response({
-            "calling": calling,
-            "storage_configuration": {"status": "DEFAULT"},
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "calling": calling,
+                "storage_configuration": {"status": "DEFAULT"},
+            }
+        )
 
     def _post_settings(self, state: NumberState, body: Any) -> web.Response:
         calling = body.get("calling") if isinstance(body, dict) else None

@@ -204,11 +204,27 @@ def run_sipp(
     scen.write_text(scenario)
     port = free_port()
     cmd = [
-        SIPP, remote, "-sf", str(scen), "-m", str(calls), "-r", str(rate),
-        "-i", "127.0.0.1", "-p", str(port), "-t", transport,
-        "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
-        "-trace_err", "-trace_msg",
-    ]  # fmt: skip
+        SIPP,
+        remote,
+        "-sf",
+        str(scen),
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-t",
+        transport,
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-trace_msg",
+    ]
     cmd += extra or []
     proc = subprocess.Popen(
         cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

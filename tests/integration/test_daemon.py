@@ -207,10 +207,22 @@ def test_tls_listener_never_requests_client_certificate(
     gateway: GatewayProcess, version: str
 ) -> None:
     proc = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{gateway.ports['tls']}", version,
-         "-servername", "sip.example.com", "-msg", "-alpn", "sip"],
-        input=b"", capture_output=True, timeout=20,
-    )  # fmt: skip
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{gateway.ports['tls']}",
+            version,
+            "-servername",
+            "sip.example.com",
+            "-msg",
+            "-alpn",
+            "sip",
+        ],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+    )
     out = proc.stdout.decode(errors="replace")
     assert "ServerHello" in out or "server hello" in out.lower(), out
     assert "CertificateRequest" not in out, out

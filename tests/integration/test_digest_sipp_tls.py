@@ -339,14 +339,38 @@ class MetaUas:
         self.file("meta.xml").write_text(scenario)
         d = self.chroot_dir
         argv = [
-            "sipp", "-sf", "meta.xml", "-t", "l1", "-i", "127.0.0.1", "-p", str(self.port),
-            "-mi", "127.0.0.1", "-mp", str(free_block(4, tcp=False)),
-            "-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin",
-            "-trace_msg", "-message_file", f"{d}/messages.log",
-            "-trace_err", "-error_file", f"{d}/errors.log",
-            "-trace_logs", "-log_file", f"{d}/logs.log",
-            "-trace_screen", "-screen_file", f"{d}/screen.log",
-        ]  # fmt: skip
+            "sipp",
+            "-sf",
+            "meta.xml",
+            "-t",
+            "l1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            str(free_block(4, tcp=False)),
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_msg",
+            "-message_file",
+            f"{d}/messages.log",
+            "-trace_err",
+            "-error_file",
+            f"{d}/errors.log",
+            "-trace_logs",
+            "-log_file",
+            f"{d}/logs.log",
+            "-trace_screen",
+            "-screen_file",
+            f"{d}/screen.log",
+        ]
         # chroot(8) starts in /; SIPp wants cacert.pem/cakey.pem in its working directory.
         # exec: the shell becomes SIPp, so the PID we hold is SIPp's.
         command = f"cd {d} && exec " + " ".join(argv)
@@ -412,12 +436,32 @@ def pbx_call(tmp_path: Path, gw: GatewayProcess, tail: str, name: str) -> tuple[
     work.mkdir()
     (work / "pbx.xml").write_text(PBX_CALL.format(expect=name, tail=tail))
     argv = [
-        sipp, f"127.0.0.1:{gw.ports['pbx_listen']}", "-sf", "pbx.xml", "-m", "1",
-        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_block(4, tcp=False)),
-        "-timeout", "30s", "-timeout_error", "-nostdin",
-        "-trace_msg", "-message_file", "messages.log", "-trace_err", "-error_file", "errors.log",
-        "-trace_logs", "-log_file", "logs.log",
-    ]  # fmt: skip
+        sipp,
+        f"127.0.0.1:{gw.ports['pbx_listen']}",
+        "-sf",
+        "pbx.xml",
+        "-m",
+        "1",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_port()),
+        "-mp",
+        str(free_block(4, tcp=False)),
+        "-timeout",
+        "30s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_msg",
+        "-message_file",
+        "messages.log",
+        "-trace_err",
+        "-error_file",
+        "errors.log",
+        "-trace_logs",
+        "-log_file",
+        "logs.log",
+    ]
     proc = subprocess.Popen(
         argv, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

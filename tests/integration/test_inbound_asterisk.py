@@ -28,9 +28,9 @@ PASSWORD = "not-a-real-password-4711"  # what GatewayProcess writes for NUMBER
 
 
 @contextmanager
-def call_path(tmp_path: Path, extension: str, *, audio: float | None = None) -> Iterator[
-    tuple[GatewayProcess, AsteriskPbx, Baresip]
-]:
+def call_path(
+    tmp_path: Path, extension: str, *, audio: float | None = None
+) -> Iterator[tuple[GatewayProcess, AsteriskPbx, Baresip]]:
     """Asterisk, the gateway routing every call to ``extension``, a WhatsApp-like baresip."""
     gw_port = free_port()
     with ExitStack() as stack:

@@ -342,11 +342,30 @@ def sipp_pbx(tmp_path: Path, scenario: str) -> Iterator[tuple[int, subprocess.Po
     scen = tmp_path / "pbx.xml"
     scen.write_text(scenario)
     proc = subprocess.Popen(
-        [SIPP, "-sf", str(scen), "-i", "127.0.0.1", "-p", str(port), "-m", "1",
-         "-mp", str(free_block(4, tcp=False)), "-timeout", "40s", "-timeout_error", "-nostdin",
-         "-trace_err", "-trace_msg"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            SIPP,
+            "-sf",
+            str(scen),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "1",
+            "-mp",
+            str(free_block(4, tcp=False)),
+            "-timeout",
+            "40s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_err",
+            "-trace_msg",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         yield port, proc
     finally:

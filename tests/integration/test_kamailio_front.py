@@ -410,8 +410,9 @@ def test_address_list_allows_exactly_the_gateways_meta_networks() -> None:
 def test_site_defines_come_from_kamailio_local_cfg_next_to_the_config() -> None:
     require_kamailio()
     port = free_port(udp=False)
-    local = (f"#!define PUBLIC_TLS tls:{LOOPBACK}:{port}\n"
-             "#!define PUBLIC_ADVERTISE 192.0.2.10:5061\n")  # fmt: skip
+    local = (
+        f"#!define PUBLIC_TLS tls:{LOOPBACK}:{port}\n#!define PUBLIC_ADVERTISE 192.0.2.10:5061\n"
+    )
     files = {"kamailio.cfg": CONFIG_FILE, "kamailio-local.cfg": local}
 
     def check(*extra: str) -> str:
@@ -427,8 +428,14 @@ def test_site_defines_come_from_kamailio_local_cfg_next_to_the_config() -> None:
 def test_stop_ends_every_kamailio_process(tmp_path: Path) -> None:
     require_kamailio()
     cert, key = self_signed_cert(tmp_path / "certs")
-    kam = KamailioProxy(tmp_path / "kam", backends=[f"sip:{LOOPBACK}:9"], cert_file=cert,
-                        key_file=key, ca_file=cert, meta_port=9)  # fmt: skip
+    kam = KamailioProxy(
+        tmp_path / "kam",
+        backends=[f"sip:{LOOPBACK}:9"],
+        cert_file=cert,
+        key_file=key,
+        ca_file=cert,
+        meta_port=9,
+    )
     with kam:
         pgid = kam.pid
         pids = kam.processes()

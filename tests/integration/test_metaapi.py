@@ -141,8 +141,11 @@ def test_meta_health_beside_ours(
     gw = gateway(tmp_path, emu, poll_health=True, health_interval=1)
     gw.start()
     try:
-        _wait(lambda: "meta" in _number(_health(gw))
-              and _number(_health(gw))["meta"]["checked_at"], "first poll", gw)  # fmt: skip
+        _wait(
+            lambda: "meta" in _number(_health(gw)) and _number(_health(gw))["meta"]["checked_at"],
+            "first poll",
+            gw,
+        )
         number = _number(_health(gw))
         ours = number["can_receive_call_sip"]
         assert ours != "BLOCKED"
@@ -166,8 +169,11 @@ def test_meta_health_beside_ours(
             "status": "ENABLED",
             "servers": [{"hostname": "sip.example.com", "port": gw.ports["tls"]}],
         }
-        _wait(lambda: _number(_health(gw))["meta"]["can_receive_call_sip"] == "AVAILABLE",
-              "Meta AVAILABLE", gw)  # fmt: skip
+        _wait(
+            lambda: _number(_health(gw))["meta"]["can_receive_call_sip"] == "AVAILABLE",
+            "Meta AVAILABLE",
+            gw,
+        )
         assert "disagreement" not in _number(_health(gw))["meta"]
         assert gw.metric("wagw_meta_health_status", entity="phone_number", id=NUMBER) == 0
         code, out = cli(capsys, "health", "-c", str(gw.config_path), "--color", "never")

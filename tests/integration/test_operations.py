@@ -296,8 +296,11 @@ def test_certificate_conditions(
         (work / "tls" / "gw.key").write_bytes(key_pem(other))
     elif case == "self_signed":
         now = dt.datetime.now(dt.UTC)
-        cert, key = make_leaf([HOST, "localhost"], not_before=now - dt.timedelta(days=1),
-                              not_after=now + dt.timedelta(days=90))  # fmt: skip
+        cert, key = make_leaf(
+            [HOST, "localhost"],
+            not_before=now - dt.timedelta(days=1),
+            not_after=now + dt.timedelta(days=90),
+        )
         (work / "tls").mkdir(parents=True)
         (work / "tls" / "gw.crt").write_bytes(pem(cert))
         (work / "tls" / "gw.key").write_bytes(key_pem(key))
@@ -328,8 +331,10 @@ def test_certificate_expiring_soon_is_limited(tmp_path: Path, test_ca: Any) -> N
         code, body = gw.health()
     limited = ("LIMITED", [], [1103])
     assert (code, summary(body)) == (200, {"status": "LIMITED", NUMBER: limited, HOST: limited})
-    assert re.match(r"1103: The TLS certificate expires on .* \(in 10\.0 days\)\.",
-                    body["health_status"]["entities"][0]["additional_info"][0])  # fmt: skip
+    assert re.match(
+        r"1103: The TLS certificate expires on .* \(in 10\.0 days\)\.",
+        body["health_status"]["entities"][0]["additional_info"][0],
+    )
 
 
 def test_missing_password_blocks_that_number_and_the_health_command(
@@ -402,9 +407,10 @@ def test_tls_port_taken_then_freed(tmp_path: Path, test_ca: Any) -> None:
         code, body = gw.health()
         blocked = ("BLOCKED", [1001], [])
         assert (code, summary(body)) == (503, {"status": "BLOCKED", NUMBER: blocked, HOST: blocked})
-        assert "Address already in use" in body["health_status"]["entities"][1]["errors"][0][
-            "error_description"
-        ]
+        assert (
+            "Address already in use"
+            in body["health_status"]["entities"][1]["errors"][0]["error_description"]
+        )
         assert gw.http_get("/readyz")[0] == 503
         blocker.close()
         wait_for(lambda: gw.health()[0] == 200, 8, "the listener retried")
@@ -459,8 +465,11 @@ def test_call_metrics_capacity_and_record(tmp_path: Path, test_ca: Any) -> None:
         records={"path": str(records)},
         pbx={"probe_interval": 0.5},
     ) as (gw, _pbx):
-        wait_for(lambda: 'wagw_sip_responses_total{code="' in gw.http_get("/metrics")[1], 5,
-                 "Asterisk answered an OPTIONS probe")  # fmt: skip
+        wait_for(
+            lambda: 'wagw_sip_responses_total{code="' in gw.http_get("/metrics")[1],
+            5,
+            "Asterisk answered an OPTIONS probe",
+        )
         assert summary(gw.health()[1]) == available()
 
         async def scenario() -> tuple[CallResult, dict[str, Any]]:
@@ -469,13 +478,11 @@ def test_call_metrics_capacity_and_record(tmp_path: Path, test_ca: Any) -> None:
             await asyncio.sleep(1.8)
             seen["active"] = await metric(gw, "wagw_calls_active", direction="inbound")
             seen["rx1"] = await metric(gw, "wagw_rtp_packets_total", leg="pbx", direction="rx")
-            seen["wa1"] = await metric(gw, "wagw_rtp_packets_total", leg="whatsapp",
-                                       direction="tx")  # fmt: skip
+            seen["wa1"] = await metric(gw, "wagw_rtp_packets_total", leg="whatsapp", direction="tx")
             seen["health"] = await asyncio.to_thread(gw.health)
             await asyncio.sleep(1.0)
             seen["rx2"] = await metric(gw, "wagw_rtp_packets_total", leg="pbx", direction="rx")
-            seen["wa2"] = await metric(gw, "wagw_rtp_packets_total", leg="whatsapp",
-                                       direction="tx")  # fmt: skip
+            seen["wa2"] = await metric(gw, "wagw_rtp_packets_total", leg="whatsapp", direction="tx")
             return await task, seen
 
         result, seen = asyncio.run(scenario())
@@ -500,8 +507,10 @@ def test_call_metrics_capacity_and_record(tmp_path: Path, test_ca: Any) -> None:
     assert rec["wacid"] == result.wacid and rec["meta_call_id"] == result.call_id
     assert rec["pbx_call_id"] and rec["pbx_call_id"] != rec["meta_call_id"]
     assert rec["business_number"] == NUMBER and rec["whatsapp_user"] == "+12195550714"
-    start, answer, end = (dt.datetime.fromisoformat(rec[k].replace("Z", "+00:00"))
-                          for k in ("start_time", "answer_time", "end_time"))  # fmt: skip
+    start, answer, end = (
+        dt.datetime.fromisoformat(rec[k].replace("Z", "+00:00"))
+        for k in ("start_time", "answer_time", "end_time")
+    )
     assert start <= answer < end and abs((end - dt.datetime.now(dt.UTC)).total_seconds()) < 60
     assert 0 < rec["setup_seconds"] < 3 and 3.5 < rec["duration_seconds"] < 6
     assert rec["end_cause"] == "meta_bye" and rec["ended_by"] == "whatsapp"
@@ -568,8 +577,7 @@ def test_reload_during_a_call_keeps_audio_and_refuses_a_bad_config(
             task = asyncio.create_task(caller(gw).call(talk_seconds=5.0, tone_hz=523.0))
             seen: dict[str, Any] = {}
             await asyncio.sleep(1.5)
-            seen["before"] = await metric(gw, "wagw_rtp_packets_total", leg="pbx",
-                                          direction="tx")  # fmt: skip
+            seen["before"] = await metric(gw, "wagw_rtp_packets_total", leg="pbx", direction="tx")
             seen["new"] = issue(tmp_path / "gw", test_ca)
             gw.signal(signal.SIGHUP)
             await asyncio.to_thread(
@@ -577,8 +585,7 @@ def test_reload_during_a_call_keeps_audio_and_refuses_a_bad_config(
             )
             seen["served"] = await asyncio.to_thread(served_certificate, gw.ports["tls"])
             await asyncio.sleep(1.5)
-            seen["after"] = await metric(gw, "wagw_rtp_packets_total", leg="pbx",
-                                         direction="tx")  # fmt: skip
+            seen["after"] = await metric(gw, "wagw_rtp_packets_total", leg="pbx", direction="tx")
             return await task, seen
 
         result, seen = asyncio.run(scenario())
@@ -621,9 +628,7 @@ def caller_ok(gw: GatewayProcess) -> bool:
     return True
 
 
-def test_drain_refuses_new_calls_while_active_ones_finish(
-    tmp_path: Path, test_ca: Any
-) -> None:
+def test_drain_refuses_new_calls_while_active_ones_finish(tmp_path: Path, test_ca: Any) -> None:
     """SIGTERM with two calls up: new INVITEs and OPTIONS get 503 + Retry-After, /readyz
     and /health fail (1501); the short call ends normally; the long one gets a BYE with a
     Reason at shutdown.drain_timeout; then the process exits 0."""
@@ -663,9 +668,10 @@ def test_drain_refuses_new_calls_while_active_ones_finish(
     code, body = seen["health"]
     drain = ("BLOCKED", [1501], [])
     assert (code, summary(body)) == (503, {"status": "BLOCKED", NUMBER: drain, HOST: drain})
-    assert "2 active calls continue until" in body["health_status"]["entities"][1]["errors"][0][
-        "error_description"
-    ]
+    assert (
+        "2 active calls continue until"
+        in body["health_status"]["entities"][1]["errors"][0]["error_description"]
+    )
     assert seen["draining"] == 1.0
     events = [line.get("event") for line in gw.log_lines()]
     assert "draining" in events and "drain_timeout" in events and events[-1] == "stopped"
@@ -685,17 +691,32 @@ def _tool(path: str | None, package: str) -> str:
 def test_alert_rules_check_and_fire_as_documented() -> None:
     promtool = _tool(PROMTOOL, "prometheus")
     rules = ROOT / "config" / "prometheus"
-    check = subprocess.run([promtool, "check", "rules", "alerts.yml"], cwd=rules,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    check = subprocess.run(
+        [promtool, "check", "rules", "alerts.yml"],
+        cwd=rules,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS: 10 rules found" in check.stdout
-    test = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=rules,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    test = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yml"],
+        cwd=rules,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert test.returncode == 0, test.stdout + test.stderr
     alerts = yaml.safe_load((rules / "alerts.yml").read_text())["groups"][0]["rules"]
     names = {a["alert"] for a in alerts}
-    assert {"WaGatewayHealthBlocked", "WaGatewayCertificateExpiresSoon", "WaGatewayAsrDrop",
-            "WaGatewayPacketLoss", "WaGatewayEventLoopLag"} <= names  # fmt: skip
+    assert {
+        "WaGatewayHealthBlocked",
+        "WaGatewayCertificateExpiresSoon",
+        "WaGatewayAsrDrop",
+        "WaGatewayPacketLoss",
+        "WaGatewayEventLoopLag",
+    } <= names
     tested = set(re.findall(r"alertname: (\w+)", (rules / "alerts_test.yml").read_text()))
     assert names <= tested | {"WaGatewayHealthLimited"}
 
@@ -796,9 +817,20 @@ def test_dashboard_is_a_valid_importable_dashboard_over_our_metrics(tmp_path: Pa
         assert not cells & area, f"{p['title']} overlaps another panel"
         cells |= area
     titles = " | ".join(p["title"] for p in panels).lower()
-    for needed in ("active calls", "asr", "acd", "setup time", "sip responses by class",
-                   "meta failures by reason", "loss", "jitter", "mos", "per-packet processing",
-                   "health per number", "certificate days left"):  # fmt: skip
+    for needed in (
+        "active calls",
+        "asr",
+        "acd",
+        "setup time",
+        "sip responses by class",
+        "meta failures by reason",
+        "loss",
+        "jitter",
+        "mos",
+        "per-packet processing",
+        "health per number",
+        "certificate days left",
+    ):
         assert needed in titles, needed
     exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
     # Every metric a panel uses is one the gateway exports (names from a unit scrape).
@@ -810,14 +842,25 @@ def test_dashboard_is_a_valid_importable_dashboard_over_our_metrics(tmp_path: Pa
             assert name in series, (name, expr)
     # PromQL syntax: Grafana's variables filled in, checked by promtool as recording rules.
     promtool = _tool(PROMTOOL, "prometheus")
-    filled = [
-        e.replace("$__rate_interval", "5m").replace('=~"$instance"', '=~".*"') for e in exprs
-    ]
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:expr{i}", "expr": e} for i, e in enumerate(filled)]}]}  # fmt: skip
+    filled = [e.replace("$__rate_interval", "5m").replace('=~"$instance"', '=~".*"') for e in exprs]
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:expr{i}", "expr": e} for i, e in enumerate(filled)
+                ],
+            }
+        ]
+    }
     (tmp_path / "dashboard.rules.yml").write_text(yaml.safe_dump(rules))
-    check = subprocess.run([promtool, "check", "rules", "dashboard.rules.yml"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    check = subprocess.run(
+        [promtool, "check", "rules", "dashboard.rules.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -842,19 +885,29 @@ def _scrape_names() -> str:
 def test_systemd_unit_verifies_and_install_stages_the_layout(tmp_path: Path) -> None:
     analyze = _tool(SYSTEMD_ANALYZE, "systemd")
     unit = (ROOT / "systemd" / "wa-sip-gateway.service").read_text()
-    for line in ("Type=notify", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID",
-                 "Restart=on-failure", "User=wa-sip-gateway", "ProtectSystem=strict",
-                 "ProtectHome=yes", "PrivateTmp=yes", "NoNewPrivileges=yes",
-                 "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "LimitNOFILE=",
-                 "StateDirectory=wa-sip-gateway",
-                 "run -c /etc/wa-sip-gateway/gateway.yaml"):  # fmt: skip
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "User=wa-sip-gateway",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "LimitNOFILE=",
+        "StateDirectory=wa-sip-gateway",
+        "run -c /etc/wa-sip-gateway/gateway.yaml",
+    ):
         assert line in unit, line
     # verify checks that ExecStart exists: point it at this checkout's entry point.
     entry = Path(sys.executable).with_name("wa-sip-gateway")
     local = tmp_path / "wa-sip-gateway.service"
     local.write_text(unit.replace("/opt/wa-sip-gateway/venv/bin/wa-sip-gateway", str(entry)))
-    verify = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
+    verify = subprocess.run(
+        [analyze, "verify", str(local)], capture_output=True, text=True, timeout=60
+    )
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
     stop = float(re.search(r"TimeoutStopSec=(\d+)s", unit).group(1))  # type: ignore[union-attr]
     from gateway.config import load_config
@@ -865,8 +918,13 @@ def test_systemd_unit_verifies_and_install_stages_the_layout(tmp_path: Path) -> 
     assert str(template.records.path).startswith("/var/lib/wa-sip-gateway/")
     dest = tmp_path / "root"
     env = dict(os.environ, DESTDIR=str(dest), NO_VENV="1")
-    run = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        ["sh", str(ROOT / "systemd" / "install.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     assert (dest / "etc/systemd/system/wa-sip-gateway.service").read_text() == unit
     cfg = dest / "etc/wa-sip-gateway/gateway.yaml"
@@ -874,8 +932,13 @@ def test_systemd_unit_verifies_and_install_stages_the_layout(tmp_path: Path) -> 
     assert (dest / "etc/wa-sip-gateway/secrets").stat().st_mode & 0o777 == 0o750
     assert (dest / "var/lib/wa-sip-gateway").is_dir()
     cfg.write_text("# edited\n" + cfg.read_text())
-    again = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    again = subprocess.run(
+        ["sh", str(ROOT / "systemd" / "install.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0 and cfg.read_text().startswith("# edited")  # kept
 
 
@@ -890,33 +953,45 @@ def test_systemd_template_unit_verifies_and_install_stages_instances(tmp_path: P
     per_instance = ("Description=", "ExecStart=", "StateDirectory=", "WorkingDirectory=")
 
     def settings(text: str) -> list[str]:
-        return [line for line in text.splitlines()
-                if line and not line.startswith(("#", *per_instance))]  # fmt: skip
+        return [
+            line for line in text.splitlines() if line and not line.startswith(("#", *per_instance))
+        ]
 
     assert settings(unit) == settings(single)
-    for line in ("ExecStart=/opt/wa-sip-gateway/venv/bin/wa-sip-gateway run"
-                 " -c /etc/wa-sip-gateway/gateway.yaml -c /etc/wa-sip-gateway/instance-%i.yaml",
-                 "StateDirectory=wa-sip-gateway/%i", "WorkingDirectory=/var/lib/wa-sip-gateway/%i",
-                 "systemctl stop wa-sip-gateway@2"):  # fmt: skip
+    for line in (
+        "ExecStart=/opt/wa-sip-gateway/venv/bin/wa-sip-gateway run"
+        " -c /etc/wa-sip-gateway/gateway.yaml -c /etc/wa-sip-gateway/instance-%i.yaml",
+        "StateDirectory=wa-sip-gateway/%i",
+        "WorkingDirectory=/var/lib/wa-sip-gateway/%i",
+        "systemctl stop wa-sip-gateway@2",
+    ):
         assert line in unit, line
     entry = Path(sys.executable).with_name("wa-sip-gateway")
     local = tmp_path / "units" / "wa-sip-gateway@1.service"
     local.parent.mkdir()
     local.write_text(unit.replace("/opt/wa-sip-gateway/venv/bin/wa-sip-gateway", str(entry)))
-    verify = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
+    verify = subprocess.run(
+        [analyze, "verify", str(local)], capture_output=True, text=True, timeout=60
+    )
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
 
     from gateway.config import load_config
 
     base = ROOT / "systemd" / "gateway.yaml"
-    dispatcher = [line.split()[1] for line in
-                  (ROOT / "config" / "kamailio" / "dispatcher.list").read_text().splitlines()
-                  if line.strip() and not line.startswith("#")]  # fmt: skip
+    dispatcher = [
+        line.split()[1]
+        for line in (ROOT / "config" / "kamailio" / "dispatcher.list").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     dest = tmp_path / "root"
     env = dict(os.environ, DESTDIR=str(dest), NO_VENV="1", INSTANCES="4")
-    run = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        ["sh", str(ROOT / "systemd" / "install.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     etc = dest / "etc/wa-sip-gateway"
     assert (etc / "instance-1.yaml").read_text() == (ROOT / "systemd/instance-1.yaml").read_text()
@@ -947,10 +1022,19 @@ def test_systemd_template_unit_verifies_and_install_stages_instances(tmp_path: P
         assert stop > cfg.shutdown.drain_timeout
     assert [len(v) for v in seen.values()] == [4, 4, 4, 20]  # nothing shared
     (etc / "instance-2.yaml").write_text("# edited\n")
-    again = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    again = subprocess.run(
+        ["sh", str(ROOT / "systemd" / "install.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0 and (etc / "instance-2.yaml").read_text() == "# edited\n"
-    bad = subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")],
-                         env=dict(env, INSTANCES="17"), capture_output=True, text=True,
-                         timeout=60)  # fmt: skip
+    bad = subprocess.run(
+        ["sh", str(ROOT / "systemd" / "install.sh")],
+        env=dict(env, INSTANCES="17"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and "INSTANCES" in bad.stderr

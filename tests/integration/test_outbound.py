@@ -233,9 +233,14 @@ Content-Length: 0
 
 
 def _sipp_pbx_call(
-    tmp_path: Path, gw: GatewayProcess, expect: int, *, target: str = USER,
-    headers: str = "", middle: str = RING,
-) -> str:  # fmt: skip
+    tmp_path: Path,
+    gw: GatewayProcess,
+    expect: int,
+    *,
+    target: str = USER,
+    headers: str = "",
+    middle: str = RING,
+) -> str:
     """SIPp places one call at the gateway's PBX listener; returns its log (Reason/Warning)."""
     assert SIPP, "sipp (apt package sip-tester) is required"
     scen = tmp_path / f"pbx-{expect}.xml"
@@ -251,12 +256,34 @@ def _sipp_pbx_call(
     )
     log = tmp_path / f"sipp-{expect}.log"
     proc = subprocess.run(
-        [SIPP, f"127.0.0.1:{gw.ports['pbx_listen']}", "-sf", str(scen), "-m", "1",
-         "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_block(4, tcp=False)),
-         "-timeout", "30s", "-timeout_error", "-nostdin", "-trace_err", "-trace_msg",
-         "-trace_logs", "-log_file", str(log)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            SIPP,
+            f"127.0.0.1:{gw.ports['pbx_listen']}",
+            "-sf",
+            str(scen),
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(free_port()),
+            "-mp",
+            str(free_block(4, tcp=False)),
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_err",
+            "-trace_msg",
+            "-trace_logs",
+            "-log_file",
+            str(log),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     trace = "\n".join(p.read_text() for p in tmp_path.glob("*_messages.log"))
     assert proc.returncode == 0, proc.stdout[-1500:] + trace[-3000:]
     return log.read_text() if log.exists() else ""

@@ -227,17 +227,34 @@ Content-Length: 0
 """
 
 
-def _sipp_call(tmp_path: Path, pbx: AsteriskPbx, number: str, headers: dict[str, str],
-               pause_ms: int) -> None:
+def _sipp_call(
+    tmp_path: Path, pbx: AsteriskPbx, number: str, headers: dict[str, str], pause_ms: int
+) -> None:
     scenario = tmp_path / "wa-headers.xml"
     extra = "".join(f"{k}: {v}\n" for k, v in headers.items())
     scenario.write_text(_WA_INVITE_SCENARIO % {"headers": extra, "pause_ms": pause_ms})
     cmd = [
         require_binary("sipp", "sip-tester"),
-        "-sf", str(scenario), "-s", number, "-m", "1", "-i", "127.0.0.1",
-        "-p", str(free_port()), "-mp", str(free_port(2, tcp=False)),
-        "-timeout", "30s", "-timeout_error", "-nostdin", "-trace_err",
-        "-error_file", str(tmp_path / "sipp-errors.log"), pbx.uri_host,
+        "-sf",
+        str(scenario),
+        "-s",
+        number,
+        "-m",
+        "1",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_port()),
+        "-mp",
+        str(free_port(2, tcp=False)),
+        "-timeout",
+        "30s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        str(tmp_path / "sipp-errors.log"),
+        pbx.uri_host,
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     errors = tmp_path / "sipp-errors.log"

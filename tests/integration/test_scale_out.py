@@ -87,9 +87,17 @@ class Cluster:
 
 
 def _instance(
-    workdir: Path, name: str, proxy_port: int, transport: str, kam: KamailioProxy,
-    pbx: AsteriskPbx, pbx_listen: int, media: tuple[int, int], secret: Path, tls: bool,
-) -> GatewayProcess:  # fmt: skip
+    workdir: Path,
+    name: str,
+    proxy_port: int,
+    transport: str,
+    kam: KamailioProxy,
+    pbx: AsteriskPbx,
+    pbx_listen: int,
+    media: tuple[int, int],
+    secret: Path,
+    tls: bool,
+) -> GatewayProcess:
     (workdir / name).mkdir(exist_ok=True)
     overrides: dict[str, Any] = {
         "mode": "production",
@@ -142,14 +150,33 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         pbx.start()
         kam.start()
-        for name, transport, media, tls in (("a", "udp", (41000, 41999), True),
-                                            ("b", "tcp", (42000, 42999), False)):  # fmt: skip
-            gw = _instance(workdir, name, ports[name], transport, kam, pbx, ports[f"pbx_{name}"],
-                           media, secret, tls)  # fmt: skip
+        for name, transport, media, tls in (
+            ("a", "udp", (41000, 41999), True),
+            ("b", "tcp", (42000, 42999), False),
+        ):
+            gw = _instance(
+                workdir,
+                name,
+                ports[name],
+                transport,
+                kam,
+                pbx,
+                ports[f"pbx_{name}"],
+                media,
+                secret,
+                tls,
+            )
             instances[name] = gw
             gw.start()
-        c = Cluster(kam, pbx, instances, uris, {"a": ports["a"], "b": ports["b"]}, ports["meta"],
-                    front_tls / "cert.pem")  # fmt: skip
+        c = Cluster(
+            kam,
+            pbx,
+            instances,
+            uris,
+            {"a": ports["a"], "b": ports["b"]},
+            ports["meta"],
+            front_tls / "cert.pem",
+        )
         c.wait_active("a")
         c.wait_active("b")
         yield c
@@ -270,8 +297,10 @@ def test_nonce_issued_by_one_instance_verifies_on_the_other(cluster: Cluster) ->
             to = answer.headers.get("To")
             end = [
                 f"Via: SIP/2.0/TCP 127.0.0.1:{tcp_port};branch=z9hG4bK{secrets.token_hex(6)}",
-                f"From: <sip:{USER}@wa.meta.vc>;tag={tag}", f"To: {to}", f"Call-ID: {call_id}",
-            ]  # fmt: skip
+                f"From: <sip:{USER}@wa.meta.vc>;tag={tag}",
+                f"To: {to}",
+                f"Call-ID: {call_id}",
+            ]
             ack = [f"ACK {contact.uri} SIP/2.0", *end, "CSeq: 2 ACK", "Content-Length: 0"]
             tcp.sendall(("\r\n".join(ack) + "\r\n\r\n").encode())
             end[0] = end[0][: end[0].rindex("=") + 1] + "z9hG4bK" + secrets.token_hex(6)
@@ -339,8 +368,9 @@ def test_sigterm_drains_an_instance_without_losing_a_call(cluster: Cluster) -> N
             b_before = len(cluster.admitted("b"))
             long_calls: list[asyncio.Task[CallResult]] = []
             while len(cluster.admitted("b")) == b_before and len(long_calls) < 12:
-                long_calls.append(asyncio.ensure_future(
-                    caller.call(USER, tone_hz=TONE, talk_seconds=12.0)))  # fmt: skip
+                long_calls.append(
+                    asyncio.ensure_future(caller.call(USER, tone_hz=TONE, talk_seconds=12.0))
+                )
                 await asyncio.sleep(1.0)
             assert len(cluster.admitted("b")) > b_before, "no call landed on instance B"
             proc = cluster.instances["b"].proc

@@ -51,6 +51,7 @@ class PeerProcess:
     ) -> None:
         self.stop()
 
+
 T = TypeVar("T")
 
 
@@ -99,10 +100,22 @@ def self_signed_cert(directory: Path, common_name: str = LOOPBACK) -> tuple[Path
     if not (cert.exists() and key.exists()):
         subprocess.run(
             [
-                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                "-keyout", str(key), "-out", str(cert), "-days", "2",
-                "-subj", f"/CN={common_name}",
-                "-addext", f"subjectAltName=IP:{LOOPBACK}",
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-days",
+                "2",
+                "-subj",
+                f"/CN={common_name}",
+                "-addext",
+                f"subjectAltName=IP:{LOOPBACK}",
             ],
             check=True,
             capture_output=True,
@@ -187,8 +200,10 @@ HOST_BINARIES: dict[str, str] = {
 def host_binary(name: str) -> str | None:
     """The path of host program `name` (one of HOST_BINARIES), or None."""
     if name not in HOST_BINARIES:
-        raise KeyError(f"{name} is not in HOST_BINARIES: add it with its package, and the "
-                       "package to the Makefile's APT_PACKAGES")  # fmt: skip
+        raise KeyError(
+            f"{name} is not in HOST_BINARIES: add it with its package, and the "
+            "package to the Makefile's APT_PACKAGES"
+        )
     return shutil.which(name)
 
 

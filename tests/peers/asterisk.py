@@ -50,8 +50,14 @@ from tests.peers import (
 
 CONFIG_DIR = PROJECT_DIR / "config" / "asterisk"
 WA_EMULATION_SNIPPET = Path(__file__).with_name("pjsip-wa-emulation.conf")
-CONF_FILES = ("asterisk.conf", "modules.conf", "logger.conf", "rtp.conf", "pjsip.conf",
-              "extensions.conf")
+CONF_FILES = (
+    "asterisk.conf",
+    "modules.conf",
+    "logger.conf",
+    "rtp.conf",
+    "pjsip.conf",
+    "extensions.conf",
+)
 RUNS_DIR = "/opt/wagw"  # inside the chroot
 
 
@@ -202,8 +208,15 @@ class AsteriskPbx(PeerProcess):
     def write_config(self) -> None:
         self._remove_stale_runs()
         etc = self.host_run_dir / "etc"
-        for sub in ("etc/keys", "var/cache", "var/db", "var/lib/keys", "var/spool/wagw-rec",
-                    "var/run", "var/log"):
+        for sub in (
+            "etc/keys",
+            "var/cache",
+            "var/db",
+            "var/lib/keys",
+            "var/spool/wagw-rec",
+            "var/run",
+            "var/log",
+        ):
             (self.host_run_dir / sub).mkdir(parents=True, exist_ok=True)
         for name in CONF_FILES:
             text = (self.config_dir / name).read_text()
@@ -311,6 +324,7 @@ class AsteriskPbx(PeerProcess):
 
     def qualify(self, endpoint: str = "wagw", *, timeout: float = 10.0) -> bool:
         """Send OPTIONS to the endpoint's contacts now; True once one is Avail."""
+
         def reachable() -> bool:
             self.rx(f"pjsip qualify {endpoint}")
             time.sleep(0.3)
@@ -359,6 +373,7 @@ class AsteriskPbx(PeerProcess):
 
     def wait_dtmf(self, *, timeout: float = 20.0, wacid: str | None = None) -> DtmfResult:
         """The first `dtmf` extension result (for the given X-WA-Call-ID)."""
+
         def found() -> DtmfResult | None:
             for r in self.dtmf_results():
                 if wacid is None or r.wacid == wacid:
@@ -379,8 +394,9 @@ class AsteriskPbx(PeerProcess):
     def wait_recording(self, *, timeout: float = 30.0, copy_to: Path | None = None) -> Path:
         """Wait for a `record` extension run to finish; its WAV (copied to
         copy_to when given, since the run dir is removed on stop)."""
-        path = wait_until(lambda: (self.recordings() or [None])[0], timeout,
-                          what="WAGW-RECORDED log line")
+        path = wait_until(
+            lambda: (self.recordings() or [None])[0], timeout, what="WAGW-RECORDED log line"
+        )
         if copy_to is not None:
             copy_to.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, copy_to)

@@ -1,8 +1,8 @@
 """Make test tones and measure what arrived: dominant frequency and level.
 
-    tone_wav(path, 440, 30)                      # 48 kHz mono 16-bit sine, -6 dBFS
-    freq, dbfs = analyse_wav(path, skip_seconds=1)
-    assert_tone(path, 440, tolerance=0.02, min_dbfs=-30)
+tone_wav(path, 440, 30)                      # 48 kHz mono 16-bit sine, -6 dBFS
+freq, dbfs = analyse_wav(path, skip_seconds=1)
+assert_tone(path, 440, tolerance=0.02, min_dbfs=-30)
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def analyse_wav(
     `max_seconds`. The frequency is refined by parabolic interpolation of the
     Hann-windowed spectrum's peak; silence gives (0.0, -inf)."""
     data, rate = read_wav(path)
-    data = data[int(skip_seconds * rate):]
+    data = data[int(skip_seconds * rate) :]
     if max_seconds is not None:
         data = data[: int(max_seconds * rate)]
     if data.size < 256:

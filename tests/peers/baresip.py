@@ -142,8 +142,10 @@ class Baresip(PeerProcess):
         return f"sip:{self.user}@{LOOPBACK}:{self.sip_port}"
 
     def account_line(self) -> str:
-        aor = f"<sip:{self.user}@{LOOPBACK};transport=tls>" if self.tls else (
-            f"<sip:{self.user}@{LOOPBACK}>"
+        aor = (
+            f"<sip:{self.user}@{LOOPBACK};transport=tls>"
+            if self.tls
+            else (f"<sip:{self.user}@{LOOPBACK}>")
         )
         params = ["regint=0", f"answermode={self.answermode}"]
         if self.srtp:

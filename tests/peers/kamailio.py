@@ -262,9 +262,11 @@ class KamailioProxy(PeerProcess):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(self.config_file, self.host_dir / "kamailio.cfg")
         tls = (CONFIG_DIR / "tls.cfg").read_text()
-        for old, src, name in ((TLS_CERT_PATH, self.cert_file, "cert.pem"),
-                               (TLS_KEY_PATH, self.key_file, "key.pem"),
-                               (TLS_CA_PATH, self.ca_file, "ca.pem")):  # fmt: skip
+        for old, src, name in (
+            (TLS_CERT_PATH, self.cert_file, "cert.pem"),
+            (TLS_KEY_PATH, self.key_file, "key.pem"),
+            (TLS_CA_PATH, self.ca_file, "ca.pem"),
+        ):
             if old not in tls:
                 raise KamailioError(f"config/kamailio/tls.cfg no longer names {old}")
             shutil.copy(src, self.host_dir / name)
@@ -272,8 +274,10 @@ class KamailioProxy(PeerProcess):
         (self.host_dir / "tls.cfg").write_text(tls)
         lines = [f"1 {uri} 0 0 duid=gw{i}" for i, uri in enumerate(self.backends, 1)]
         (self.host_dir / "dispatcher.list").write_text("\n".join(lines) + "\n")
-        allow = [f"1 {net.network_address} {net.prefixlen} 0 test{i}"
-                 for i, net in enumerate(self.allow, 1)]  # fmt: skip
+        allow = [
+            f"1 {net.network_address} {net.prefixlen} 0 test{i}"
+            for i, net in enumerate(self.allow, 1)
+        ]
         (self.host_dir / "address.list").write_text("\n".join(allow) + "\n")
 
     def argv(self) -> list[str]:
@@ -292,9 +296,21 @@ class KamailioProxy(PeerProcess):
             "DS_PING_INTERVAL": self.ping_interval,
         }
         defines.update(self.defines)
-        argv = ["chroot", str(self.root), "/usr/sbin/kamailio", "-DD", "-E",
-                "-f", f"{inside}/kamailio.cfg", "-Y", f"{inside}/run", "-w", inside,
-                "-m", str(self.shm_mb)]  # fmt: skip
+        argv = [
+            "chroot",
+            str(self.root),
+            "/usr/sbin/kamailio",
+            "-DD",
+            "-E",
+            "-f",
+            f"{inside}/kamailio.cfg",
+            "-Y",
+            f"{inside}/run",
+            "-w",
+            inside,
+            "-m",
+            str(self.shm_mb),
+        ]
         for name, value in defines.items():
             argv += ["-A", _define(name, value)]
         return argv
@@ -367,8 +383,9 @@ class KamailioProxy(PeerProcess):
     ) -> subprocess.CompletedProcess[str] | None:
         try:
             argv = ["chroot", str(self.root), "/usr/sbin/kamcmd", "-s", self.ctl, *args]
-            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)  # fmt: skip
+            return subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired:
             return None
 

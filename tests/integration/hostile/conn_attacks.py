@@ -91,9 +91,12 @@ async def tls_options(port: int, source: str = HOST, timeout: float = 3.0) -> fl
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
-                HOST, port, ssl=client_context(), server_hostname="sip.example.com",
+                HOST,
+                port,
+                ssl=client_context(),
+                server_hostname="sip.example.com",
                 local_addr=(source, 0),
-            )  # fmt: skip
+            )
             writer.write(options(f"probe{time.monotonic_ns()}"))
             head = await reader.readuntil(b"\r\n\r\n")
         return time.monotonic() - start if head.startswith(b"SIP/2.0 200") else None
@@ -171,9 +174,12 @@ async def tls_flood(
         "bytes_from_server": server_bytes,
         "fds": {"before": base_fds, "max": max(sampler.fds), "after": after_fds},
         "rss_kib": {"before": base_rss, "max": max(sampler.rss), "after": after_rss},
-        "allowed_options": {"sent": len(probes), "answered": len(answered),
-                            "max_s": round(max(answered), 3) if answered else None},
-    }  # fmt: skip
+        "allowed_options": {
+            "sent": len(probes),
+            "answered": len(answered),
+            "max_s": round(max(answered), 3) if answered else None,
+        },
+    }
 
 
 async def silent_flood(
@@ -239,9 +245,12 @@ async def slowloris(port: int, count: int, observe: float, source: str = HOST) -
         nonlocal held, failed
         try:
             reader, writer = await asyncio.open_connection(
-                HOST, port, ssl=client_context(), server_hostname="sip.example.com",
+                HOST,
+                port,
+                ssl=client_context(),
+                server_hostname="sip.example.com",
                 local_addr=(source, 0),
-            )  # fmt: skip
+            )
         except (OSError, ssl.SSLError):
             failed += 1
             return

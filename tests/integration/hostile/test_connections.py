@@ -109,12 +109,17 @@ def test_silent_connections_capped_per_source_and_closed_at_the_handshake_deadli
 ) -> None:
     def counts() -> tuple[float, float, float]:
         return (
-            _count(gateway, "wagw_sip_connections_refused_total", leg="whatsapp",
-                   reason="per_source"),
-            _count(gateway, "wagw_sip_connections_closed_total", leg="whatsapp",
-                   reason="handshake_timeout"),
+            _count(
+                gateway, "wagw_sip_connections_refused_total", leg="whatsapp", reason="per_source"
+            ),
+            _count(
+                gateway,
+                "wagw_sip_connections_closed_total",
+                leg="whatsapp",
+                reason="handshake_timeout",
+            ),
             _count(gateway, "wagw_sip_tls_handshakes_total", leg="whatsapp", result="timeout"),
-        )  # fmt: skip
+        )
 
     before = counts()
     count = 60
@@ -141,23 +146,26 @@ def test_silent_connections_capped_per_source_and_closed_at_the_handshake_deadli
 def test_slowloris_closed_at_the_message_deadline_although_bytes_keep_coming(
     gateway: GatewayProcess,
 ) -> None:
-    closed = _count(gateway, "wagw_sip_connections_closed_total", leg="whatsapp",
-                    reason="message_timeout")  # fmt: skip
+    closed = _count(
+        gateway, "wagw_sip_connections_closed_total", leg="whatsapp", reason="message_timeout"
+    )
     result = asyncio.run(slowloris(gateway.ports["tls"], 3, observe=10.0))
     assert result["connect_failed"] == 0
     assert result["closed"] == 3 and result["held_at_end"] == 0, result
     first, last = result["closed_s"]  # type: ignore[misc]
     assert first >= MESSAGE - 0.1 and last <= MESSAGE + 1.5, result
-    now = _count(gateway, "wagw_sip_connections_closed_total", leg="whatsapp",
-                 reason="message_timeout")  # fmt: skip
+    now = _count(
+        gateway, "wagw_sip_connections_closed_total", leg="whatsapp", reason="message_timeout"
+    )
     assert now - closed == 3
 
 
 def test_pings_alone_do_not_make_a_first_message(gateway: GatewayProcess) -> None:
     """RFC 5626 pings keep a connection that has carried SIP; a connection that only
     pings is closed at the first-message deadline."""
-    closed = _count(gateway, "wagw_sip_connections_closed_total", leg="pbx",
-                    reason="first_message_timeout")  # fmt: skip
+    closed = _count(
+        gateway, "wagw_sip_connections_closed_total", leg="pbx", reason="first_message_timeout"
+    )
     with socket.create_connection(("127.0.0.1", gateway.ports["pbx_listen"]), timeout=1) as s:
         start = time.monotonic()
         gone = None
@@ -176,23 +184,26 @@ def test_pings_alone_do_not_make_a_first_message(gateway: GatewayProcess) -> Non
             assert data == b"\r\n"  # the pong
             time.sleep(0.5)
     assert gone is not None and FIRST_MESSAGE - 0.1 <= gone <= FIRST_MESSAGE + 1.5, gone
-    now = _count(gateway, "wagw_sip_connections_closed_total", leg="pbx",
-                 reason="first_message_timeout")  # fmt: skip
+    now = _count(
+        gateway, "wagw_sip_connections_closed_total", leg="pbx", reason="first_message_timeout"
+    )
     assert now - closed == 1
 
 
 def test_a_peer_that_never_reads_is_closed_at_the_write_buffer_cap(
     gateway: GatewayProcess,
 ) -> None:
-    closed = _count(gateway, "wagw_sip_connections_closed_total", leg="whatsapp",
-                    reason="write_buffer")  # fmt: skip
+    closed = _count(
+        gateway, "wagw_sip_connections_closed_total", leg="whatsapp", reason="write_buffer"
+    )
     result = asyncio.run(non_reader(_pid(gateway), gateway.ports["tls"], seconds=10.0))
     after = result["closed_after_s"]
     assert after is not None and after < 8, result
     rss = result["rss_kib"]
     assert isinstance(rss, dict) and rss["max"] - rss["before"] < 16_000, result
-    now = _count(gateway, "wagw_sip_connections_closed_total", leg="whatsapp",
-                 reason="write_buffer")  # fmt: skip
+    now = _count(
+        gateway, "wagw_sip_connections_closed_total", leg="whatsapp", reason="write_buffer"
+    )
     assert now - closed == 1
     assert proc_fds(_pid(gateway)) < 20
 

@@ -311,8 +311,16 @@ def guess(port: int, seconds: float, source: str = GUESSER) -> dict[str, Any]:
 
 
 def _child(mode: str, port: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "tests.integration.hostile.test_overload", "child", mode,
-           str(port), str(seconds), str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.integration.hostile.test_overload",
+        "child",
+        mode,
+        str(port),
+        str(seconds),
+        str(out),
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
@@ -353,10 +361,13 @@ def _daemon(tmp: Path, **overrides: Any) -> Iterator[GatewayProcess]:
         pbx = stack.enter_context(AsteriskPbx(gw_port=gw_port, log_dir=tmp / "ast"))
         cfg: dict[str, Any] = {
             "whatsapp": {"tls": {"ca_file": str(default_tls().ca_file)}},
-            "pbx": {"address": f"127.0.0.1:{pbx.ast_port}", "listen": f"127.0.0.1:{gw_port}",
-                    "request_uri_user": "tone"},
+            "pbx": {
+                "address": f"127.0.0.1:{pbx.ast_port}",
+                "listen": f"127.0.0.1:{gw_port}",
+                "request_uri_user": "tone",
+            },
             "logging": {"level": "info"},
-        }  # fmt: skip
+        }
         for key, value in overrides.items():
             cfg.setdefault(key, {}).update(value)
         (tmp / "gw").mkdir(exist_ok=True)

@@ -965,9 +965,13 @@ class OutboundHarness(Harness):
         bridge = call.bridge
         assert isinstance(bridge, FakeBridge)
         return OutFlow(
-            request_of(data), call, invites[0].request, bridge, invites[0].target,
+            request_of(data),
+            call,
+            invites[0].request,
+            bridge,
+            invites[0].target,
             sent_at_start=sent,
-        )  # fmt: skip
+        )
 
     def meta_reply(self, flow: OutFlow, status: int, **kwargs: Any) -> list[Sent]:
         """Meta answers the latest INVITE; a 200 gets Meta's SDES answer unless given."""
@@ -981,11 +985,15 @@ class OutboundHarness(Harness):
     ) -> list[Sent]:
         """Meta challenges the latest INVITE; ``flow.meta_invite`` follows a re-sent one."""
         now = self.scheduler.time()
-        self.from_meta(meta_challenge(flow.meta_invite, self.meta_digest, now, status=status,
-                                      stale=stale))  # fmt: skip
+        self.from_meta(
+            meta_challenge(flow.meta_invite, self.meta_digest, now, status=status, stale=stale)
+        )
         sent = self.sent()
-        again = [s.request for s in self.to_meta(sent)
-                 if isinstance(s.message, Request) and s.message.method == "INVITE"]  # fmt: skip
+        again = [
+            s.request
+            for s in self.to_meta(sent)
+            if isinstance(s.message, Request) and s.message.method == "INVITE"
+        ]
         if again:
             flow.meta_invite = again[-1]
         return sent
@@ -999,8 +1007,11 @@ class OutboundHarness(Harness):
         sent += self.meta_reply(flow, 180)
         sent += self.meta_reply(flow, 200)
         flow.meta_ok = response_of(meta_response(flow.meta_invite, 200, sdp=META_SDP))
-        oks = [s.response for s in self.to_pbx(sent)
-               if isinstance(s.message, Response) and s.message.status == 200]  # fmt: skip
+        oks = [
+            s.response
+            for s in self.to_pbx(sent)
+            if isinstance(s.message, Response) and s.message.status == 200
+        ]
         assert len(oks) == 1, [s.message for s in sent]
         flow.answered = oks[0]
         if ack:

@@ -235,8 +235,9 @@ def test_full_context() -> None:
 
 
 def test_bsuid_user() -> None:
-    out = dict(pbx_context_headers(invite([]), user="US.13491208655302741918",
-                                   business_number=BUSINESS))  # fmt: skip
+    out = dict(
+        pbx_context_headers(invite([]), user="US.13491208655302741918", business_number=BUSINESS)
+    )
     assert out["X-WA-User"] == "US.13491208655302741918"
 
 

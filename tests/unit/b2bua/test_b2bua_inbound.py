@@ -124,8 +124,16 @@ def test_request_uri_user_params_are_ignored(h: Harness, params: str) -> None:
 
 
 def test_request_uri_user_without_plus_is_the_business_number(tmp_path: Path) -> None:
-    h = Harness(tmp_path, {"whatsapp": {"numbers": [
-        {"number": BUSINESS, "sip_password_file": "wa.pass", "challenge": False}]}})  # fmt: skip
+    h = Harness(
+        tmp_path,
+        {
+            "whatsapp": {
+                "numbers": [
+                    {"number": BUSINESS, "sip_password_file": "wa.pass", "challenge": False}
+                ]
+            }
+        },
+    )
     h.from_meta(meta_invite(number=BUSINESS[1:]))
     sent = h.sent()
     assert methods(to_pbx(sent)) == ["INVITE"]
@@ -422,11 +430,14 @@ def test_ipv6_pbx_and_advertise(tmp_path: Path) -> None:
     h = Harness(
         tmp_path,
         {
-            "pbx": {"address": "[::1]:5080", "listen": "[::1]:5090",
-                    "trusted_networks": ["::1/128"]},
+            "pbx": {
+                "address": "[::1]:5080",
+                "listen": "[::1]:5090",
+                "trusted_networks": ["::1/128"],
+            },
             "whatsapp": {"advertise": "[2001:db8::5]:5061"},
         },
-    )  # fmt: skip
+    )
     sent = h.challenge_and_retry({})
     out = only(h.requests(sent, "INVITE"))
     assert isinstance(out, Request)

@@ -1034,8 +1034,14 @@ def test_max_outbound_calls_counts_per_number(tmp_path: Path) -> None:
 
 
 def test_inbound_calls_do_not_count_against_the_outbound_cap(tmp_path: Path) -> None:
-    numbers = [{"number": BUSINESS, "sip_password_file": "wa.pass", "max_outbound_calls": 1,
-                "challenge": False}]  # fmt: skip
+    numbers = [
+        {
+            "number": BUSINESS,
+            "sip_password_file": "wa.pass",
+            "max_outbound_calls": 1,
+            "challenge": False,
+        }
+    ]
     h = OutboundHarness(tmp_path, {"whatsapp": {"numbers": numbers}})
     h.start_call()  # from WhatsApp
     h.place_call()
@@ -1122,15 +1128,18 @@ def test_hangup_all_during_setup_and_in_a_call(h: OutboundHarness) -> None:
     talking = answered(h)
     h.calls.hangup_all("shutdown")
     sent = h.sent()
-    assert final_to_pbx(h, [s for s in sent if s.message.call_id == ringing.pbx_invite.call_id]
-                        ).status == 503  # fmt: skip
+    assert (
+        final_to_pbx(h, [s for s in sent if s.message.call_id == ringing.pbx_invite.call_id]).status
+        == 503
+    )
     to_meta = {s.request.call_id: s.request.method for s in meta_requests(h, sent)}
     assert to_meta == {
         ringing.meta_invite.call_id: "CANCEL",
         talking.meta_invite.call_id: "BYE",
     }
-    assert "BYE" in methods([s for s in h.to_pbx(sent)
-                             if s.message.call_id == talking.pbx_invite.call_id])  # fmt: skip
+    assert "BYE" in methods(
+        [s for s in h.to_pbx(sent) if s.message.call_id == talking.pbx_invite.call_id]
+    )
     assert h.calls.calls == {}
 
 

@@ -53,14 +53,14 @@ PROXY_CONFIG: dict[str, Any] = {
 }
 
 
-def relayed(
-    data: bytes, transport: str = "udp", src: tuple[str, int] = META_SRC
-) -> bytes:
+def relayed(data: bytes, transport: str = "udp", src: tuple[str, int] = META_SRC) -> bytes:
     """``data`` (a Meta-shaped request) as Kamailio forwards it to an instance."""
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
-    out = [lines[0], f"Via: SIP/2.0/{transport.upper()} {PROXY_HOST}:{PROXY_PORT};"
-           f"branch={new_branch()};rport"]  # fmt: skip
+    out = [
+        lines[0],
+        f"Via: SIP/2.0/{transport.upper()} {PROXY_HOST}:{PROXY_PORT};branch={new_branch()};rport",
+    ]
     for line in lines[1:]:
         if line.startswith("Via:") and ";rport" in line:
             line = line.replace(";rport", f";received={src[0]};rport={src[1]}", 1)
@@ -183,8 +183,9 @@ def test_outbound_call_goes_to_the_outbound_proxy(tmp_path: Path) -> None:
     # Meta's 407 comes back through the proxy; the answer is a new INVITE to it too.
     value = h.meta_digest.challenge(h.scheduler.time())[0].to_header()
     h.from_meta(meta_response(req, 407, extra=[("Proxy-Authenticate", value)]), PROXY_UDP)
-    again = only([s for s in h.sent() if isinstance(s.message, Request)
-                  and s.message.method == "INVITE"])  # fmt: skip
+    again = only(
+        [s for s in h.sent() if isinstance(s.message, Request) and s.message.method == "INVITE"]
+    )
     assert again.target == PROXY_UDP
     assert again.request.headers.get("Proxy-Authorization")
 

@@ -63,10 +63,17 @@ def test_the_ack_for_a_stateless_407_is_absorbed(tmp_path: Path) -> None:
 
 
 def test_the_stateful_path_keeps_everything_else(tmp_path: Path) -> None:
-    h = Harness(tmp_path, {"whatsapp": {"numbers": [
-        {"number": BUSINESS, "sip_password_file": "wa.pass"},
-        {"number": "+15550002222", "sip_password_file": "wa.pass", "challenge": False},
-    ]}})  # fmt: skip
+    h = Harness(
+        tmp_path,
+        {
+            "whatsapp": {
+                "numbers": [
+                    {"number": BUSINESS, "sip_password_file": "wa.pass"},
+                    {"number": "+15550002222", "sip_password_file": "wa.pass", "challenge": False},
+                ]
+            }
+        },
+    )
     assert screen(h, meta_invite(auth='Digest username="x"')) is None  # credentials: verify
     assert screen(h, meta_invite(number="+15550009999")) is None  # 404 comes statefully
     assert screen(h, meta_invite(number="+15550002222")) is None  # not challenged
@@ -79,8 +86,11 @@ def test_the_stateful_path_keeps_everything_else(tmp_path: Path) -> None:
 def _answer(h: Harness, resp: Response, password: str | None = None, **kw: object) -> bytes:
     ruri = request_of(meta_invite()).uri
     value = resp.headers.get("Proxy-Authenticate") or ""
-    cred = h.credentials(value, ruri) if password is None else h.credentials(
-        value, ruri, password=password)  # fmt: skip
+    cred = (
+        h.credentials(value, ruri)
+        if password is None
+        else h.credentials(value, ruri, password=password)
+    )
     return meta_invite(auth=cred, cseq=2, branch=new_branch(), **kw)  # type: ignore[arg-type]
 
 
@@ -146,7 +156,11 @@ def test_admission_answers_statelessly(tmp_path: Path) -> None:
     answers = [adm(request_of(meta_invite()), META_SOURCE, "whatsapp", 0.0) for _ in range(4)]
     # two 407s (burst), one 503 with Retry-After (refusal burst), then dropped
     assert [[wire(o).status for o in a] if a is not None else None for a in answers] == [
-        [407], [407], [503], []]  # fmt: skip
+        [407],
+        [407],
+        [503],
+        [],
+    ]
     refused = wire(answers[2][0])  # type: ignore[index]
     assert refused.headers.get("Retry-After") == "7" and refused.to.tag
     assert answers[2][0].target == Target("tls", META_SOURCE.host, META_SOURCE.port, 7)  # type: ignore[index]
@@ -163,8 +177,10 @@ def test_admission_answers_statelessly(tmp_path: Path) -> None:
         b"To: <sip:+17015558857@sip.example.com>", b"To: <sip:+17015558857@sip.example.com>;tag=x"
     )
     assert adm(request_of(bye), META_SOURCE, "whatsapp", 0.0) is None
-    assert adm.control.stats.limited == {("whatsapp", "invite", "503"): 1,
-                                         ("whatsapp", "invite", "drop"): 1}  # fmt: skip
+    assert adm.control.stats.limited == {
+        ("whatsapp", "invite", "503"): 1,
+        ("whatsapp", "invite", "drop"): 1,
+    }
 
 
 def test_admission_refuses_while_lagging(tmp_path: Path) -> None:

@@ -575,7 +575,9 @@ def test_check_files_unreadable_password(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- behind a proxy
 
-PROXIED = MINIMAL + """\
+PROXIED = (
+    MINIMAL
+    + """\
   listen: null
   trusted_proxies: [10.0.0.5/32]
   proxy_listen: 0.0.0.0:5071
@@ -585,6 +587,7 @@ sip:
 cluster:
   nonce_secret_file: nonce.secret
 """
+)
 
 
 def test_behind_a_proxy(tmp_path: Path) -> None:
@@ -609,13 +612,19 @@ def test_behind_a_proxy(tmp_path: Path) -> None:
         ("  trusted_proxies: [127.0.0.1/32]\n", "whatsapp.proxy_listen", "trusted_proxies"),
         ("  listen: null\n", "whatsapp.listen", "behind a proxy"),
         ("  outbound_proxy: 127.0.0.1:5060\n", "whatsapp.proxy_listen", "outbound_proxy"),
-        ("  trusted_proxies: [10.0.0.1]\n  proxy_listen: 0.0.0.0:5071\n", "sip.advertise",
-         "proxy_listen is a wildcard"),
-        ("  trusted_proxies: [10.0.0.0/33]\n  proxy_listen: 127.0.0.1:5071\n",
-         "whatsapp.trusted_proxies.0", "CIDR"),
+        (
+            "  trusted_proxies: [10.0.0.1]\n  proxy_listen: 0.0.0.0:5071\n",
+            "sip.advertise",
+            "proxy_listen is a wildcard",
+        ),
+        (
+            "  trusted_proxies: [10.0.0.0/33]\n  proxy_listen: 127.0.0.1:5071\n",
+            "whatsapp.trusted_proxies.0",
+            "CIDR",
+        ),
         ("  proxy_transport: tls\n", "whatsapp.proxy_transport", "udp, tcp"),
     ],
-)  # fmt: skip
+)
 def test_proxy_settings_name_the_key(tmp_path: Path, whatsapp: str, key: str, words: str) -> None:
     [problem] = problems_of(write(tmp_path, MINIMAL + whatsapp))
     assert problem.startswith(f"{key}: "), problem
@@ -624,13 +633,17 @@ def test_proxy_settings_name_the_key(tmp_path: Path, whatsapp: str, key: str, wo
 
 def test_overlay_merges_over_the_base(tmp_path: Path) -> None:
     base = write(tmp_path, PROXIED)
-    overlay = write(tmp_path, """\
+    overlay = write(
+        tmp_path,
+        """\
         whatsapp:
           proxy_listen: 127.0.0.1:5072
           trusted_proxies: [127.0.0.1/32]
         http: {listen: 127.0.0.1:9467}
         media: {port_range: [25000, 29999]}
-        """, "instance-2.yaml")  # fmt: skip
+        """,
+        "instance-2.yaml",
+    )
     cfg = load_config(base, overlay)
     assert cfg.whatsapp.proxy_listen == HostPort("127.0.0.1", 5072)
     assert cfg.whatsapp.trusted_proxies == (ip_network("127.0.0.1/32"),)  # lists replaced
@@ -680,5 +693,8 @@ def test_no_outbound_proxy_without_a_tls_listener_is_warned(tmp_path: Path) -> N
     cfg = load_config(write(tmp_path, PROXIED.replace("  outbound_proxy: 10.0.0.5:5060\n", "")))
     [warning] = [w for w in check_files(cfg).warnings if w.startswith("whatsapp.outbound_proxy")]
     assert "Meta's in-dialog requests for them cannot arrive" in warning
-    assert not [w for w in check_files(load_config(write(tmp_path, PROXIED))).warnings
-                if w.startswith("whatsapp.outbound_proxy")]  # fmt: skip
+    assert not [
+        w
+        for w in check_files(load_config(write(tmp_path, PROXIED))).warnings
+        if w.startswith("whatsapp.outbound_proxy")
+    ]

@@ -17,10 +17,19 @@ def test_defaults(tmp_path: Path) -> None:
     assert (rl.invite.rate, rl.invite.burst, rl.other.rate, rl.other.burst) == (50, 100, 200, 400)
     assert (rl.refusals.rate, rl.messages.rate, rl.max_sources) == (20, 500, 10_000)
     assert (ov.lag_threshold, ov.hold, ov.max_transactions, ov.hard_max_transactions) == (
-        0.1, 1.0, 2000, 10_000)  # fmt: skip
+        0.1,
+        1.0,
+        2000,
+        10_000,
+    )
     assert ov.retry_after == 5
     assert (dt.max_failures, dt.window, dt.backoff, dt.max_backoff, dt.number_failures) == (
-        5, 60.0, 1.0, 60.0, 20)  # fmt: skip
+        5,
+        60.0,
+        1.0,
+        60.0,
+        20,
+    )
     control = build_control(cfg)
     assert control.limiter is not None and control.monitor is not None
     assert build_throttle(cfg) is not None

@@ -117,9 +117,16 @@ async def test_user_initiated_call_round_trip() -> None:
     assert result.violations == [], result.describe()
     assert result.status == 200 and result.failure is None and result.ok
     assert result.ladder == [
-        "-> INVITE", "<- 407 (INVITE)", "-> ACK", "-> INVITE", "<- 100 (INVITE)",
-        "<- 200 (INVITE)", "-> ACK", "-> BYE", "<- 200 (BYE)",
-    ]  # fmt: skip
+        "-> INVITE",
+        "<- 407 (INVITE)",
+        "-> ACK",
+        "-> INVITE",
+        "<- 100 (INVITE)",
+        "<- 200 (INVITE)",
+        "-> ACK",
+        "-> BYE",
+        "<- 200 (BYE)",
+    ]
     assert len(result.challenges) == 1 and "algorithm=MD5" in result.challenges[0]
     # The INVITE is shaped like Meta's (docs/whatsapp-sip.md section 3).
     invite = result.messages[3].text
@@ -226,10 +233,18 @@ async def test_business_initiated_call_round_trip() -> None:
     assert result.violations == [] and server.violations == [], result.describe()
     assert result.status == 200 and result.failure is None
     assert result.ladder == [
-        "<- INVITE", "-> 100 (INVITE)", "-> 407 (INVITE)", "<- ACK", "<- INVITE",
-        "-> 100 (INVITE)", "-> 180 (INVITE)", "-> 200 (INVITE)", "<- ACK", "-> BYE",
+        "<- INVITE",
+        "-> 100 (INVITE)",
+        "-> 407 (INVITE)",
+        "<- ACK",
+        "<- INVITE",
+        "-> 100 (INVITE)",
+        "-> 180 (INVITE)",
+        "-> 200 (INVITE)",
+        "<- ACK",
+        "-> BYE",
         "<- 200 (BYE)",
-    ]  # fmt: skip
+    ]
     chal = result.challenges[0]
     assert chal.startswith('Digest realm="wa.meta.vc", nonce="') and 'qop="auth"' in chal
     assert "opaque=" in chal and "algorithm=MD5" in chal

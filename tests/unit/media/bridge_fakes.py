@@ -118,8 +118,9 @@ def wa_params(**changes: Any) -> MediaParams:
 
 def wa_g711_params(**changes: Any) -> MediaParams:
     """The WhatsApp leg when Meta offered (and we chose) PCMU: passthrough."""
-    return wa_params(codec="PCMU", payload_type=PCMU_PT, clock_rate=8000, channels=1,
-                     fmtp={}, **changes)  # fmt: skip
+    return wa_params(
+        codec="PCMU", payload_type=PCMU_PT, clock_rate=8000, channels=1, fmtp={}, **changes
+    )
 
 
 def pbx_params(**changes: Any) -> MediaParams:
@@ -247,13 +248,15 @@ class _Peer:
 
     def payload(self, payload: bytes, pt: int | None = None) -> bytes:
         """The next packet of the stream with a given payload (and payload type)."""
-        return self.wrap(self.sender.next_packet(self.pt if pt is None else pt, payload,
-                                                 self.samples))  # fmt: skip
+        return self.wrap(
+            self.sender.next_packet(self.pt if pt is None else pt, payload, self.samples)
+        )
 
     def rtp(self, pt: int, seq: int, ts: int, payload: bytes, marker: bool = False) -> bytes:
         """A packet with explicit fields in this peer's SSRC."""
-        return self.wrap(build_rtp(pt, seq & 0xFFFF, ts & 0xFFFFFFFF, self.sender.ssrc,
-                                   payload, marker))  # fmt: skip
+        return self.wrap(
+            build_rtp(pt, seq & 0xFFFF, ts & 0xFFFFFFFF, self.sender.ssrc, payload, marker)
+        )
 
     def dtmf_event(self, digit: int, updates: int = 3) -> list[bytes]:
         """An RFC 4733 event in the audio's SSRC and sequence space, on the 8000 clock
@@ -277,8 +280,9 @@ class MetaPeer(_Peer):
     def __init__(self, params: MediaParams) -> None:
         assert params.srtp is not None
         if params.codec == "opus":
-            super().__init__("opus", 48000, params.payload_type, META_DTMF_PT, META_SSRC,
-                             bitrate=20000, fec=True)  # fmt: skip
+            super().__init__(
+                "opus", 48000, params.payload_type, META_DTMF_PT, META_SSRC, bitrate=20000, fec=True
+            )
         else:
             super().__init__(params.codec, 8000, params.payload_type, META_DTMF_PT, META_SSRC)
         srtp = params.srtp

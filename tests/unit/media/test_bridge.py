@@ -78,8 +78,13 @@ def answered(**kwargs: object) -> Rig:
 def test_params_match_what_negotiation_produces() -> None:
     key = new_key_material(SUITE)
     offer = parse_sdp(meta_offer_sdp(base64.b64encode(key).decode()))
-    _, meta = answer_whatsapp_offer(offer, local_address="203.0.113.10", local_port=20000,
-                                    allow_g711=False, new_key=new_key_material)  # fmt: skip
+    _, meta = answer_whatsapp_offer(
+        offer,
+        local_address="203.0.113.10",
+        local_port=20000,
+        allow_g711=False,
+        new_key=new_key_material,
+    )
     assert meta.srtp is not None and meta.srtp.remote_key == key
     assert wa_params(srtp=meta.srtp) == meta
     pbx_offer = make_pbx_offer(local_address="203.0.113.10", local_port=20002)

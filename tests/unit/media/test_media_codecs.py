@@ -35,8 +35,9 @@ def through(codec: AudioCodec, pcm: bytes) -> tuple[list[bytes], bytes]:
 def noise(seconds: float, sigma: float = 4000.0) -> bytes:
     rnd = random.Random(7)
     count = int(8000 * seconds)
-    return array.array("h", [max(-32768, min(32767, int(rnd.gauss(0.0, sigma))))
-                             for _ in range(count)]).tobytes()  # fmt: skip
+    return array.array(
+        "h", [max(-32768, min(32767, int(rnd.gauss(0.0, sigma)))) for _ in range(count)]
+    ).tobytes()
 
 
 def snr_db(test: bytes, reference: bytes) -> float:
@@ -122,8 +123,7 @@ def _fec_gain_db(codec: OpusCodec) -> float:
             decoder = OpusCodec()
             for payload in payloads[:lost]:
                 decoder.decode(payload)
-            snr.append(snr_db(decoder.conceal(payloads[lost + 1] if use_fec else None),
-                              full[lost]))  # fmt: skip
+            snr.append(snr_db(decoder.conceal(payloads[lost + 1] if use_fec else None), full[lost]))
         gains.append(snr[0] - snr[1])
     return sum(gains) / len(gains)
 
@@ -237,8 +237,12 @@ def test_g711_conceal_repeats_attenuated_then_silence(cls: type[PcmuCodec | Pcma
 def test_codec_for_names_and_fmtp() -> None:
     assert isinstance(codec_for("PCMU"), PcmuCodec)
     assert isinstance(codec_for("pcma"), PcmaCodec)
-    opus = codec_for("opus", maxaveragebitrate="20000", useinbandfec="1",
-                     **{"sprop-maxcapturerate": "16000", "minptime": "20"})  # fmt: skip
+    opus = codec_for(
+        "opus",
+        maxaveragebitrate="20000",
+        useinbandfec="1",
+        **{"sprop-maxcapturerate": "16000", "minptime": "20"},
+    )
     assert isinstance(opus, OpusCodec)
     assert (opus.bitrate, opus.fec) == (20000, True)
     opus = codec_for("opus")

@@ -10,8 +10,15 @@ from gateway.media.rtp import RtpPacket, RtpSender, parse_rtp
 TE_PT = 101
 
 
-def event_packet(seq: int, ts: int, event: int, duration: int, end: bool = False,
-                 volume: int = 10, marker: bool = False) -> RtpPacket:  # fmt: skip
+def event_packet(
+    seq: int,
+    ts: int,
+    event: int,
+    duration: int,
+    end: bool = False,
+    volume: int = 10,
+    marker: bool = False,
+) -> RtpPacket:
     payload = DtmfEvent(event, end, volume, duration).serialize()
     return RtpPacket(TE_PT, seq, ts, 0x5050, payload, marker)
 
@@ -159,8 +166,9 @@ def test_relay_output_sent_in_target_sequence_space() -> None:
     target.next_packet(111, b"audio", 960)
     sent = []
     for seq, (duration, end) in enumerate([(160, False), (320, False), (480, True)]):
-        for payload, ts, marker in relay.process(event_packet(seq, 777, 1, duration, end),
-                                                 target.timestamp):  # fmt: skip
+        for payload, ts, marker in relay.process(
+            event_packet(seq, 777, 1, duration, end), target.timestamp
+        ):
             sent.append(parse_rtp(target.packet_at(TE_PT, payload, ts, marker)))
         target.next_packet(111, b"audio", 960)
     assert [p.sequence for p in sent] == [101, 103, 105]

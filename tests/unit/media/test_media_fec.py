@@ -83,8 +83,10 @@ def test_a_lost_packet_is_rebuilt_from_the_next_packets_fec() -> None:
     plc_snr = np.mean([snr_db(frame(plc_only, i), frame(clean, i)) for i in LOST])
     assert fec_snr > plc_snr + 4, (fec_snr, plc_snr)
     # and the frames after each gap decode as in the clean run (the state is right)
-    after = [snr_db(with_fec[(i + 2) * 320 : (i + 6) * 320], clean[(i + 2) * 320 : (i + 6) * 320])
-             for i in LOST]  # fmt: skip
+    after = [
+        snr_db(with_fec[(i + 2) * 320 : (i + 6) * 320], clean[(i + 2) * 320 : (i + 6) * 320])
+        for i in LOST
+    ]
     assert min(after) > 10, after
 
 

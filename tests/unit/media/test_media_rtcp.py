@@ -30,23 +30,38 @@ from gateway.media.rtp import RtpSender, is_rtcp
 FRAME = 0.02
 
 
-def feed(stats: ReceiveStats, seqs: list[int], *, step: int = 160, t0: float = 100.0,
-         ts0: int = 5000, jitter: dict[int, float] | None = None) -> None:  # fmt: skip
+def feed(
+    stats: ReceiveStats,
+    seqs: list[int],
+    *,
+    step: int = 160,
+    t0: float = 100.0,
+    ts0: int = 5000,
+    jitter: dict[int, float] | None = None,
+) -> None:
     """Packets sent every 20 ms with timestamps step apart; arrival = send time (+ jitter)."""
     jitter = jitter or {}
     base = seqs[0]
     for seq in seqs:
         index = (seq - base) & 0xFFFF
-        stats.received(seq, (ts0 + index * step) & 0xFFFFFFFF,
-                       t0 + index * FRAME + jitter.get(index, 0.0))  # fmt: skip
+        stats.received(
+            seq, (ts0 + index * step) & 0xFFFFFFFF, t0 + index * FRAME + jitter.get(index, 0.0)
+        )
 
 
 # --------------------------------------------------------------- packets
 
 
 def test_sr_round_trip() -> None:
-    block = ReportBlock(ssrc=7, fraction_lost=25, cumulative_lost=-3, highest_sequence=70000,
-                        jitter=123, lsr=0x12345678, dlsr=65536)  # fmt: skip
+    block = ReportBlock(
+        ssrc=7,
+        fraction_lost=25,
+        cumulative_lost=-3,
+        highest_sequence=70000,
+        jitter=123,
+        lsr=0x12345678,
+        dlsr=65536,
+    )
     sr = RtcpSenderReport(1, 0x0123456789ABCDEF, 4000, 10, 1600, [block])
     data = sr.serialize()
     assert len(data) == 4 + 24 + 24

@@ -13,8 +13,14 @@ from gateway.media.rtp import RtpError, RtpPacket, RtpSender, build_rtp, is_rtcp
 
 
 def test_minimal_packet_round_trip() -> None:
-    packet = RtpPacket(payload_type=111, sequence=1234, timestamp=567890, ssrc=0xDEADBEEF,
-                       payload=b"opus", marker=True)  # fmt: skip
+    packet = RtpPacket(
+        payload_type=111,
+        sequence=1234,
+        timestamp=567890,
+        ssrc=0xDEADBEEF,
+        payload=b"opus",
+        marker=True,
+    )
     data = packet.serialize()
     assert data[:12] == struct.pack("!BBHII", 0x80, 0x80 | 111, 1234, 567890, 0xDEADBEEF)
     assert data[12:] == b"opus"
@@ -96,9 +102,16 @@ def test_serialize_rejects_bad_fields() -> None:
     payload=st.binary(max_size=200),
 )
 def test_round_trip_property(
-    pt: int, seq: int, ts: int, ssrc: int, marker: bool, csrc: tuple[int, ...],
-    ext: tuple[int, bytes] | None, padding: int, payload: bytes,
-) -> None:  # fmt: skip
+    pt: int,
+    seq: int,
+    ts: int,
+    ssrc: int,
+    marker: bool,
+    csrc: tuple[int, ...],
+    ext: tuple[int, bytes] | None,
+    padding: int,
+    payload: bytes,
+) -> None:
     ext_profile, ext_data = (None, b"") if ext is None else (ext[0], ext[1].ljust(12, b"\0"))
     packet = RtpPacket(pt, seq, ts, ssrc, payload, marker, csrc, ext_profile, ext_data, padding)
     assert parse_rtp(packet.serialize()) == packet

@@ -45,8 +45,9 @@ def test_show_a_fresh_number(emu: GraphEmulator, tmp_path: Path, capsys: Capsys)
     cfg = config(emu, tmp_path)
     code, out, err = run(capsys, "meta", "show", "-c", cfg)
     assert code == 2, out + err
-    assert out.startswith(f"{NUMBER} (phone_number_id {PNID}), WABA 102290129340398:"
-                          " 4 problems, 1 warning\n")  # fmt: skip
+    assert out.startswith(
+        f"{NUMBER} (phone_number_id {PNID}), WABA 102290129340398: 4 problems, 1 warning\n"
+    )
     for text in (
         "[x] calling.status: Calling is DISABLED at Meta",
         "[x] calling.sip.status: SIP is DISABLED at Meta",
@@ -71,9 +72,20 @@ def test_show_all_good_exits_0(emu: GraphEmulator, tmp_path: Path, capsys: Capsy
 
 
 def test_show_json(emu: GraphEmulator, tmp_path: Path, capsys: Capsys) -> None:
-    emu.configured(PNID, "old.example.com", 5061, restrictions={"restrictions_list": [
-        {"type": "RESTRICTED_BUSINESS_INITIATED_CALLING", "reason": "X",
-         "expiration": 4102444800}]})  # fmt: skip
+    emu.configured(
+        PNID,
+        "old.example.com",
+        5061,
+        restrictions={
+            "restrictions_list": [
+                {
+                    "type": "RESTRICTED_BUSINESS_INITIATED_CALLING",
+                    "reason": "X",
+                    "expiration": 4102444800,
+                }
+            ]
+        },
+    )
     code, out, _ = run(capsys, "meta", "show", "-c", config(emu, tmp_path), "--json")
     assert code == 2
     data = json.loads(out)
@@ -86,8 +98,10 @@ def test_show_json(emu: GraphEmulator, tmp_path: Path, capsys: Capsys) -> None:
     ]
     assert entry["meta"]["sip"]["servers"][0]["hostname"] == "old.example.com"
     assert entry["gateway"]["sip"]["servers"][0] == {
-        "hostname": "sip.example.com", "port": 5061, "request_uri_user_params": {}
-    }  # fmt: skip
+        "hostname": "sip.example.com",
+        "port": 5061,
+        "request_uri_user_params": {},
+    }
     assert entry["meta"]["restrictions"][0]["expiration"] == 4102444800
 
 
@@ -114,8 +128,9 @@ def test_show_graph_error(emu: GraphEmulator, tmp_path: Path, capsys: Capsys) ->
     (tmp_path / "meta.token").write_text("EAAexpired")
     code, out, _ = run(capsys, "meta", "show", "-c", str(path))
     assert code == 1
-    assert out.startswith(f"{NUMBER} (phone_number_id {PNID}): error: 190/463: Error validating"
-                          " access token")  # fmt: skip
+    assert out.startswith(
+        f"{NUMBER} (phone_number_id {PNID}): error: 190/463: Error validating access token"
+    )
     assert "(fbtrace_id A" in out and "the access token is invalid or expired" in out
     assert "EAAexpired" not in out
 
@@ -127,8 +142,12 @@ def test_apply_dry_run_then_apply_then_idempotent(
     emu: GraphEmulator, tmp_path: Path, capsys: Capsys
 ) -> None:
     state = emu.add_number(PNID)
-    cfg = config(emu, tmp_path, whatsapp={"request_uri_user_params": ";tgrp=wacall"},
-                 meta_api={"calling": {"callback_permission_status": "ENABLED"}})  # fmt: skip
+    cfg = config(
+        emu,
+        tmp_path,
+        whatsapp={"request_uri_user_params": ";tgrp=wacall"},
+        meta_api={"calling": {"callback_permission_status": "ENABLED"}},
+    )
     code, out, _ = run(capsys, "meta", "apply", "-c", cfg, "--dry-run")
     assert code == 2
     assert out.splitlines() == [
@@ -191,12 +210,20 @@ def test_apply_error_is_reported_and_other_numbers_go_on(
     other = emu.add_number("200000000000001")
     numbers = [
         {"number": NUMBER, "sip_password_file": "a.pw", "phone_number_id": PNID},
-        {"number": "+15550002222", "sip_password_file": "b.pw",
-         "phone_number_id": "200000000000001"},
-    ]  # fmt: skip
+        {
+            "number": "+15550002222",
+            "sip_password_file": "b.pw",
+            "phone_number_id": "200000000000001",
+        },
+    ]
     cfg = config(emu, tmp_path, whatsapp={"numbers": numbers})
-    emu.fail("POST", f"{PNID}/settings", times=5, status=500,
-             error={"message": "An unknown error occurred", "code": 1, "subcode": 99})  # fmt: skip
+    emu.fail(
+        "POST",
+        f"{PNID}/settings",
+        times=5,
+        status=500,
+        error={"message": "An unknown error occurred", "code": 1, "subcode": 99},
+    )
     code, out, _ = run(capsys, "meta", "apply", "-c", cfg)
     assert code == 1
     # meta_api.retries: 1
@@ -208,13 +235,23 @@ def test_apply_error_is_reported_and_other_numbers_go_on(
 def test_apply_rejected_by_meta(emu: GraphEmulator, tmp_path: Path, capsys: Capsys) -> None:
     emu.add_number(PNID)
     cfg = config(emu, tmp_path)
-    emu.fail("POST", "settings", status=400, error={
-        "message": "(#100) Invalid parameter", "code": 100, "subcode": 2494010,
-        "details": "hostname must resolve to a public address"})  # fmt: skip
+    emu.fail(
+        "POST",
+        "settings",
+        status=400,
+        error={
+            "message": "(#100) Invalid parameter",
+            "code": 100,
+            "subcode": 2494010,
+            "details": "hostname must resolve to a public address",
+        },
+    )
     code, out, _ = run(capsys, "meta", "apply", "-c", cfg)
     assert code == 1
-    assert ("error: 100/2494010: (#100) Invalid parameter (hostname must resolve to a public"
-            " address) (fbtrace_id ") in out  # fmt: skip
+    assert (
+        "error: 100/2494010: (#100) Invalid parameter (hostname must resolve to a public"
+        " address) (fbtrace_id "
+    ) in out
     assert len(emu.posts()) == 1  # a 4xx is not retried
 
 
@@ -313,8 +350,9 @@ def test_numbers_without_id_are_skipped(emu: GraphEmulator, tmp_path: Path, caps
 def test_token_never_printed(emu: GraphEmulator, tmp_path: Path, capsys: Capsys) -> None:
     emu.add_number(PNID)
     cfg = config(emu, tmp_path)
-    emu.fail("GET", "settings", status=400, error={"message": f"token {TOKEN} rejected",
-                                                  "code": 190})  # fmt: skip
+    emu.fail(
+        "GET", "settings", status=400, error={"message": f"token {TOKEN} rejected", "code": 190}
+    )
     code, out, err = run(capsys, "meta", "show", "-c", cfg, "--json")
     assert code == 1
     assert TOKEN not in out + err

@@ -148,9 +148,16 @@ async def test_secrets_never_in_errors_or_logs(
     emu: GraphEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Even when Meta echoes the token or a password in an error, it is scrubbed."""
-    emu.fail("GET", "settings", status=500, error={
-        "message": f"bad token {TOKEN} and password meta-pw-123", "code": 1,
-        "details": f"token={TOKEN}"})  # fmt: skip
+    emu.fail(
+        "GET",
+        "settings",
+        status=500,
+        error={
+            "message": f"bad token {TOKEN} and password meta-pw-123",
+            "code": 1,
+            "details": f"token={TOKEN}",
+        },
+    )
     emu.fail("GET", "settings", status=400, error={"message": f"again {TOKEN}", "code": 100})
     caplog.set_level(logging.DEBUG)
     async with client(emu, sleep=Sleeps()) as graph:

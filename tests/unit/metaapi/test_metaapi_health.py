@@ -111,13 +111,19 @@ async def test_we_are_blocked_meta_available(emu: GraphEmulator, tmp_path: Path)
     poller = MetaHealthPoller(cfg_for(emu, tmp_path), clock=Clock())
     await poller.poll_once()
     await poller.stop()
-    password = {"error_code": 1201, "error_description": "No SIP password for +15550001111.",
-                "possible_solution": "Copy it."}  # fmt: skip
+    password = {
+        "error_code": 1201,
+        "error_description": "No SIP password for +15550001111.",
+        "possible_solution": "Copy it.",
+    }
     found = entity(poller.annotate(report("BLOCKED", [password])))["meta"]["disagreement"]
     assert (found["gateway"], found["meta"]) == ("BLOCKED", "AVAILABLE")
     assert "run `wa-sip-gateway meta fetch-password -c FILE`" in found["likely_cause"]
-    pbx = {"error_code": 1301, "error_description": "The PBX at udp 127.0.0.1:5080 did not"
-           " answer.", "possible_solution": "Check the PBX."}  # fmt: skip
+    pbx = {
+        "error_code": 1301,
+        "error_description": "The PBX at udp 127.0.0.1:5080 did not answer.",
+        "possible_solution": "Check the PBX.",
+    }
     found = entity(poller.annotate(report("BLOCKED", [pbx])))["meta"]["disagreement"]
     assert found["likely_cause"] == (
         "Meta would send calls, but the gateway cannot take them: The PBX at udp"
@@ -133,8 +139,9 @@ async def test_agreement_has_no_disagreement(emu: GraphEmulator, tmp_path: Path)
     for ours in ("AVAILABLE", "LIMITED"):
         meta = entity(poller.annotate(report(ours)))["meta"]
         assert meta["can_receive_call_sip"] == "AVAILABLE" and "disagreement" not in meta
-    emu.force_health(PNID, [{"entity_type": "PHONE_NUMBER", "id": PNID,
-                             "can_receive_call_sip": "BLOCKED"}])  # fmt: skip
+    emu.force_health(
+        PNID, [{"entity_type": "PHONE_NUMBER", "id": PNID, "can_receive_call_sip": "BLOCKED"}]
+    )
     await poller.poll_once()
     await poller.stop()
     meta = entity(poller.annotate(report("BLOCKED")))["meta"]
@@ -144,15 +151,29 @@ async def test_agreement_has_no_disagreement(emu: GraphEmulator, tmp_path: Path)
 async def test_unknown_meta_error_and_no_reason(emu: GraphEmulator, tmp_path: Path) -> None:
     emu.configured(PNID, GATEWAY, 5061)
     poller = MetaHealthPoller(cfg_for(emu, tmp_path), clock=Clock())
-    emu.force_health(PNID, [{"entity_type": "PHONE_NUMBER", "id": PNID,
-                             "can_receive_call_sip": "BLOCKED", "errors": [
-                                 {"error_code": 138099, "error_description": "Something new.",
-                                  "possible_solution": "Ask Meta."}]}])  # fmt: skip
+    emu.force_health(
+        PNID,
+        [
+            {
+                "entity_type": "PHONE_NUMBER",
+                "id": PNID,
+                "can_receive_call_sip": "BLOCKED",
+                "errors": [
+                    {
+                        "error_code": 138099,
+                        "error_description": "Something new.",
+                        "possible_solution": "Ask Meta.",
+                    }
+                ],
+            }
+        ],
+    )
     await poller.poll_once()
     cause = entity(poller.annotate(report()))["meta"]["disagreement"]["likely_cause"]
     assert cause == "Meta reports 138099: Something new. (Meta's suggestion: Ask Meta.)."
-    emu.force_health(PNID, [{"entity_type": "PHONE_NUMBER", "id": PNID,
-                             "can_receive_call_sip": "BLOCKED"}])  # fmt: skip
+    emu.force_health(
+        PNID, [{"entity_type": "PHONE_NUMBER", "id": PNID, "can_receive_call_sip": "BLOCKED"}]
+    )
     await poller.poll_once()
     await poller.stop()
     cause = entity(poller.annotate(report()))["meta"]["disagreement"]["likely_cause"]
@@ -264,15 +285,24 @@ async def test_text_for_the_health_command(emu: GraphEmulator, tmp_path: Path) -
 
 
 def test_parse_is_liberal() -> None:
-    body = {"health_status": {"entities": [
-        {"entity_type": "PHONE_NUMBER", "id": "1", "can_receive_call_sip": "LIMITED",
-         "additional_info": ["slow"]},
-        {"entity_type": "WABA", "id": "2", "can_send_message": "AVAILABLE"},
-        "junk",
-    ]}}  # fmt: skip
+    body = {
+        "health_status": {
+            "entities": [
+                {
+                    "entity_type": "PHONE_NUMBER",
+                    "id": "1",
+                    "can_receive_call_sip": "LIMITED",
+                    "additional_info": ["slow"],
+                },
+                {"entity_type": "WABA", "id": "2", "can_send_message": "AVAILABLE"},
+                "junk",
+            ]
+        }
+    }
     entities = parse_health_status(copy.deepcopy(body))
     assert [(e.entity_type, e.status) for e in entities] == [
-        ("PHONE_NUMBER", "LIMITED"), ("WABA", None)
-    ]  # fmt: skip
+        ("PHONE_NUMBER", "LIMITED"),
+        ("WABA", None),
+    ]
     assert entities[0].to_json()["additional_info"] == ["slow"]
     assert parse_health_status({}) == ()

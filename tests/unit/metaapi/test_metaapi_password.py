@@ -68,10 +68,14 @@ async def test_fetch_without_advanced_access(emu: GraphEmulator) -> None:
 
 
 async def test_rotate(emu: GraphEmulator, tmp_path: Path) -> None:
-    server = {"hostname": "sip.example.com", "port": 5061,
-              "request_uri_user_params": {"tgrp": "wacall"}}  # fmt: skip
-    state = emu.configured(PNID, "sip.example.com", 5061, sip={"status": "ENABLED",
-                                                               "servers": [server]})  # fmt: skip
+    server = {
+        "hostname": "sip.example.com",
+        "port": 5061,
+        "request_uri_user_params": {"tgrp": "wacall"},
+    }
+    state = emu.configured(
+        PNID, "sip.example.com", 5061, sip={"status": "ENABLED", "servers": [server]}
+    )
     old = state.password
     _, cfg = write_config(emu, tmp_path)
     async with graph(emu) as g:
@@ -95,8 +99,13 @@ async def test_rotate_fails_half_way_says_sip_is_off(emu: GraphEmulator, tmp_pat
     async with graph(emu) as g:
         settings = CallingSettings.parse(await g.get(f"/{PNID}/settings"))
         # the first POST (SIP off) goes through, the second (SIP on again) fails
-        emu.fail("POST", "settings", skip=1, status=400,
-                 error={"message": "(#100) Invalid parameter", "code": 100})  # fmt: skip
+        emu.fail(
+            "POST",
+            "settings",
+            skip=1,
+            status=400,
+            error={"message": "(#100) Invalid parameter", "code": 100},
+        )
         with pytest.raises(GraphError) as info:
             await rotate_password(g, PNID, settings, desired_for(cfg, 0))
     assert "SIP IS NOW DISABLED at Meta" in str(info.value)

@@ -119,13 +119,18 @@ def test_hostname_and_port_not_this_gateway(tmp_path: Path) -> None:
     assert "port 5062, but the gateway listens on 5061 (whatsapp.listen)" in port.message
     row = next(r for r in result.rows if r.name == "SIP server")
     assert (row.meta, row.gateway, row.ok) == (
-        "old-pbx.example.com:5062", "sip.example.com:5061", False
-    )  # fmt: skip
+        "old-pbx.example.com:5062",
+        "sip.example.com:5061",
+        False,
+    )
 
 
 def test_hostname_compared_without_case_or_trailing_dot(tmp_path: Path) -> None:
-    server = {"hostname": "SIP.Example.com.", "port": 5061,
-              "request_uri_user_params": {"tgrp": "wacall"}}  # fmt: skip
+    server = {
+        "hostname": "SIP.Example.com.",
+        "port": 5061,
+        "request_uri_user_params": {"tgrp": "wacall"},
+    }
     assert compare(meta(sip__servers=[server]), want(tmp_path), now=NOW).findings == []
 
 
@@ -188,11 +193,14 @@ def test_g711_both_sides(tmp_path: Path) -> None:
 def test_restrictions(tmp_path: Path) -> None:
     restrictions = {
         "restrictions_list": [
-            {"type": "RESTRICTED_USER_INITIATED_CALLING", "reason": "LOW_QUALITY",
-             "expiration": int(NOW) + 86400},
+            {
+                "type": "RESTRICTED_USER_INITIATED_CALLING",
+                "reason": "LOW_QUALITY",
+                "expiration": int(NOW) + 86400,
+            },
             {"type": "RESTRICTED_BUSINESS_INITIATED_CALLING", "expiration": int(NOW) - 60},
         ]
-    }  # fmt: skip
+    }
     result = compare(meta(restrictions=restrictions), want(tmp_path), now=NOW)
     assert keys(result) == [("calling.restrictions", "restriction")]
     assert result.findings[0].message == (
@@ -215,8 +223,11 @@ def test_call_hours_and_callback_shown_for_context(tmp_path: Path) -> None:
         ],
         "holiday_schedule": [{"date": "2026-01-01", "start_time": "0000", "end_time": "2359"}],
     }
-    result = compare(meta(call_hours=hours, call_icons={"restrict_to_user_countries": ["BR"]}),
-                     want(tmp_path), now=NOW)  # fmt: skip
+    result = compare(
+        meta(call_hours=hours, call_icons={"restrict_to_user_countries": ["BR"]}),
+        want(tmp_path),
+        now=NOW,
+    )
     context = dict(result.context)
     assert context["call hours"] == (
         "ENABLED; America/Manaus; MON 0400-1020, TUE 0108-1020; holidays 2026-01-01 0000-2359"
@@ -240,9 +251,11 @@ def test_optional_settings_from_config(tmp_path: Path) -> None:
     desired = want(tmp_path, meta_api={"calling": calling})
     result = compare(meta(), desired, now=NOW)
     assert [k for k, _ in keys(result)] == [
-        "calling.call_icon_visibility", "calling.callback_permission_status",
-        "calling.call_hours", "calling.voicemail",
-    ]  # fmt: skip
+        "calling.call_icon_visibility",
+        "calling.callback_permission_status",
+        "calling.call_hours",
+        "calling.voicemail",
+    ]
     assert all(f.severity == "warning" for f in result.findings)
     todo = plan(meta(), desired)
     assert todo.bodies == [
@@ -278,13 +291,21 @@ def test_a_numbers_own_calling_settings_override_the_shared_ones(tmp_path: Path)
     """whatsapp.numbers[].meta_calling: each key it sets replaces meta_api.calling's;
     the rest is inherited (here: the shared call hours, its own voicemail off)."""
     hours = {"timezone_id": "Europe/Berlin", "weekly_operating_hours": []}
-    shared = {"callback_permission_status": "ENABLED", "call_hours": hours,
-              "voicemail": {"triggers": ["TIMEOUT"]}}  # fmt: skip
+    shared = {
+        "callback_permission_status": "ENABLED",
+        "call_hours": hours,
+        "voicemail": {"triggers": ["TIMEOUT"]},
+    }
     own = {"callback_permission_status": "DISABLED", "voicemail": {"status": "DISABLED"}}
-    number = {"number": NUMBER, "sip_password_file": "pw", "phone_number_id": PNID,
-              "meta_calling": own}  # fmt: skip
-    _, cfg = write_config(None, tmp_path, whatsapp={"numbers": [number]},
-                          meta_api={"calling": shared})  # fmt: skip
+    number = {
+        "number": NUMBER,
+        "sip_password_file": "pw",
+        "phone_number_id": PNID,
+        "meta_calling": own,
+    }
+    _, cfg = write_config(
+        None, tmp_path, whatsapp={"numbers": [number]}, meta_api={"calling": shared}
+    )
     calling = desired_for(cfg, 0).calling
     assert calling.callback_permission_status == "DISABLED"
     assert calling.voicemail is not None and calling.voicemail.status == "DISABLED"
@@ -299,8 +320,10 @@ def test_plan_from_nothing_posts_sip_before_sdes(tmp_path: Path) -> None:
     settings = CallingSettings.parse({"calling": {"status": "DISABLED"}})
     todo = plan(settings, want(tmp_path))
     assert [c.key for c in todo.changes] == [
-        "calling.status", "calling.sip", "calling.srtp_key_exchange_protocol"
-    ]  # fmt: skip
+        "calling.status",
+        "calling.sip",
+        "calling.srtp_key_exchange_protocol",
+    ]
     assert todo.bodies == [
         {
             "calling": {
@@ -322,8 +345,9 @@ def test_plan_from_nothing_posts_sip_before_sdes(tmp_path: Path) -> None:
     assert todo.enables_sip
     sip = next(c for c in todo.changes if c.key == "calling.sip")
     assert (sip.before, sip.after) == (
-        "not set, no server", "ENABLED, sip.example.com:5061 ;tgrp=wacall"
-    )  # fmt: skip
+        "not set, no server",
+        "ENABLED, sip.example.com:5061 ;tgrp=wacall",
+    )
 
 
 def test_plan_replaces_extra_servers(tmp_path: Path) -> None:
@@ -339,8 +363,10 @@ def test_parse_is_liberal_and_keeps_no_password() -> None:
         "calling": {
             "sip": {
                 "status": "ENABLED",
-                "servers": [{"hostname": "h", "port": "5061", "sip_user_password": "s3cret",
-                             "app_id": 123}, "junk"],
+                "servers": [
+                    {"hostname": "h", "port": "5061", "sip_user_password": "s3cret", "app_id": 123},
+                    "junk",
+                ],
             },
             "voicemail": {"status": "ENABLED", "password": "x"},
             "restrictions": {"restrictions_list": [{"type": "X"}, 5]},
@@ -348,7 +374,7 @@ def test_parse_is_liberal_and_keeps_no_password() -> None:
             "new_meta_feature": {"on": True},
         },
         "other_feature": 1,
-    }  # fmt: skip
+    }
     settings = CallingSettings.parse(body)
     assert settings.sip_servers[0].port == 5061 and settings.sip_servers[0].app_id == "123"
     assert len(settings.sip_servers) == 2 and settings.sip_servers[1].hostname is None

@@ -131,10 +131,15 @@ class FakeCall:
         self.started = 100.0
         self.answered_at = answered
         self.bridge = FakeBridge(
-            whatsapp={"rx_packets": 100, "tx_packets": 110, "lost": 2,
-                      "jitter_seconds": 0.004, "srtp_auth_failures": 1},
+            whatsapp={
+                "rx_packets": 100,
+                "tx_packets": 110,
+                "lost": 2,
+                "jitter_seconds": 0.004,
+                "srtp_auth_failures": 1,
+            },
             pbx={"rx_packets": 90, "tx_packets": 95, "lost": 0, "jitter_seconds": 0.001},
-        )  # fmt: skip
+        )
 
 
 class FakeView:

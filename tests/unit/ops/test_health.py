@@ -148,8 +148,9 @@ def test_valid_certificate_has_no_findings() -> None:
 
 
 def test_expired_is_blocked_1101() -> None:
-    cert, _ = make_leaf([HOST], not_before=NOW - dt.timedelta(days=90),
-                        not_after=NOW - dt.timedelta(days=1))  # fmt: skip
+    cert, _ = make_leaf(
+        [HOST], not_before=NOW - dt.timedelta(days=90), not_after=NOW - dt.timedelta(days=1)
+    )
     found = certificate_findings(info_of(cert), HOST, NOW)
     assert codes(found) == [Code.CERT_EXPIRED]
     assert found[0].status is Status.BLOCKED
@@ -207,8 +208,13 @@ def _roots(*cas: x509.Certificate) -> ssl.SSLContext:
     return ctx
 
 
-def _chain_ok(tmp: Path, chain: list[x509.Certificate], key: ec.EllipticCurvePrivateKey,
-              roots: ssl.SSLContext, now: dt.datetime = NOW) -> tuple[bool, str]:  # fmt: skip
+def _chain_ok(
+    tmp: Path,
+    chain: list[x509.Certificate],
+    key: ec.EllipticCurvePrivateKey,
+    roots: ssl.SSLContext,
+    now: dt.datetime = NOW,
+) -> tuple[bool, str]:
     cert_file, key_file = write_pair(tmp, chain, key)
     return verify_chain(server_context(cert_file, key_file), roots, info_of(chain[0]), now)
 
@@ -238,8 +244,9 @@ def test_self_signed_does_not_verify(tmp_path: Path) -> None:
 def test_expired_leaf_is_expiry_not_trust(tmp_path: Path) -> None:
     ca = make_ca()
     now = dt.datetime.now(dt.UTC)
-    leaf, key = make_leaf([HOST], ca, not_before=now - dt.timedelta(days=60),
-                          not_after=now - dt.timedelta(days=1))  # fmt: skip
+    leaf, key = make_leaf(
+        [HOST], ca, not_before=now - dt.timedelta(days=60), not_after=now - dt.timedelta(days=1)
+    )
     assert _chain_ok(tmp_path, [leaf], key, _roots(ca[0]), now) == (True, "")
 
 
@@ -385,11 +392,14 @@ def test_report_shape_matches_metas_health_status_api() -> None:
     assert ok.to_json()["health_status"] == {
         "can_receive_call_sip": "AVAILABLE",
         "entities": [
-            {"entity_type": "PHONE_NUMBER", "id": "+15550001111",
-             "can_receive_call_sip": "AVAILABLE"},
+            {
+                "entity_type": "PHONE_NUMBER",
+                "id": "+15550001111",
+                "can_receive_call_sip": "AVAILABLE",
+            },
             {"entity_type": "GATEWAY", "id": HOST, "can_receive_call_sip": "AVAILABLE"},
         ],
-    }  # fmt: skip
+    }
     assert ok.http_status == 200
 
 

@@ -15,14 +15,29 @@ from gateway.transport.sip import SipStats
 from tests.unit.ops.support import FakeCall, FakeView
 
 REQUIRED = {
-    "wagw_calls_active", "wagw_calls", "wagw_call_setup_seconds", "wagw_call_duration_seconds",
-    "wagw_sip_requests", "wagw_sip_responses", "wagw_sip_parse_errors", "wagw_rtp_packets",
-    "wagw_rtp_packets_lost", "wagw_rtp_jitter_seconds", "wagw_srtp_auth_failures",
-    "wagw_media_frame_seconds", "wagw_dtmf_events", "wagw_meta_failures", "wagw_health_status",
-    "wagw_tls_certificate_expiry_timestamp_seconds", "wagw_event_loop_lag_seconds",
-    "wagw_draining", "wagw_build_info", "wagw_rtp_foreign_packets", "wagw_rtp_bad_packets",
+    "wagw_calls_active",
+    "wagw_calls",
+    "wagw_call_setup_seconds",
+    "wagw_call_duration_seconds",
+    "wagw_sip_requests",
+    "wagw_sip_responses",
+    "wagw_sip_parse_errors",
+    "wagw_rtp_packets",
+    "wagw_rtp_packets_lost",
+    "wagw_rtp_jitter_seconds",
+    "wagw_srtp_auth_failures",
+    "wagw_media_frame_seconds",
+    "wagw_dtmf_events",
+    "wagw_meta_failures",
+    "wagw_health_status",
+    "wagw_tls_certificate_expiry_timestamp_seconds",
+    "wagw_event_loop_lag_seconds",
+    "wagw_draining",
+    "wagw_build_info",
+    "wagw_rtp_foreign_packets",
+    "wagw_rtp_bad_packets",
     "wagw_rtp_relatch_refused",
-}  # fmt: skip
+}
 
 
 def test_buckets_are_cumulative_with_le_semantics() -> None:
@@ -41,8 +56,13 @@ def test_call_stats_live_and_ended_totals_never_go_back() -> None:
     call.bridge.legs["whatsapp"]["lost"] = 1  # a duplicate arrived: RFC 3550 loss went down
     _, lost, _ = cs.live_media([call])
     assert lost["whatsapp"] == 2  # the counter does not
-    record = {"direction": "inbound", "answer_time": "x", "duration_seconds": 42.0,
-              "mos": 4.3, "dtmf": {"to_pbx": 4, "to_whatsapp": 1}}  # fmt: skip
+    record = {
+        "direction": "inbound",
+        "answer_time": "x",
+        "duration_seconds": 42.0,
+        "mos": 4.3,
+        "dtmf": {"to_pbx": 4, "to_whatsapp": 1},
+    }
     cs.ended(call, record)
     assert cs.results[("inbound", "answered")] == 1
     assert cs.packets[("whatsapp", "rx")] == 100 and cs.lost["whatsapp"] == 2
@@ -68,11 +88,11 @@ def test_dropped_packets_per_leg_are_exported_live_and_after_the_call() -> None:
     values = {
         (f.name, s.labels["leg"]): s.value
         for f in families.values()
-        if f.name in ("wagw_rtp_foreign_packets", "wagw_rtp_bad_packets",
-                      "wagw_rtp_relatch_refused")
+        if f.name
+        in ("wagw_rtp_foreign_packets", "wagw_rtp_bad_packets", "wagw_rtp_relatch_refused")
         for s in f.samples
         if s.name.endswith("_total")
-    }  # fmt: skip
+    }
     assert values == {
         ("wagw_rtp_foreign_packets", "pbx"): 2,
         ("wagw_rtp_foreign_packets", "whatsapp"): 5,

@@ -41,17 +41,32 @@ class FakeCall:
             "wa_media": "opus/48000 pt111 SRTP AES_CM_128_HMAC_SHA1_80 -> 57.144.0.1:3480 rtcp-mux",
             "pbx_media": "PCMU/8000 pt0 RTP -> 10.0.0.1:4000 rtcp 4001",
             "media": BridgeStats(
-                whatsapp=LegStats(codec="opus", rx_packets=1500, tx_packets=1510,
-                                  lost=15, jitter_seconds=0.0042, srtp_auth_failures=0),
-                pbx=LegStats(codec="PCMU", rx_packets=1490, tx_packets=1480, lost=0,
-                             jitter_seconds=0.0008, foreign_packets=2, bad_packets=3,
-                             relatch_refused=41),
+                whatsapp=LegStats(
+                    codec="opus",
+                    rx_packets=1500,
+                    tx_packets=1510,
+                    lost=15,
+                    jitter_seconds=0.0042,
+                    srtp_auth_failures=0,
+                ),
+                pbx=LegStats(
+                    codec="PCMU",
+                    rx_packets=1490,
+                    tx_packets=1480,
+                    lost=0,
+                    jitter_seconds=0.0008,
+                    foreign_packets=2,
+                    bad_packets=3,
+                    relatch_refused=41,
+                ),
                 passthrough=False,
-                dtmf_to_pbx=12, dtmf_to_whatsapp=0,
-                dtmf_events_to_pbx=3, dtmf_events_to_whatsapp=0,
+                dtmf_to_pbx=12,
+                dtmf_to_whatsapp=0,
+                dtmf_events_to_pbx=3,
+                dtmf_events_to_whatsapp=0,
             ),
             **record,
-        }  # fmt: skip
+        }
 
     def record(self) -> dict[str, object]:
         return dict(self._record)
@@ -80,10 +95,17 @@ def test_record_has_the_fields_of_the_issue() -> None:
     legs = rec["legs"]
     assert isinstance(legs, dict)
     assert legs["whatsapp"] == {
-        "rx_packets": 1500, "tx_packets": 1510, "lost": 15, "loss_ratio": 0.0099,
-        "jitter_ms": 4.2, "srtp_auth_failures": 0, "foreign_packets": 0, "bad_packets": 0,
-        "relatch_refused": 0, "mos": legs["whatsapp"]["mos"],
-    }  # fmt: skip
+        "rx_packets": 1500,
+        "tx_packets": 1510,
+        "lost": 15,
+        "loss_ratio": 0.0099,
+        "jitter_ms": 4.2,
+        "srtp_auth_failures": 0,
+        "foreign_packets": 0,
+        "bad_packets": 0,
+        "relatch_refused": 0,
+        "mos": legs["whatsapp"]["mos"],
+    }
     pbx = legs["pbx"]
     assert (pbx["foreign_packets"], pbx["bad_packets"], pbx["relatch_refused"]) == (2, 3, 41)
     assert rec["dtmf"] == {"to_pbx": 3, "to_whatsapp": 0}

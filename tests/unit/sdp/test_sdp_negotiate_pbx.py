@@ -243,9 +243,12 @@ def test_describe_variants() -> None:
 
 @pytest.mark.parametrize(
     ("written", "canonical"),
-    [("2001:0DB8:0:0::0a", "2001:db8::a"), ("192.0.2.10", "192.0.2.10"),
-     ("pbx.example.com", "pbx.example.com")],
-)  # fmt: skip
+    [
+        ("2001:0DB8:0:0::0a", "2001:db8::a"),
+        ("192.0.2.10", "192.0.2.10"),
+        ("pbx.example.com", "pbx.example.com"),
+    ],
+)
 def test_peer_address_in_the_kernels_form(written: str, canonical: str) -> None:
     """The media source check compares the SDP address with what recvfrom reports:
     an IPv6 literal is compared in its compressed lower-case form."""

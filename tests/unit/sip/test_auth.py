@@ -83,7 +83,12 @@ def test_rfc7616_vectors_via_answer_challenge_and_header() -> None:
     ch = parse_challenge(header)
     assert ch.qop == ("auth", "auth-int")
     creds = answer_challenge(
-        ch, "GET", "/dir/index.html", "Mufasa", "Circle of Life", cnonce=RFC_391["cnonce"]  # type: ignore[arg-type]
+        ch,
+        "GET",
+        "/dir/index.html",
+        "Mufasa",
+        "Circle of Life",
+        cnonce=RFC_391["cnonce"],  # type: ignore[arg-type]
     )
     assert creds.response == "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
     assert creds.qop == "auth" and creds.nc == 1 and creds.opaque == RFC_391_OPAQUE
@@ -126,7 +131,11 @@ def test_rfc7616_userhash_challenge_flow() -> None:
     )
     assert ch.userhash and ch.charset == "UTF-8" and ch.algorithm == "SHA-512-256"
     creds = answer_challenge(
-        ch, "GET", "/doe.json", "J\u00e4s\u00f8n Doe", "Secret, or not?",
+        ch,
+        "GET",
+        "/doe.json",
+        "J\u00e4s\u00f8n Doe",
+        "Secret, or not?",
         cnonce="NTg6RKcb9boFIAS3KrFK9BGeh+iDa/sm6jUMp2wds69v",
     )
     assert creds.username == RFC_392_USERHASH_SHA512_256
@@ -141,8 +150,9 @@ def test_username_star_rfc8187() -> None:
     )
     assert creds.username == "J\u00e4s\u00f8n Doe"
     with pytest.raises(AuthParseError):
-        parse_credentials('Digest username="a", username*=UTF-8\'\'b, realm="r", nonce="n",'
-                          ' uri="u", response="x"')
+        parse_credentials(
+            'Digest username="a", username*=UTF-8\'\'b, realm="r", nonce="n", uri="u", response="x"'
+        )
     with pytest.raises(AuthParseError):
         parse_credentials("Digest username*=UTF-8''%FF, realm=r, nonce=n, uri=u, response=x")
 
@@ -279,7 +289,7 @@ def test_parse_challenge_malformed(value: str) -> None:
         'Digest username="a", realm="r", nonce="n", uri="u", response="x", nc=0000000g',
         'Digest username="a", realm="r", nonce="n", uri="u", response="x", qop=auth',
         'Digest username="a", realm="r", nonce="n", uri="u", response="x", qop=auth, nc=00000001',
-        'Bearer abc',
+        "Bearer abc",
     ],
 )
 def test_parse_credentials_malformed(value: str) -> None:
@@ -309,7 +319,7 @@ def test_parse_never_raises_other_errors(text: str) -> None:
             parse(text)
 
 
-_fuzz_alphabet = st.sampled_from([*'Digest realm=nonce"\\, \t=qopauthnc0001ur*\'%', "\r"])
+_fuzz_alphabet = st.sampled_from([*"Digest realm=nonce\"\\, \t=qopauthnc0001ur*'%", "\r"])
 
 
 @given(st.lists(_fuzz_alphabet, max_size=60).map("".join))
@@ -321,8 +331,21 @@ def test_parse_never_raises_other_errors_near_valid(text: str) -> None:
 
 
 _KNOWN = {
-    "realm", "nonce", "opaque", "algorithm", "qop", "stale", "domain", "charset", "userhash",
-    "username", "username*", "uri", "response", "cnonce", "nc",
+    "realm",
+    "nonce",
+    "opaque",
+    "algorithm",
+    "qop",
+    "stale",
+    "domain",
+    "charset",
+    "userhash",
+    "username",
+    "username*",
+    "uri",
+    "response",
+    "cnonce",
+    "nc",
 }
 _text = st.text(
     st.characters(blacklist_categories=("Cc", "Cs")), max_size=20
@@ -333,10 +356,16 @@ _qop_tok = st.sampled_from(["auth", "auth-int", "x-tok"])
 
 
 @given(
-    realm=_text, nonce=_text, opaque=st.none() | _text,
-    algorithm=st.sampled_from(ALGORITHMS), qop=st.lists(_qop_tok, max_size=3).map(tuple),
-    stale=st.booleans(), domain=st.lists(_tok, max_size=3).map(tuple),
-    charset=st.none() | st.just("UTF-8"), userhash=st.booleans(), params=_params,
+    realm=_text,
+    nonce=_text,
+    opaque=st.none() | _text,
+    algorithm=st.sampled_from(ALGORITHMS),
+    qop=st.lists(_qop_tok, max_size=3).map(tuple),
+    stale=st.booleans(),
+    domain=st.lists(_tok, max_size=3).map(tuple),
+    charset=st.none() | st.just("UTF-8"),
+    userhash=st.booleans(),
+    params=_params,
 )
 def test_challenge_roundtrip(**kw: object) -> None:
     ch = Challenge(**kw)  # type: ignore[arg-type]
@@ -344,10 +373,18 @@ def test_challenge_roundtrip(**kw: object) -> None:
 
 
 @given(
-    username=_text, realm=_text, nonce=_text, uri=_text, response=_text,
-    algorithm=st.sampled_from(ALGORITHMS), cnonce=_text, opaque=st.none() | _text,
+    username=_text,
+    realm=_text,
+    nonce=_text,
+    uri=_text,
+    response=_text,
+    algorithm=st.sampled_from(ALGORITHMS),
+    cnonce=_text,
+    opaque=st.none() | _text,
     qop=st.none() | st.sampled_from(["auth", "auth-int"]),
-    nc=st.integers(0, 0xFFFFFFFF), userhash=st.booleans(), params=_params,
+    nc=st.integers(0, 0xFFFFFFFF),
+    userhash=st.booleans(),
+    params=_params,
 )
 def test_credentials_roundtrip(**kw: object) -> None:
     creds = Credentials(**kw)  # type: ignore[arg-type]
@@ -396,8 +433,13 @@ def test_answer_meta_style_407() -> None:
         'Digest realm="wa.meta.vc", nonce="NONCE", opaque="OPQ", algorithm=MD5, qop="auth"'
     )
     creds = answer_challenge(
-        ch, "INVITE", "sip:+15550001111@wa.meta.vc;transport=tls", "15551234567", "pw",
-        cnonce="abc", nc=1,
+        ch,
+        "INVITE",
+        "sip:+15550001111@wa.meta.vc;transport=tls",
+        "15551234567",
+        "pw",
+        cnonce="abc",
+        nc=1,
     )
     hdr = creds.to_header()
     assert hdr.startswith('Digest username="15551234567", realm="wa.meta.vc", nonce="NONCE"')
@@ -434,8 +476,12 @@ def _answer(
 ) -> Credentials:
     chs = server.challenge(now)
     ch = next(c for c in chs if c.algorithm == alg) if alg else chs[0]
-    args: dict[str, object] = {"method": "INVITE", "uri": URI, "username": "15551234567",
-                               "password": "pw"}
+    args: dict[str, object] = {
+        "method": "INVITE",
+        "uri": URI,
+        "username": "15551234567",
+        "password": "pw",
+    }
     args.update(kw)
     return answer_challenge(ch, **args)  # type: ignore[arg-type]
 
@@ -518,9 +564,16 @@ def test_server_invalid_nonces() -> None:
     good = s.make_nonce(T0)
     assert s.nonce_issued_at(good) == T0
     garbled = [
-        "", "abc", good[:-1], good + "A", good[:10] + ("A" if good[10] != "A" else "B") + good[11:],
-        good[:-1] + ("B" if good[-1] == "A" else "A"), good.replace(good[5], "+"), good + "==",
-        "é" * len(good), " " + good[1:],
+        "",
+        "abc",
+        good[:-1],
+        good + "A",
+        good[:10] + ("A" if good[10] != "A" else "B") + good[11:],
+        good[:-1] + ("B" if good[-1] == "A" else "A"),
+        good.replace(good[5], "+"),
+        good + "==",
+        "é" * len(good),
+        " " + good[1:],
     ]
     for bad in garbled:
         assert s.nonce_issued_at(bad) is None, bad

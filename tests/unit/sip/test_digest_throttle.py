@@ -10,8 +10,13 @@ SRC, OTHER, NUM = "10.0.0.1", "10.0.0.2", "+15550001111"
 
 
 def throttle(**kw: float) -> DigestThrottle:
-    args: dict[str, float] = {"max_failures": 3, "window": 60.0, "backoff": 1.0,
-                              "max_backoff": 8.0, "number_failures": 10}  # fmt: skip
+    args: dict[str, float] = {
+        "max_failures": 3,
+        "window": 60.0,
+        "backoff": 1.0,
+        "max_backoff": 8.0,
+        "number_failures": 10,
+    }
     args.update(kw)
     return DigestThrottle(**args)  # type: ignore[arg-type]
 

@@ -101,9 +101,18 @@ def test_status_code_bounds_accepted(code: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "start", ["SIP/2.0 099 Low", "SIP/2.0 700 High", "SIP/2.0 20 OK", "SIP/2.0 2000 OK",
-              "SIP/2.0 ٢٠٠ OK", "SIP/2.0 OK", "SIP/2.0  200 OK", "SIP/2.0"]
-)  # fmt: skip
+    "start",
+    [
+        "SIP/2.0 099 Low",
+        "SIP/2.0 700 High",
+        "SIP/2.0 20 OK",
+        "SIP/2.0 2000 OK",
+        "SIP/2.0 ٢٠٠ OK",
+        "SIP/2.0 OK",
+        "SIP/2.0  200 OK",
+        "SIP/2.0",
+    ],
+)
 def test_bad_status_line_is_dropped(start: str) -> None:
     err = parse_error(raw(start=start))
     assert err.status == 400 and err.partial is None  # responses are never answered
@@ -124,9 +133,16 @@ def test_other_version_is_505_with_partial() -> None:
 
 @pytest.mark.parametrize(
     "start",
-    ["INVITE sip:bob@example.com", "INVITE sip:bob@example.com HTTP/1.1", "INVITE",
-     "INVITE sip:bob@example.com SIP/2", "INV<TE sip:bob@example.com SIP/2.0", " ", "\t"],
-)  # fmt: skip
+    [
+        "INVITE sip:bob@example.com",
+        "INVITE sip:bob@example.com HTTP/1.1",
+        "INVITE",
+        "INVITE sip:bob@example.com SIP/2",
+        "INV<TE sip:bob@example.com SIP/2.0",
+        " ",
+        "\t",
+    ],
+)
 def test_unrecognisable_request_line_is_dropped(start: str) -> None:
     err = parse_error(raw(start=start))
     assert err.status == 400 and err.partial is None
@@ -134,9 +150,12 @@ def test_unrecognisable_request_line_is_dropped(start: str) -> None:
 
 @pytest.mark.parametrize(
     "start",
-    ["INVITE  sip:bob@example.com SIP/2.0", "INVITE\tsip:bob@example.com\tSIP/2.0",
-     "INVITE sip:bob@example.com ;lr SIP/2.0"],
-)  # fmt: skip
+    [
+        "INVITE  sip:bob@example.com SIP/2.0",
+        "INVITE\tsip:bob@example.com\tSIP/2.0",
+        "INVITE sip:bob@example.com ;lr SIP/2.0",
+    ],
+)
 def test_malformed_but_recognisable_request_line_is_answerable(start: str) -> None:
     err = parse_error(raw(start=start))
     assert err.status == 400
@@ -228,8 +247,13 @@ def test_compact_forms(compact: str, long: str, value: str) -> None:
 
 
 def test_header_names_are_case_insensitive() -> None:
-    base = ["vIA: SIP/2.0/UDP h.example.com;branch=z9hG4bK1", "TO: <sip:b@example.com>",
-            "from: <sip:a@example.com>;tag=x", "CALL-ID: c1", "cseq: 1 INVITE"]  # fmt: skip
+    base = [
+        "vIA: SIP/2.0/UDP h.example.com;branch=z9hG4bK1",
+        "TO: <sip:b@example.com>",
+        "from: <sip:a@example.com>;tag=x",
+        "CALL-ID: c1",
+        "cseq: 1 INVITE",
+    ]
     m = parse_req(raw("max-FORWARDS: 5", "x-CUSTOM-header: y", base=base))
     assert m.call_id == "c1" and m.cseq == CSeq(1, "INVITE")
     assert m.headers.get("Max-Forwards") == m.headers.get("MAX-forwards") == "5"
@@ -399,9 +423,16 @@ def test_name_addr_and_addr_spec() -> None:
 
 @pytest.mark.parametrize(
     "to",
-    ["To: <sip:bob@example.com", 'To: "Bob <sip:bob@example.com>', "To: Bob, Jr <sip:b@h>",
-     "To: sip:b@h?x=y", "To: <sip:a@h>, <sip:b@h>", "To: <sip:a@h>;;", "To: <sip:a@h> junk"],
-)  # fmt: skip
+    [
+        "To: <sip:bob@example.com",
+        'To: "Bob <sip:bob@example.com>',
+        "To: Bob, Jr <sip:b@h>",
+        "To: sip:b@h?x=y",
+        "To: <sip:a@h>, <sip:b@h>",
+        "To: <sip:a@h>;;",
+        "To: <sip:a@h> junk",
+    ],
+)
 def test_bad_to_is_400_with_partial(to: str) -> None:
     err = parse_error(raw(base=[*without("To"), to]))
     assert err.status == 400 and err.partial is not None
@@ -409,9 +440,12 @@ def test_bad_to_is_400_with_partial(to: str) -> None:
 
 def test_contact_star_and_tel() -> None:
     m = parse_req(
-        raw("Contact: *", start="REGISTER sip:example.com SIP/2.0",
-            base=[*without("CSeq"), "CSeq: 1 REGISTER"])
-    )  # fmt: skip
+        raw(
+            "Contact: *",
+            start="REGISTER sip:example.com SIP/2.0",
+            base=[*without("CSeq"), "CSeq: 1 REGISTER"],
+        )
+    )
     assert m.addresses("Contact") == [] and m.contact is None
     m = parse_req(raw("Contact: <tel:+15551234567>"))
     assert m.contact is not None and m.contact.uri == AbsoluteUri("tel", "+15551234567")
@@ -462,11 +496,26 @@ def test_via_lws_and_quoted_values() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["", "SIP/2.0/UDP", "SIP/2.0 UDP h", "SIP/3.0/UDP h", "SIP/2.0/UDP h;", "SIP/2.0/UDP h;;b",
-     "SIP/2.0/UDP h;branch=", "SIP/2.0/UDP h;branch=a b", "SIP/2.0/UDP h:0", "SIP/2.0/UDP h:65536",
-     "SIP/2.0/UDP h:\uff15", "SIP/2.0/UDP [::1", "SIP/2.0/UDP [zz::1]", "SIP/2.0/UDP ho st",
-     'SIP/2.0/UDP h;x="open', "SIP/2.0/UDP h;x=[1:2", "SIP/2.0/UDP h_1"],
-)  # fmt: skip
+    [
+        "",
+        "SIP/2.0/UDP",
+        "SIP/2.0 UDP h",
+        "SIP/3.0/UDP h",
+        "SIP/2.0/UDP h;",
+        "SIP/2.0/UDP h;;b",
+        "SIP/2.0/UDP h;branch=",
+        "SIP/2.0/UDP h;branch=a b",
+        "SIP/2.0/UDP h:0",
+        "SIP/2.0/UDP h:65536",
+        "SIP/2.0/UDP h:\uff15",
+        "SIP/2.0/UDP [::1",
+        "SIP/2.0/UDP [zz::1]",
+        "SIP/2.0/UDP ho st",
+        'SIP/2.0/UDP h;x="open',
+        "SIP/2.0/UDP h;x=[1:2",
+        "SIP/2.0/UDP h_1",
+    ],
+)
 def test_bad_via(value: str) -> None:
     with pytest.raises(UriError):
         parse_via(value)
@@ -504,8 +553,18 @@ def test_cseq_limits() -> None:
     assert parse_cseq(f"{2**31 - 1} INVITE") == CSeq(2**31 - 1, "INVITE")
     assert parse_cseq("0 ACK") == CSeq(0, "ACK")
     assert parse_cseq("0000000000001 ACK").seq == 1
-    for bad in (f"{2**31} INVITE", "1" * 5000 + " INVITE", "-1 INVITE", "1", "INVITE",
-                "1 INVITE x", "²1 INVITE", "1.0 INVITE", "1 INV<ITE", ""):  # fmt: skip
+    for bad in (
+        f"{2**31} INVITE",
+        "1" * 5000 + " INVITE",
+        "-1 INVITE",
+        "1",
+        "INVITE",
+        "1 INVITE x",
+        "²1 INVITE",
+        "1.0 INVITE",
+        "1 INV<ITE",
+        "",
+    ):
         with pytest.raises(UriError):
             parse_cseq(bad)
     m = parse_req(raw(base=[*without("CSeq"), f"CSeq: {2**31 - 1} INVITE"]))
@@ -521,9 +580,18 @@ def test_cseq_method_must_match() -> None:
 
 @pytest.mark.parametrize(
     ("value", "ok"),
-    [("0", True), ("255", True), ("0070", True), ("256", False), ("-1", False), ("7O", False),
-     ("²", False), ("1" * 5000, False), ("", False)],
-)  # fmt: skip
+    [
+        ("0", True),
+        ("255", True),
+        ("0070", True),
+        ("256", False),
+        ("-1", False),
+        ("7O", False),
+        ("²", False),
+        ("1" * 5000, False),
+        ("", False),
+    ],
+)
 def test_max_forwards(value: str, ok: bool) -> None:
     data = raw(base=[*without("Max-Forwards"), f"Max-Forwards: {value}"])
     if ok:
@@ -551,9 +619,15 @@ def test_response_missing_header_has_no_partial() -> None:
 
 
 @pytest.mark.parametrize(
-    "uri", ["<sip:bob@example.com>", "sip:bob@example.com?Subject=x", "sip:bob@",
-            "sip:bob@256.0.0.1", "bob@example.com"],
-)  # fmt: skip
+    "uri",
+    [
+        "<sip:bob@example.com>",
+        "sip:bob@example.com?Subject=x",
+        "sip:bob@",
+        "sip:bob@256.0.0.1",
+        "bob@example.com",
+    ],
+)
 def test_bad_request_uri_is_answerable(uri: str) -> None:
     err = parse_error(raw(start=f"INVITE {uri} SIP/2.0"))
     assert err.status == 400 and err.partial is not None and err.partial.uri == uri
@@ -567,8 +641,12 @@ def test_non_sip_request_uri_accepted() -> None:
 
 
 def test_method_characters() -> None:
-    m = parse_req(raw(start="X-Foo.Bar! sip:b@example.com SIP/2.0",
-                      base=[*without("CSeq"), "CSeq: 1 X-Foo.Bar!"]))  # fmt: skip
+    m = parse_req(
+        raw(
+            start="X-Foo.Bar! sip:b@example.com SIP/2.0",
+            base=[*without("CSeq"), "CSeq: 1 X-Foo.Bar!"],
+        )
+    )
     assert m.method == "X-Foo.Bar!"
 
 
@@ -678,6 +756,7 @@ def test_hostile_inputs_parse_in_linear_time() -> None:
         raw("Contact: " + "a " * 4000 + "<sip:a@b>"),
         raw("X: y", *(["X: " + "\\" * 8000] * 7)),
     ]
+
     def best_of_3(data: bytes) -> float:
         times = []
         for _ in range(3):
@@ -780,14 +859,22 @@ def test_make_response_round_trips() -> None:
 
 
 def test_serialise_canonical_crlf_and_content_length() -> None:
-    data = raw(
-        "c: application/sdp",
-        "l: 999",  # wrong on purpose: recomputed
-        "x-custom: 1",
-        base=["v: SIP/2.0/UDP h.example.com;branch=z9hG4bK1", "t: <sip:b@example.com>",
-              "f: <sip:a@example.com>;tag=1", "i: abc", "cseq: 1 INVITE"],
-        eol="\n",
-    ).replace(b"l: 999", b"l: 4") + b"v=0\n"  # fmt: skip
+    data = (
+        raw(
+            "c: application/sdp",
+            "l: 999",  # wrong on purpose: recomputed
+            "x-custom: 1",
+            base=[
+                "v: SIP/2.0/UDP h.example.com;branch=z9hG4bK1",
+                "t: <sip:b@example.com>",
+                "f: <sip:a@example.com>;tag=1",
+                "i: abc",
+                "cseq: 1 INVITE",
+            ],
+            eol="\n",
+        ).replace(b"l: 999", b"l: 4")
+        + b"v=0\n"
+    )
     m = parse_req(data)
     m.body = b"v=0\r\nxx"
     out = m.to_bytes()

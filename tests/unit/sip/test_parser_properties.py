@@ -40,11 +40,38 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "rfc4475"
 
 # The RFC 4475 messages the parser accepts (see test_rfc4475.py for the table).
 VALID_RFC4475 = sorted(
-    ["wsinv", "intmeth", "esc01", "escnull", "esc02", "lwsdisp", "longreq", "dblreq",
-     "semiuri", "transports", "mpart01", "unreason", "noreason", "trws", "baddate",
-     "badbranch", "unkscm", "novelsc", "unksm2", "bext01", "invut", "regaut01", "bcast",
-     "zeromf", "cparam01", "cparam02", "regescrt", "sdp01", "inv2543"]
-)  # fmt: skip
+    [
+        "wsinv",
+        "intmeth",
+        "esc01",
+        "escnull",
+        "esc02",
+        "lwsdisp",
+        "longreq",
+        "dblreq",
+        "semiuri",
+        "transports",
+        "mpart01",
+        "unreason",
+        "noreason",
+        "trws",
+        "baddate",
+        "badbranch",
+        "unkscm",
+        "novelsc",
+        "unksm2",
+        "bext01",
+        "invut",
+        "regaut01",
+        "bcast",
+        "zeromf",
+        "cparam01",
+        "cparam02",
+        "regescrt",
+        "sdp01",
+        "inv2543",
+    ]
+)
 ALL_RFC4475 = sorted(p.stem for p in DATA.glob("*.dat"))
 RAW = {name: (DATA / f"{name}.dat").read_bytes() for name in ALL_RFC4475}
 
@@ -130,16 +157,44 @@ def test_random_bytes(data: bytes, datagram: bool) -> None:
 
 
 PIECES = [
-    "INVITE sip:a@b.com SIP/2.0", "SIP/2.0 200 OK", "SIP/2.0 100 ", "sip/2.0 180 R",
-    "Via: SIP/2.0/UDP h;branch=z9hG4bK1", "v: SIP/2.0/TCP [::1]:5060;rport;received=::1",
-    "Via: SIP/2.0/UDP h;;,", "From: <sip:a@b.com>;tag=1", "f: \"A \\\"B\\\"\" <sip:a@b>;tag=x",
-    "To: sip:b@b.com", "t: B <sip:b@b.com>", "To: \"unterminated <sip:x@y>", "Call-ID: x@y",
-    "i: c", "CSeq: 1 INVITE", "CSeq: 99999999999999999999 INVITE", "Max-Forwards: 70",
-    "Contact: *", "m: <sip:c@d;lr>;expires=3, sip:e@f", "Route: <sip:r;lr>,<sip:s;lr>",
-    "Content-Length: 5", "l: 0", "Content-Length: -1", "Content-Length: ²", "X: y",
-    "Subject:", " folded", "\tfolded", "", "Bad Line", ":", "a:b:c", "Via: SIP/2.0/UDP ,,,",
-    "Contact: <sip:a@b>;q=\"", "Contact: <", "To: <sip:%zz@h>", "To: <sip:[::1>",
-]  # fmt: skip
+    "INVITE sip:a@b.com SIP/2.0",
+    "SIP/2.0 200 OK",
+    "SIP/2.0 100 ",
+    "sip/2.0 180 R",
+    "Via: SIP/2.0/UDP h;branch=z9hG4bK1",
+    "v: SIP/2.0/TCP [::1]:5060;rport;received=::1",
+    "Via: SIP/2.0/UDP h;;,",
+    "From: <sip:a@b.com>;tag=1",
+    'f: "A \\"B\\"" <sip:a@b>;tag=x',
+    "To: sip:b@b.com",
+    "t: B <sip:b@b.com>",
+    'To: "unterminated <sip:x@y>',
+    "Call-ID: x@y",
+    "i: c",
+    "CSeq: 1 INVITE",
+    "CSeq: 99999999999999999999 INVITE",
+    "Max-Forwards: 70",
+    "Contact: *",
+    "m: <sip:c@d;lr>;expires=3, sip:e@f",
+    "Route: <sip:r;lr>,<sip:s;lr>",
+    "Content-Length: 5",
+    "l: 0",
+    "Content-Length: -1",
+    "Content-Length: ²",
+    "X: y",
+    "Subject:",
+    " folded",
+    "\tfolded",
+    "",
+    "Bad Line",
+    ":",
+    "a:b:c",
+    "Via: SIP/2.0/UDP ,,,",
+    'Contact: <sip:a@b>;q="',
+    "Contact: <",
+    "To: <sip:%zz@h>",
+    "To: <sip:[::1>",
+]
 
 
 @FAST
@@ -296,11 +351,21 @@ def vias(draw: st.DrawFn) -> tuple[str, str]:
     sent_by = host + (f":{port}" if port is not None else "")
     extra = draw(
         st.lists(
-            st.sampled_from(["rport", "rport=5060", "received=192.0.2.1", "received=2001:db8::1",
-                             "maddr=[::1]", 'x="q;u,o\\"te"', "ttl=16", "alias"]),
+            st.sampled_from(
+                [
+                    "rport",
+                    "rport=5060",
+                    "received=192.0.2.1",
+                    "received=2001:db8::1",
+                    "maddr=[::1]",
+                    'x="q;u,o\\"te"',
+                    "ttl=16",
+                    "alias",
+                ]
+            ),
             max_size=3,
         )
-    )  # fmt: skip
+    )
     return ";".join([f"SIP/2.0/{transport} {sent_by}", f"branch={branch}", *extra]), branch
 
 
@@ -320,8 +385,21 @@ class GenMessage:
     seq: int
 
 
-KNOWN_METHODS = ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE",
-                 "INFO", "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE"]  # fmt: skip
+KNOWN_METHODS = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "UPDATE",
+    "INFO",
+    "REFER",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "MESSAGE",
+]
 
 
 @st.composite
@@ -370,9 +448,19 @@ def messages(draw: st.DrawFn) -> GenMessage:
         headers.insert(draw(st.integers(0, len(headers))), item)
     body = draw(st.binary(max_size=200))
     return GenMessage(
-        start, headers, body, draw(st.booleans()) or bool(body), method if is_request else None,
-        status, via_values[0][1], from_display, from_tag, to_display, to_tag, seq,
-    )  # fmt: skip
+        start,
+        headers,
+        body,
+        draw(st.booleans()) or bool(body),
+        method if is_request else None,
+        status,
+        via_values[0][1],
+        from_display,
+        from_tag,
+        to_display,
+        to_tag,
+        seq,
+    )
 
 
 LONG_TO_COMPACT = {v: k for k, v in COMPACT_FORMS.items()}

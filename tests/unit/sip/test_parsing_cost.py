@@ -220,10 +220,21 @@ def test_find_head_end_agrees_with_the_regular_expression(data: bytes, pos: int)
 _HOSTS = ["example.com", "p1.example.com.", "192.0.2.1", "256.1.1.1", "[2001:db8::1]", "a-", "1a"]
 _PORTS = ["", ":5060", " : 5061", ":0", ":65535", ":65536", ":05060"]
 _PARAMS = [
-    ";branch=z9hG4bK77", ";rport", " ; rport = 5060", ";received=192.0.2.1",
-    ";received=2001:db8::1", ";received=[2001:db8::1]", ';x="a;b\\"c"', ";x=", ";;", ";x=a b",
-    ';x="open', ";ttl=1", ";maddr=224.0.0.1", ";%41=b",
-]  # fmt: skip
+    ";branch=z9hG4bK77",
+    ";rport",
+    " ; rport = 5060",
+    ";received=192.0.2.1",
+    ";received=2001:db8::1",
+    ";received=[2001:db8::1]",
+    ';x="a;b\\"c"',
+    ";x=",
+    ";;",
+    ";x=a b",
+    ';x="open',
+    ";ttl=1",
+    ";maddr=224.0.0.1",
+    ";%41=b",
+]
 
 
 @FAST

@@ -549,8 +549,18 @@ def test_invalid(name: str) -> None:
 
 # Answers to the invalid requests whose five response headers are all present
 # and well formed: the response must itself parse.
-WELL_FORMED_ANSWERS = ["clerr", "ncl", "ltgtruri", "lwsruri", "lwsstart", "escruri",
-                       "regbadct", "mismatch01", "mismatch02", "mcl01"]  # fmt: skip
+WELL_FORMED_ANSWERS = [
+    "clerr",
+    "ncl",
+    "ltgtruri",
+    "lwsruri",
+    "lwsstart",
+    "escruri",
+    "regbadct",
+    "mismatch01",
+    "mismatch02",
+    "mcl01",
+]
 
 
 @pytest.mark.parametrize("name", WELL_FORMED_ANSWERS)
