@@ -23,18 +23,10 @@ from typing import Any
 from gateway.cli.common import Command, add_config_option, load_or_report
 from gateway.config import Config
 from gateway.logging import configure_logging
+from gateway.metaapi.compare import Comparison, Finding, Row, compare, plan
 from gateway.metaapi.graph import GraphClient, GraphError
 from gateway.metaapi.password import fetch_credential, rotate_password, write_password_file
-from gateway.metaapi.settings import (
-    CallingSettings,
-    Comparison,
-    Desired,
-    Finding,
-    Row,
-    compare,
-    desired_for,
-    plan,
-)
+from gateway.metaapi.settings import CallingSettings, Desired, desired_for
 
 __all__ = ["COMMAND"]
 

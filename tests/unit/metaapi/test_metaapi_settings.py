@@ -8,14 +8,12 @@ from typing import Any
 
 import pytest
 
+from gateway.metaapi.compare import Comparison, compare, plan
 from gateway.metaapi.settings import (
     CallingSettings,
-    Comparison,
     Desired,
-    compare,
     desired_for,
     parse_uri_params,
-    plan,
     render_uri_params,
 )
 from tests.graph_emulator.configs import NUMBER, PNID, write_config
