@@ -362,10 +362,12 @@ class Call:
         status: int,
         why: str,
         headers: list[tuple[str, str]],
+        phrase: str | None = None,
     ) -> None:
-        """Answer the caller's INVITE (``tx``) with a failure while ringing; end the call."""
+        """Answer the caller's INVITE (``tx``) with a failure while ringing (``phrase``:
+        the status line's reason phrase, default the status's own); end the call."""
         if self.state in SETUP_STATES:
-            self.sip.reply(tx, status, to_tag=to_tag, headers=headers)
+            self.sip.reply(tx, status, to_tag=to_tag, reason=phrase, headers=headers)
             self.final_status = status
             log.info("call_failed", call=self.key, status=status, why=why)
         self._end(f"failed_{status}", self.ended_by or "gateway")

@@ -311,7 +311,10 @@ class OutboundCall(Call):
         headers = [reason_header(cause, why)]
         if warning:
             headers.append(("Warning", warning))
-        self._reject_caller(self.pbx_tx, self.pbx_tag, status, why, headers)
+        # Meta's reason also as the reason phrase: a PBX that keeps nothing else of a
+        # failure (FreeSWITCH 1.10: ${sip_invite_failure_phrase}) still sees it.
+        phrase = mapping.reason_phrase(mapping.warning_text(warning))
+        self._reject_caller(self.pbx_tx, self.pbx_tag, status, why, headers, phrase)
 
     def _ack_meta(self, resp: Response) -> None:
         self._ack(self.wa_dialog, resp, self.legs.wa_via)
