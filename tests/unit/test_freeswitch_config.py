@@ -347,7 +347,8 @@ def test_calls_to_whatsapp_users_bridge_to_the_gateway(
 ) -> None:
     h = hunt(doc, "to-whatsapp", dialled)
     assert h.first("bridge") == (
-        f"{{sip_h_X-WA-Business-Number={BUSINESS}}}sofia/gateway/whatsapp/{target}"
+        "{absolute_codec_string=PCMU\\,PCMA,"
+        f"sip_h_X-WA-Business-Number={BUSINESS}}}sofia/gateway/whatsapp/{target}"
     )
     assert ("transfer", "${originate_disposition} XML wa-failure") in h.actions
 
