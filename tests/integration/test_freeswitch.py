@@ -29,7 +29,7 @@ import pytest
 from tests.emulator import CallResult, MetaCaller, MetaServer, UasBehaviour, default_tls
 from tests.emulator.rtp import measure_tone
 from tests.integration.harness import GatewayProcess, free_port
-from tests.peers.audio import assert_tone
+from tests.peers.audio import analyse_wav, assert_tone
 from tests.peers.freeswitch import ENV, FreeSwitchPbx
 
 pytestmark = [
@@ -68,6 +68,12 @@ def _tail_tone(result: CallResult, seconds: float) -> tuple[float, float]:
 def _assert_tone(measured: tuple[float, float], hz: float) -> None:
     freq, level = measured
     assert abs(freq - hz) / hz < 0.02 and level > -30, (freq, level)
+
+
+def _figures(**values: Any) -> None:
+    """One line of measured values for docs/freeswitch.md (pytest -rA shows it)."""
+    shown = {k: f"{v:.1f}" if isinstance(v, float) else v for k, v in values.items()}
+    print("FIGURES " + " ".join(f"{k}={v}" for k, v in shown.items()))
 
 
 def _reoffers(gw: GatewayProcess) -> list[dict[str, Any]]:
@@ -144,7 +150,9 @@ def test_context_reaches_the_dialplan_and_the_ivr_gets_dtmf(tmp_path: Path) -> N
     assert routes == ["ivr", "sales"]
     # the agent's leg got the context through the bridge (export)
     assert any("ext=agent " in a and "wacid=wacid.HBgLFSTEST==" in a for a in agents), agents
-    _assert_tone(_tail_tone(result, 2.5), 660)
+    heard = _tail_tone(result, 2.5)
+    _figures(digits="1", routes="+".join(routes), agent_hz=heard[0], agent_dbfs=heard[1])
+    _assert_tone(heard, 660)
 
 
 def test_tone_from_freeswitch_reaches_whatsapp(tmp_path: Path) -> None:
@@ -152,7 +160,9 @@ def test_tone_from_freeswitch_reaches_whatsapp(tmp_path: Path) -> None:
         result = meta_call(gw, headers=_test_route("tone"), talk_seconds=4.0)
     _clean(result)
     assert result.first_packet_delay is not None and result.first_packet_delay < 0.1
-    _assert_tone(measure_tone(result.received_pcm, result.sample_rate, skip=1.0), 440)
+    heard = measure_tone(result.received_pcm, result.sample_rate, skip=1.0)
+    _figures(hz=heard[0], dbfs=heard[1], first_packet_ms=result.first_packet_delay * 1000)
+    _assert_tone(heard, 440)
 
 
 def test_tone_from_whatsapp_reaches_freeswitch(tmp_path: Path) -> None:
@@ -164,16 +174,24 @@ def test_tone_from_whatsapp_reaches_freeswitch(tmp_path: Path) -> None:
         wav = fs.wait_recording(timeout=10, copy_to=tmp_path / "fs-rec.wav")
     _clean(result)
     assert result.bye_from == "gateway"
+    freq, dbfs = analyse_wav(wav, skip_seconds=0.5)
+    _figures(hz=freq, dbfs=dbfs)
     assert_tone(wav, 523, tolerance=0.02, min_dbfs=-30, skip_seconds=0.5)
 
 
+TRACE = {"sip-trace": "yes"}  # sofia-sip logs "send/recv N bytes to/from tcp/[ip]:port"
+
+
 def test_inbound_over_tcp(tmp_path: Path) -> None:
-    with inbound(tmp_path, transport="tcp") as (gw, fs):
+    with inbound(tmp_path, transport="tcp", profile_params=TRACE) as (gw, fs):
         result = meta_call(gw, headers=_test_route("tone"), talk_seconds=3.0)
-        sofia = fs.api("sofia status profile wagw")
+        log = fs.log_text()
     _clean(result)
-    assert "TCP-PORT" in sofia or "tcp" in sofia.lower()
-    _assert_tone(measure_tone(result.received_pcm, result.sample_rate, skip=1.0), 440)
+    invites = re.findall(r"recv \d+ bytes from (\w+)/\S+ at \S+\n-+\n\s*INVITE ", log)
+    assert invites and set(invites) == {"tcp"}, invites
+    heard = measure_tone(result.received_pcm, result.sample_rate, skip=1.0)
+    _figures(hz=heard[0], dbfs=heard[1])
+    _assert_tone(heard, 440)
 
 
 def test_a_number_the_dialplan_does_not_route_is_refused(tmp_path: Path) -> None:
@@ -216,7 +234,12 @@ def test_hold_and_bridge_reinvites_stay_on_the_pbx_leg(tmp_path: Path) -> None:
     _clean(result)
     assert result.status == 200 and result.bye_from == "emulator"
     assert len(reoffers) >= 3, reoffers  # hold, unhold, renegotiation (the bridge: none)
-    _assert_tone(_tail_tone(result, 3.0), 660)
+    heard = _tail_tone(result, 3.0)
+    _figures(
+        reoffers=len(reoffers), directions=",".join(r["media"].split()[-1] for r in reoffers),
+        agent_hz=heard[0], agent_dbfs=heard[1], max_gap_ms=result.max_media_gap * 1000,
+    )  # fmt: skip
+    _assert_tone(heard, 660)
     assert result.max_media_gap < 0.5, result.max_media_gap
 
 
@@ -231,7 +254,9 @@ def test_session_refresh_with_timers_on_by_mistake(tmp_path: Path) -> None:
     _clean(result)
     assert result.bye_from == "emulator" and result.duration() >= 59.0
     assert reoffers, f"no session refresh from FreeSWITCH in 60 s ({len(invites)} sip_in)"
-    _assert_tone(_tail_tone(result, 3.0), 440)
+    heard = _tail_tone(result, 3.0)
+    _figures(refreshes=len(reoffers), method=reoffers[0]["method"], hz=heard[0], dbfs=heard[1])
+    _assert_tone(heard, 440)
 
 
 # -- calls to WhatsApp ---------------------------------------------------------------
@@ -289,21 +314,33 @@ async def test_freeswitch_calls_whatsapp_audio_both_ways(tmp_path: Path) -> None
     assert f"From: <sip:{NUMBER}@sip.example.com>" in invite
     assert out and f"target={USER} from={NUMBER}" in out[0]
     assert result.first_packet_delay is not None and result.first_packet_delay < 0.1
-    _assert_tone(measure_tone(result.received_pcm, result.sample_rate, skip=1.0), 440)
+    heard = measure_tone(result.received_pcm, result.sample_rate, skip=1.0)
+    recorded = analyse_wav(wav, skip_seconds=0.5)
+    _figures(
+        to_whatsapp_hz=heard[0], to_whatsapp_dbfs=heard[1],
+        to_freeswitch_hz=recorded[0], to_freeswitch_dbfs=recorded[1],
+        first_packet_ms=result.first_packet_delay * 1000,
+    )  # fmt: skip
+    _assert_tone(heard, 440)
     assert_tone(wav, 523, tolerance=0.02, min_dbfs=-30, skip_seconds=0.5)
 
 
 async def test_freeswitch_calls_whatsapp_over_tcp(tmp_path: Path) -> None:
     behaviour = UasBehaviour(talk_seconds=4.0)
-    async with outbound(tmp_path, behaviour, transport="tcp") as (server, gw, fs):
+    async with outbound(tmp_path, behaviour, transport="tcp", profile_params=TRACE) as (
+        server, _gw, fs,
+    ):  # fmt: skip
         answered = asyncio.create_task(asyncio.to_thread(_dial, fs, "tone"))
         result = await server.wait_call(timeout=40)
         await answered
-        pbx_in = [ln for ln in gw.log_lines() if "tcp" in str(ln.get("transport", "")).lower()]
+        log = fs.log_text()
     _clean(result)
     assert result.status == 200
-    assert pbx_in or "transport=tcp" in fs.api("sofia status gateway whatsapp").lower()
-    _assert_tone(measure_tone(result.received_pcm, result.sample_rate, skip=1.0), 440)
+    invites = re.findall(r"send \d+ bytes to (\w+)/\S+ at \S+\n-+\n\s*INVITE sip:\+", log)
+    assert invites and set(invites) == {"tcp"}, invites
+    heard = measure_tone(result.received_pcm, result.sample_rate, skip=1.0)
+    _figures(hz=heard[0], dbfs=heard[1])
+    _assert_tone(heard, 440)
 
 
 async def test_dtmf_from_freeswitch_reaches_whatsapp(tmp_path: Path) -> None:
@@ -313,6 +350,7 @@ async def test_dtmf_from_freeswitch_reaches_whatsapp(tmp_path: Path) -> None:
         result = await server.wait_call(timeout=40)
         await answered
     _clean(result)
+    _figures(digits=result.dtmf_received, events=len(result.dtmf_events))
     assert result.dtmf_received == "1234#"
     assert result.bye_from == "gateway"
 
@@ -329,6 +367,7 @@ async def test_metas_403_reason_is_the_hangup_cause_freeswitch_logs(tmp_path: Pa
     assert result.status == 403
     assert reply == "-ERR CALL_REJECTED", reply
     f = failed[0]
+    _figures(originate=reply.replace(" ", "_"), line=f.replace(" ", "|"))
     assert f"target={USER} cause=CALL_REJECTED sip=403 " in f, f
     assert f.endswith("reason=No approved call permission from the recipient"), f
     assert "prompt=rejected cause=CALL_REJECTED" in heard[0]
