@@ -142,11 +142,11 @@ def test_the_preprocessed_document_parses_with_every_variable_set(
 
 
 def _frslint() -> str:
+    """frslint from the test extras, beside this interpreter (never the host's PATH)."""
     exe = Path(sys.executable).with_name("frslint")
-    found = str(exe) if exe.exists() else shutil.which("frslint")
-    if found is None:
+    if not exe.exists():
         pytest.fail("frslint not installed: it is in the test extras (pip install -e '.[test]')")
-    return found
+    return str(exe)
 
 
 def test_frslint_analyze_finds_nothing() -> None:
