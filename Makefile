@@ -44,6 +44,7 @@ apt-deps:
 
 lint: deps
 	$(BIN)/ruff check gateway tests scripts $(wildcard bench)
+	$(BIN)/lint-imports
 
 typecheck: deps
 	$(BIN)/mypy gateway

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.daemon import HOSTNAME, CpuSample, free_port, read_cpu, set_priority
-from gateway.ops.certs import ensure_dev_certificate
+from gateway.config.certs import ensure_dev_certificate
 from tests.peers.kamailio import KamailioProxy, kamailio_available, kamailio_root
 
 PING_INTERVAL = 3  # s, the shipped DS_PING_INTERVAL

@@ -5,7 +5,7 @@ own core):
 
 * :class:`MetaLink`, one TLS connection to the gateway (no ALPN, the dev
   certificate not verified) carrying every call's signalling as Meta does:
-  INVITE shaped like whatsapp-sip.md section 3 with a real SDES key, the 407
+  INVITE shaped like docs/whatsapp-sip.md section 3 with a real SDES key, the 407
   answered with :func:`gateway.sip.auth.answer_challenge`, ACK, later BYE.
   Through a proxy (Kamailio in front of several instances) the same
   connection goes to the proxy; the proxy's Record-Route entries above Meta's

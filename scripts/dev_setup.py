@@ -11,8 +11,8 @@ import os
 import secrets
 import sys
 
-from gateway.ops.certs import ensure_dev_certificate
-from gateway.ops.config import ConfigError, load_config
+from gateway.config import ConfigError, load_config
+from gateway.config.certs import ensure_dev_certificate
 
 
 def main(path: str) -> int:

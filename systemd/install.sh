@@ -70,6 +70,7 @@ if [ -z "$NO_VENV" ]; then
     "$DESTDIR$PREFIX/venv/bin/pip" install -q --upgrade "$SRC"
 fi
 install -m 0644 "$SRC/README.md" "$DESTDIR$PREFIX/README.md"
+rm -rf "$DESTDIR$PREFIX/docs" && cp -R "$SRC/docs" "$DESTDIR$PREFIX/docs"
 mkdir -p "$DESTDIR$PREFIX/config"
 cp -R "$SRC/config/grafana" "$SRC/config/prometheus" "$SRC/config/asterisk" "$SRC/config/kamailio" \
     "$DESTDIR$PREFIX/config/"

@@ -20,11 +20,11 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.ops.logging import get_logger
+from gateway.b2bua.peer import meta_address
+from gateway.logging import LogLimiter, get_logger
 from gateway.sip.auth import AuthParseError, DigestServer, VerifyResult, parse_credentials
 from gateway.sip.digest_throttle import DigestThrottle
 from gateway.sip.message import Request, Response, make_response
-from gateway.sip.overload import LogLimiter
 from gateway.sip.transaction import Target, stamp_via
 from gateway.sip.uri import UriError
 
@@ -45,19 +45,6 @@ class Verdict:
 OK = Verdict(0)
 
 
-def digest_source(req: Request, source: Target) -> str:
-    """The address a digest attempt is charged to: the connection's peer over TLS; relayed
-    by a trusted proxy (UDP/TCP), the proxy's record of Meta's address in the second Via."""
-    if source.transport != "tls":
-        try:
-            vias = req.vias
-        except UriError:
-            vias = []
-        if len(vias) > 1:
-            return (vias[1].received or vias[1].host).strip("[]")
-    return source.host
-
-
 class Challenger:
     def __init__(
         self,
@@ -71,7 +58,7 @@ class Challenger:
         self._wall = wall_clock
         self._ua = user_agent
         self._tag_key = secrets.token_bytes(16)
-        self._logs = LogLimiter()
+        self._logs = LogLimiter(5.0, max_keys=1024)
         self.stateless_sent: dict[int, int] = {}  # status -> count
 
     def challenge_headers(self, *, stale: bool) -> list[tuple[str, str]]:
@@ -89,7 +76,7 @@ class Challenger:
         if throttle is None:
             return None
         now = self._wall()
-        who = digest_source(req, source)
+        who = meta_address(req, source).host
         left = throttle.blocked(who, number, now)
         if left is not None:
             throttle.refused()
@@ -135,7 +122,7 @@ class Challenger:
         except AuthParseError:
             return Verdict(400, "malformed Proxy-Authorization")
         now = self._wall()
-        throttle, who = self.throttle, digest_source(req, source)
+        throttle, who = self.throttle, meta_address(req, source).host
         if throttle is not None:
             left = throttle.blocked(who, number, now)
             if left is not None:

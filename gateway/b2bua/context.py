@@ -1,7 +1,7 @@
 """Meta's call context (x-wa-meta-* headers) carried to the PBX as X-WA-* headers.
 
 Meta's header names vary in case and even use ``_`` for ``-``
-(whatsapp-sip.md section 3), so they are matched after normalising. Values are
+(docs/whatsapp-sip.md section 3), so they are matched after normalising. Values are
 sanitised before they cross to the PBX: printable ASCII/UTF-8 only, no CR/LF
 or other control characters, no characters that would break a SIP header
 value, bounded length.

@@ -1,9 +1,11 @@
-"""The user-agent core: what the gateway answers on its own.
+"""The user-agent core: what the gateway answers when no call claims a request.
 
-Until the call paths land, it answers OPTIONS (the keep-alive PBXs and load
-balancers send), refuses INVITE with 503 + Retry-After, and gives every other
-request the answer RFC 3261 section 8.2 prescribes. It never parses bytes: it
-sees events from the transaction layer and replies through it.
+The call table (:mod:`gateway.b2bua.calls`) hands it every event no call or
+admission takes: it answers OPTIONS (the keep-alive PBXs and load balancers
+send; 503 + Retry-After while draining), an in-dialog request of no dialog
+481 (RFC 3261 12.2.2), and every other request the answer section 8.2
+prescribes. It never parses bytes: it sees events from the transaction layer
+and replies through it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from gateway import __version__
-from gateway.ops.logging import get_logger
+from gateway.logging import get_logger
 from gateway.sip.ids import new_tag
 from gateway.sip.message import Request, make_response
 from gateway.sip.transaction import (

@@ -16,15 +16,16 @@ import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 
+from gateway.logging import get_logger
 from gateway.media.codecs import PCM_FRAME_BYTES, CodecError
 from gateway.media.dtmf import DtmfRelay
 from gateway.media.jitter import Lost
 from gateway.media.leg import DEFAULT_LATCH_WINDOW, Leg
 from gateway.media.rtcp import RtcpReceiverReport, RtcpSenderReport, build_report, parse_rtcp
-from gateway.media.rtp import RtpError, parse_rtp
+from gateway.media.rtp import RtpError, RtpPacket, parse_rtp
+from gateway.media.settings import MediaSettings
 from gateway.media.srtp import SrtpAuthError
-from gateway.ops.config import MediaConfig
-from gateway.ops.logging import get_logger
+from gateway.media.stats import BridgeStats
 from gateway.sdp.negotiate import MediaParams
 from gateway.transport.rtp import (
     FrameTimes,
@@ -39,6 +40,10 @@ log = get_logger(__name__)
 SILENCE_AFTER = 0.060  # PBX quiet this long: fill toward Meta with silence frames
 EARLY_AUDIO_FRAMES = 25  # PBX audio kept (500 ms) until the WhatsApp leg can send
 RTCP_INTERVAL = 5.0
+# Packets held behind a gap from Meta are released, the gap concealed, once the first
+# has waited this long (the media clock's next tick): at most 40 ms of added delay,
+# not the reorder buffer's depth in packets (60 ms), nor until speech resumes after DTX.
+REORDER_WAIT = 0.030
 
 # The RTP header after its first octet (M+PT, sequence, timestamp, SSRC): the fast
 # path reads it straight from a packet whose first octet is 0x80 (version 2, no
@@ -84,6 +89,7 @@ class Bridge:
         self._next_rtcp = loop_time() + RTCP_INTERVAL
         self._no_media_reported = False
         self._wa_src_ts: int | None = None
+        self._held_since: float | None = None  # when the reorder buffer began holding
         self._to_pbx_dtmf = DtmfRelay()
         self._to_wa_dtmf = DtmfRelay()
         self.dtmf_to_pbx = 0
@@ -120,16 +126,17 @@ class Bridge:
         self._update_passthrough()
         self.pbx.last_rx = now
 
-    def stats(self) -> dict[str, object]:
-        return {
-            "whatsapp": self.wa.stats(),
-            "pbx": self.pbx.stats(),
-            "passthrough": self._passthrough,
-            "dtmf_to_pbx": self.dtmf_to_pbx,
-            "dtmf_to_whatsapp": self.dtmf_to_wa,
-            "dtmf_events_to_pbx": self._to_pbx_dtmf.events,
-            "dtmf_events_to_whatsapp": self._to_wa_dtmf.events,
-        }
+    def stats(self) -> BridgeStats:
+        """Both legs' counters and the DTMF relayed, copied now (scrape or record time)."""
+        return BridgeStats(
+            whatsapp=self.wa.stats(),
+            pbx=self.pbx.stats(),
+            passthrough=self._passthrough,
+            dtmf_to_pbx=self.dtmf_to_pbx,
+            dtmf_to_whatsapp=self.dtmf_to_wa,
+            dtmf_events_to_pbx=self._to_pbx_dtmf.events,
+            dtmf_events_to_whatsapp=self._to_wa_dtmf.events,
+        )
 
     def close(self) -> None:
         if self._closed:
@@ -234,19 +241,37 @@ class Bridge:
                     pbx.send(sender.packet_at(pbx.dtmf_pt, payload, ts, marker))
                     self.dtmf_to_pbx += 1
             return
+        self._release_to_pbx(wa.reorder.push(packet.sequence, packet))
+        # What the reorder buffer holds waits at most REORDER_WAIT (tick): after a loss
+        # the next packets are not held for the buffer's depth, nor forever before DTX.
+        if len(wa.reorder):
+            if self._held_since is None:
+                self._held_since = now
+        else:
+            self._held_since = None
+
+    def _release_to_pbx(self, items: list[RtpPacket | Lost[RtpPacket]]) -> None:
+        """Send what the WhatsApp leg's reorder buffer released, in order: decoded and
+        transcoded, a gap concealed (Opus FEC from the packet after it, else PLC)."""
+        if not items:
+            return
+        pbx = self.pbx
+        sender = pbx.sender
+        assert sender is not None
         if self._passthrough:
             # In sequence order too (the in-order case releases at once); a gap is left
             # to the PBX to conceal, only its time is carried over.
-            for item in wa.reorder.push(packet.sequence, packet):
+            for item in items:
                 if not isinstance(item, Lost):
                     self._follow_source_clock(item.timestamp)
                     pbx.send(sender.next_packet(pbx.pt, item.payload, len(item.payload)))
             return
+        wa = self.wa
         codec_in = wa.codec
         codec_out = pbx.codec
         assert codec_in is not None and codec_out is not None
         concealed = 0
-        for item in wa.reorder.push(packet.sequence, packet):
+        for item in items:
             if isinstance(item, Lost):
                 # Opus in-band FEC in the packet after a gap rebuilds only the frame just
                 # before it; earlier ones of a longer gap are concealed by PLC.
@@ -412,6 +437,11 @@ class Bridge:
         if self._wa_ready and now - self._last_pbx_audio >= SILENCE_AFTER:
             self._silence_to_whatsapp()
         # The rest runs for every call 50 times a second: cheap tests first.
+        held = self._held_since
+        if held is not None and now - held >= REORDER_WAIT:
+            self._held_since = None
+            if self.pbx.sender is not None:
+                self._release_to_pbx(self.wa.reorder.flush())
         if self._to_pbx_dtmf.in_progress or self._to_wa_dtmf.in_progress:
             self._expire_dtmf(now)
         if now >= self._next_rtcp:
@@ -463,13 +493,13 @@ class BridgeFactory:
         loop: asyncio.AbstractEventLoop,
         ports: PortAllocator,
         clock: MediaClock,
-        cfg: MediaConfig,
+        settings: MediaSettings,
         frame_times: Mapping[str, FrameTimes] | None = None,
     ) -> None:
         self._loop = loop
         self._ports = ports
         self._clock = clock
-        self._cfg = cfg
+        self._settings = settings
         # Per-packet processing time by the leg a packet arrives on (metrics).
         self._frame_times = frame_times or {}
 
@@ -490,7 +520,7 @@ class BridgeFactory:
             self._clock,
             self._loop.time,
             on_no_media,
-            no_media_timeout=self._cfg.no_media_timeout,
-            opus_complexity=self._cfg.opus_complexity,
-            latch_window=self._cfg.latch_window if self._cfg.latch == "strict" else 0.0,
+            no_media_timeout=self._settings.no_media_timeout,
+            opus_complexity=self._settings.opus_complexity,
+            latch_window=self._settings.latch_window if self._settings.latch == "strict" else 0.0,
         )

@@ -25,12 +25,13 @@ Strict latching (docs/decisions.md, "Media latching"), in the spirit of Asterisk
 
 from __future__ import annotations
 
+from gateway.logging import get_logger
 from gateway.media.codecs import AudioCodec, codec_for
 from gateway.media.jitter import ReorderBuffer
 from gateway.media.rtcp import ReceiveStats
 from gateway.media.rtp import RtpPacket, RtpSender
 from gateway.media.srtp import SrtpContext
-from gateway.ops.logging import get_logger
+from gateway.media.stats import LegStats
 from gateway.sdp.negotiate import MediaParams
 from gateway.transport.rtp import RtpSocket
 
@@ -237,18 +238,19 @@ class Leg:
         self.sock.sendto(data, self.remote)
         self.tx_packets += 1
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> LegStats:
+        """The counters now, as a :class:`gateway.media.stats.LegStats` (read time only)."""
         rx = self.rx
-        return {
-            "codec": self.media.codec if self.media else None,
-            "rx_packets": self.rx_packets,
-            "rx_octets": self.rx_octets,
-            "tx_packets": self.tx_packets,
-            "lost": rx.lost if rx else 0,
-            "jitter_seconds": round(rx.jitter_seconds, 6) if rx else 0.0,
-            "bad_packets": self.rx_bad,
-            "foreign_packets": self.rx_foreign,
-            "relatch_refused": self.relatch_refused,
-            "srtp_auth_failures": self.rx_auth_failures,
-            "reorder_late": self.reorder.late,
-        }
+        return LegStats(
+            codec=self.media.codec if self.media else None,
+            rx_packets=self.rx_packets,
+            rx_octets=self.rx_octets,
+            tx_packets=self.tx_packets,
+            lost=rx.lost if rx else 0,
+            jitter_seconds=round(rx.jitter_seconds, 6) if rx else 0.0,
+            bad_packets=self.rx_bad,
+            foreign_packets=self.rx_foreign,
+            relatch_refused=self.relatch_refused,
+            srtp_auth_failures=self.rx_auth_failures,
+            reorder_late=self.reorder.late,
+        )

@@ -14,9 +14,8 @@ echo (LSR) matters to the peer for round-trip times.
 
 from __future__ import annotations
 
-import random
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.media.rtp import RtpSender
@@ -32,7 +31,6 @@ __all__ = [
     "RtcpError",
     "RtcpPacket",
     "RtcpReceiverReport",
-    "RtcpScheduler",
     "RtcpSdes",
     "RtcpSenderReport",
     "RtcpUnknown",
@@ -532,40 +530,3 @@ def round_trip_time(block: ReportBlock, sender: RtpSender, now: float) -> float 
         return None
     rtt = now - sender.last_sr_time - block.dlsr / 65536.0
     return max(rtt, 0.0)
-
-
-class RtcpScheduler:
-    """When to send the next report: ``interval`` seconds randomised to 0.5-1.5x
-    (RFC 3550 6.2, without the bandwidth and membership scaling a two-party
-    call does not need); the first report after half an interval (6.2 initial).
-    """
-
-    __slots__ = ("_rand", "deadline", "interval")
-
-    def __init__(
-        self,
-        now: float,
-        interval: float = 5.0,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
-        self.interval = interval
-        self._rand = rand
-        self.deadline = now + interval * (0.5 + rand()) / 2
-
-    def get_timer(self) -> float:
-        """The deadline the adapter arms."""
-        return self.deadline
-
-    def due(self, now: float) -> bool:
-        return now >= self.deadline
-
-    def sent(self, now: float) -> None:
-        """A report went out at ``now``: schedule the next."""
-        self.deadline = now + self.interval * (0.5 + self._rand())
-
-    def poll(self, now: float) -> bool:
-        """True (and reschedule) if a report is due at ``now``."""
-        if now >= self.deadline:
-            self.sent(now)
-            return True
-        return False

@@ -1,6 +1,7 @@
 """SDES-keyed SRTP/SRTCP (RFC 3711, RFC 4568 keying, RFC 7714 AES-GCM) via pylibsrtp.
 
-Suites, by the names used in ``a=crypto`` lines, with master key + salt sizes:
+Suites, by the names used in ``a=crypto`` lines, with master key + salt sizes
+(the table the code uses is :data:`gateway.sdp.crypto.SUITE_LENGTHS`):
 
 ==========================  =====  ======  =========================
 suite                       key    salt    pylibsrtp profile
@@ -35,6 +36,8 @@ from typing import NamedTuple
 
 import pylibsrtp
 
+from gateway.sdp.crypto import SUITE_LENGTHS
+
 __all__ = [
     "SUITES",
     "SrtpAuthError",
@@ -61,12 +64,17 @@ class SuiteInfo(NamedTuple):
 
 _P = pylibsrtp.Policy
 
-#: Supported suites in our order of preference (the one Meta offers first).
+_PROFILES = {
+    "AES_CM_128_HMAC_SHA1_80": _P.SRTP_PROFILE_AES128_CM_SHA1_80,
+    "AES_CM_128_HMAC_SHA1_32": _P.SRTP_PROFILE_AES128_CM_SHA1_32,
+    "AEAD_AES_128_GCM": _P.SRTP_PROFILE_AEAD_AES_128_GCM,
+    "AEAD_AES_256_GCM": _P.SRTP_PROFILE_AEAD_AES_256_GCM,
+}
+
+#: Supported suites in our order of preference (the one Meta offers first); the
+#: lengths are SDES's table (gateway.sdp.crypto.SUITE_LENGTHS), the profiles libsrtp's.
 SUITES: dict[str, SuiteInfo] = {
-    "AES_CM_128_HMAC_SHA1_80": SuiteInfo(_P.SRTP_PROFILE_AES128_CM_SHA1_80, 16, 14),
-    "AES_CM_128_HMAC_SHA1_32": SuiteInfo(_P.SRTP_PROFILE_AES128_CM_SHA1_32, 16, 14),
-    "AEAD_AES_128_GCM": SuiteInfo(_P.SRTP_PROFILE_AEAD_AES_128_GCM, 16, 12),
-    "AEAD_AES_256_GCM": SuiteInfo(_P.SRTP_PROFILE_AEAD_AES_256_GCM, 32, 12),
+    suite: SuiteInfo(_PROFILES[suite], key, salt) for suite, (key, salt) in SUITE_LENGTHS.items()
 }
 
 _LIFETIME = re.compile(r"(?:2\^\d{1,2}|\d{1,15})")

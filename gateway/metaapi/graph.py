@@ -26,8 +26,8 @@ from typing import Any
 import aiohttp
 
 from gateway import __version__
-from gateway.ops.config import MetaApiConfig
-from gateway.ops.logging import REDACTED, get_logger
+from gateway.config import MetaApiConfig
+from gateway.logging import REDACTED, get_logger
 
 __all__ = [
     "RATE_LIMIT_CODES", "GraphClient", "GraphError", "MissingToken", "graph_url",

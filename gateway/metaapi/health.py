@@ -33,9 +33,9 @@ import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.config import Config
+from gateway.logging import get_logger
 from gateway.metaapi.graph import GraphClient, GraphError
-from gateway.ops.config import Config
-from gateway.ops.logging import get_logger
 
 __all__ = [
     "RANK", "MetaEntity", "MetaHealthCollector", "MetaHealthPoller", "NodeHealth",

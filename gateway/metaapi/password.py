@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.logging import REDACTED
 from gateway.metaapi.graph import GraphClient, GraphError
 from gateway.metaapi.settings import CallingSettings, Desired
-from gateway.ops.logging import REDACTED
 
 __all__ = [
     "Credential", "Secret", "WriteResult", "fetch_credential", "rotate_password",

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.ops.config import Config, MetaCallingConfig, NumberConfig
+from gateway.config import Config, MetaCallingConfig, NumberConfig
 
 __all__ = [
     "G711", "CallingSettings", "Change", "Comparison", "Desired", "Finding", "Plan",

@@ -5,14 +5,13 @@ request goes through :class:`gateway.sip.overload.OverloadControl` (per-source
 limits, then global admission) and, when it is a new INVITE from Meta, through the
 call table's stateless challenge (:meth:`CallManager.screen_invite`). Whatever is
 answered here is answered without a transaction: a 503 with Retry-After, a 407, a
-throttled 403. :class:`LagProbe` is the cheap periodic timer that measures the event
-loop's lag for the :class:`LoadMonitor`. :class:`OverloadCollector` exports the
-counters at scrape time.
+throttled 403. The :class:`LoadMonitor`'s lag readings come from the runtime's one
+loop-lag probe (:class:`gateway.ops.lag.LagProbe`). :class:`OverloadCollector`
+exports the counters at scrape time.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -20,14 +19,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.b2bua.calls import CallManager
-from gateway.ops.config import Config
-from gateway.ops.logging import get_logger
+from gateway.config import Config
+from gateway.logging import LogLimiter, get_logger
+from gateway.ops.lag import PROBE_INTERVAL
 from gateway.sip.digest_throttle import DigestThrottle
 from gateway.sip.message import Request, make_response
 from gateway.sip.overload import (
     Budget,
     LoadMonitor,
-    LogLimiter,
     OverloadControl,
     SourceLimiter,
     Verdict,
@@ -37,8 +36,6 @@ from gateway.sip.uri import UriError
 from gateway.transport.sip import SipStack
 
 log = get_logger(__name__)
-
-PROBE_INTERVAL = 0.05  # seconds between lag probes (20 timer callbacks a second)
 
 
 def build_throttle(cfg: Config, nonce_ttl: float = 300.0) -> DigestThrottle | None:
@@ -95,7 +92,7 @@ class Admission:
         self.calls = calls
         self.retry_after = str(retry_after)
         self.user_agent = user_agent
-        self._logs = LogLimiter()
+        self._logs = LogLimiter(5.0, max_keys=1024)
 
     def __call__(
         self, req: Request, source: Target, leg: str, now: float
@@ -165,14 +162,14 @@ class OverloadControls:
     def __init__(
         self,
         cfg: Config,
-        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float],
         stack: SipStack,
         manager: TransactionManager,
         calls: CallManager | None,
         throttle: DigestThrottle | None,
     ) -> None:
         self.throttle = throttle
-        self.clock = loop.time
+        self.clock = clock
         control = build_control(cfg)
         self.admission = Admission(
             control,
@@ -183,42 +180,14 @@ class OverloadControls:
         )
         stack.screen = self.admission
         stack.prescreen = self.admission.prescreen
-        self.probe: LagProbe | None = None
-        if control.monitor is not None:
-            self.probe = LagProbe(loop, control.monitor)
-            self.probe.start()
+
+    @property
+    def monitor(self) -> LoadMonitor | None:
+        """What the loop-lag probe feeds (None: ``sip.overload`` is off)."""
+        return self.admission.control.monitor
 
     def collector(self) -> OverloadCollector:
         return OverloadCollector(self.admission, self.throttle, self.clock)
-
-    def stop(self) -> None:
-        if self.probe is not None:
-            self.probe.stop()
-
-
-class LagProbe:
-    """A timer every :data:`PROBE_INTERVAL`: how late it fires is the loop's lag."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, monitor: LoadMonitor) -> None:
-        self._loop = loop
-        self._monitor = monitor
-        self._due = 0.0
-        self._handle: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        self._due = self._loop.time() + self._monitor.interval
-        self._handle = self._loop.call_at(self._due, self._run)
-
-    def _run(self) -> None:
-        now = self._loop.time()
-        self._monitor.probed(now, now - self._due)
-        self._due = now + self._monitor.interval
-        self._handle = self._loop.call_at(self._due, self._run)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 class OverloadCollector(Collector):

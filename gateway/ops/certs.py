@@ -1,116 +1,185 @@
-"""TLS certificate helpers: a self-signed development certificate and sanity checks."""
+"""The certificate checks of the health report (codes 1101-1107).
+
+:func:`load_certificate` reads and cross-checks the certificate and key files;
+:func:`certificate_findings` turns the one certificate check
+(:func:`gateway.config.certs.check_certificate`, which ``check-config`` uses too)
+into findings; :func:`verify_chain` verifies the chain the listener sends with a
+TLS handshake in memory, and :func:`chain_finding` reports the result.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
-import os
-import tempfile
+import ssl
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-__all__ = ["certificate_problems", "ensure_dev_certificate"]
+from gateway.config.certs import CertCheck, CertInfo, Problem, check_certificate
+from gateway.ops.report import Code, Finding, Status
 
-DEV_CERT_DAYS = 365
-_EKU = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+__all__ = [
+    "certificate_findings",
+    "chain_finding",
+    "load_certificate",
+    "verify_chain",
+]
 
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_RENEW = (
+    "Renew the certificate (e.g. certbot renew), write it to whatsapp.tls.cert_file and"
+    " key_file, and reload: systemctl reload wa-sip-gateway (calls in progress are kept)."
+)
 
 
-def ensure_dev_certificate(cert_file: Path, key_file: Path, hostname: str) -> bool:
-    """Create a self-signed certificate for development unless both files exist.
-
-    The certificate is ECDSA P-256, valid for 365 days, with SANs
-    ``DNS:hostname``, ``DNS:localhost`` and ``IP:127.0.0.1``.  If either file
-    is missing both are (re)written: the key with mode 0600, the certificate
-    with 0644; parent directories are created.  Returns True when generated.
-    """
-    if cert_file.exists() and key_file.exists():
-        return False
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = dt.datetime.now(dt.UTC)
-    san = x509.SubjectAlternativeName([
-        x509.DNSName(hostname),
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-    ])  # fmt: skip
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=DEV_CERT_DAYS))
-        .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(_EKU), critical=False)
-        .sign(key, hashes.SHA256())
+def _unreadable(key: str, path: Path, why: str) -> Finding:
+    return Finding(
+        Code.CERT_UNREADABLE,
+        Status.BLOCKED,
+        f"Cannot load whatsapp.tls.{key} ({path}): {why}; the TLS listener cannot start.",
+        "Check the path, that the service user can read the file, and the PEM format"
+        " (BEGIN CERTIFICATE / BEGIN PRIVATE KEY; the key must not be password-protected),"
+        " then reload (systemctl reload wa-sip-gateway).",
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+
+
+def _spki(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
-    for path in (cert_file, key_file):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(key_file, key_pem, 0o600)
-    _write_atomic(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    return True
 
 
-def _matches(pattern: str, hostname: str) -> bool:
-    pattern, hostname = pattern.lower().rstrip("."), hostname.lower().rstrip(".")
-    if pattern.startswith("*."):
-        head, _, rest = hostname.partition(".")
-        return bool(head) and rest == pattern[2:]
-    return pattern == hostname
+def load_certificate(cert_file: Path, key_file: Path) -> tuple[CertInfo | None, list[Finding]]:
+    """Read and cross-check the certificate chain and key files (no secret leaves here).
 
-
-def certificate_problems(
-    cert_file: Path, hostname: str, now: dt.datetime | None = None
-) -> list[str]:
-    """Human-readable problems with the PEM certificate in ``cert_file`` for ``hostname``.
-
-    Reports an unparsable file, a certificate that is not yet valid or has
-    expired (or expires within 14 days), and a SAN list not covering
-    ``hostname``.  An empty list means no problem was found.
+    Returns the chain's :class:`CertInfo` and no findings when both load and the key
+    belongs to the certificate; else None and the BLOCKED findings (1107 unreadable,
+    1106 key mismatch).
     """
     try:
-        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    except (OSError, ValueError):
-        return ["not a readable PEM certificate"]
-    now = now or dt.datetime.now(dt.UTC)
-    problems: list[str] = []
-    if now < cert.not_valid_before_utc:
-        problems.append(f"certificate not valid before {cert.not_valid_before_utc:%Y-%m-%d}")
-    if now > cert.not_valid_after_utc:
-        problems.append(f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
-    elif now + dt.timedelta(days=14) > cert.not_valid_after_utc:
-        problems.append(f"certificate expires on {cert.not_valid_after_utc:%Y-%m-%d}")
+        chain = x509.load_pem_x509_certificates(cert_file.read_bytes())
+    except OSError as exc:
+        return None, [_unreadable("cert_file", cert_file, exc.strerror or "cannot read")]
+    except ValueError:
+        return None, [_unreadable("cert_file", cert_file, "not a PEM certificate")]
+    key: PrivateKeyTypes
     try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        dns_names = names.value.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        dns_names = []
-    if not any(_matches(pattern, hostname) for pattern in dns_names):
-        problems.append(f"certificate does not cover {hostname} (subjectAltName DNS names)")
-    return problems
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except OSError as exc:
+        return None, [_unreadable("key_file", key_file, exc.strerror or "cannot read")]
+    except (ValueError, TypeError):
+        return None, [_unreadable("key_file", key_file, "not an unencrypted PEM private key")]
+    except Exception:  # cryptography raises UnsupportedAlgorithm for exotic keys
+        return None, [_unreadable("key_file", key_file, "unsupported key type")]
+    if _spki(key.public_key()) != _spki(chain[0].public_key()):
+        return None, [
+            Finding(
+                Code.CERT_KEY_MISMATCH,
+                Status.BLOCKED,
+                f"The private key in whatsapp.tls.key_file ({key_file}) does not belong to"
+                f" the certificate in whatsapp.tls.cert_file ({cert_file}); the TLS listener"
+                " cannot use them.",
+                "Install the key the certificate was issued for (the outputs of `openssl x509"
+                " -noout -pubkey -in CERT` and `openssl pkey -pubout -in KEY` must be"
+                " identical), then reload (systemctl reload wa-sip-gateway).",
+            )
+        ]
+    return CertInfo.from_chain(chain), []
+
+
+def certificate_findings(info: CertInfo, hostname: str, now: dt.datetime) -> list[Finding]:
+    """Validity period and name of the certificate in force."""
+    return [_finding(check, hostname, now) for check in check_certificate(info, hostname, now)]
+
+
+def _finding(check: CertCheck, hostname: str, now: dt.datetime) -> Finding:
+    info = check.info
+    if check.problem is Problem.NOT_YET_VALID:
+        return Finding(
+            Code.CERT_NOT_YET_VALID,
+            Status.BLOCKED,
+            f"The TLS certificate is not valid before {info.not_before:%Y-%m-%d %H:%M} UTC;"
+            " Meta refuses the TLS connection.",
+            "Check the host clock (timedatectl) and the certificate's dates; install a"
+            " certificate valid now and reload.",
+        )
+    if check.problem is Problem.EXPIRED:
+        return Finding(
+            Code.CERT_EXPIRED,
+            Status.BLOCKED,
+            f"The TLS certificate expired on {info.not_after:%Y-%m-%d %H:%M} UTC;"
+            " Meta refuses the TLS connection.",
+            _RENEW,
+        )
+    if check.problem is Problem.EXPIRING:
+        days = (info.not_after - now).total_seconds() / 86400
+        return Finding(
+            Code.CERT_EXPIRING,
+            Status.LIMITED,
+            f"The TLS certificate expires on {info.not_after:%Y-%m-%d %H:%M} UTC"
+            f" (in {days:.1f} days).",
+            _RENEW + " Automate renewal with a deploy hook that reloads the gateway.",
+        )
+    names = ", ".join(info.dns_names[:5]) or "no DNS names"
+    return Finding(
+        Code.CERT_NAME_MISMATCH,
+        Status.BLOCKED,
+        f"The TLS certificate does not cover {hostname} (its subjectAltName: {names});"
+        " Meta refuses the TLS connection.",
+        f"Get a certificate whose subjectAltName includes {hostname}, the SIP server"
+        " hostname configured at Meta, or correct whatsapp.hostname; then reload.",
+    )
+
+
+def verify_chain(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, info: CertInfo, now: dt.datetime
+) -> tuple[bool, str]:
+    """A TLS handshake in memory between ``server_ctx`` (our certificate and key) and
+    ``client_ctx`` (system roots, no name check): whether the chain the listener sends
+    verifies, and OpenSSL's reason when it does not. A leaf outside its validity period
+    does not count here (that is 1101/1102); an expired intermediate does."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=None)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(12):
+        for name, side in (("client", client), ("server", server)):
+            if done[name]:
+                continue
+            try:
+                side.do_handshake()
+                done[name] = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLCertVerificationError as exc:
+                # 9/10: not yet valid / expired: the chain was built to a trusted root.
+                leaf_out_of_date = not info.not_before <= now < info.not_after
+                if exc.verify_code in (9, 10) and leaf_out_of_date:
+                    return True, ""
+                return False, str(exc.verify_message or exc.reason or "verification failed")
+            except ssl.SSLError as exc:
+                return False, str(exc.reason or exc)
+        if done["client"]:
+            return True, ""
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    return False, "handshake did not complete"
+
+
+def chain_finding(verified: bool, why: str, development: bool) -> Finding | None:
+    if verified:
+        return None
+    status = Status.LIMITED if development else Status.BLOCKED
+    dev = " (LIMITED only because mode is development)" if development else ""
+    return Finding(
+        Code.CERT_CHAIN_UNTRUSTED,
+        status,
+        f"The certificate chain does not verify against the system's trusted roots"
+        f" ({why}){dev}; Meta refuses certificates it cannot verify.",
+        "Use a certificate from a public CA and put the full chain in whatsapp.tls.cert_file"
+        " (the certificate first, then the intermediates), then reload.",
+    )

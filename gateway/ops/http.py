@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.ops.health import Report
 from gateway.ops.metrics import CONTENT_TYPE, Metrics
+from gateway.ops.report import Report
 
 HealthFn = Callable[[], Report]
 ReadyFn = Callable[[], tuple[bool, dict[str, object]]]

@@ -26,7 +26,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.ops.health import Report
+from gateway.media.stats import BridgeStats, LegStats
+from gateway.ops.report import Report
 from gateway.sip.transaction import TransactionManager
 from gateway.transport.guard import CLOSE_REASONS, HANDSHAKE_RESULTS, REFUSALS
 from gateway.transport.rtp import FrameTimes
@@ -42,7 +43,7 @@ DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 
 JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 MOS_BUCKETS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5)
 # Per-leg packets the bridge did not take as received (gateway/media/leg.py): the
-# stats key, the counter family and its help text.
+# LegStats field, the counter family and its help text.
 DROP_STATS = {
     "foreign_packets": (
         "wagw_rtp_foreign_packets",
@@ -123,13 +124,28 @@ def _result(record: Mapping[str, Any]) -> str:
     return "failed"
 
 
+class StatsSource(Protocol):
+    """A call's media bridge, as metrics read it."""
+
+    def stats(self) -> BridgeStats: ...
+
+
 class ActiveCall(Protocol):
     key: str
     started: float
     answered_at: float | None
 
     @property
-    def bridge(self) -> Any: ...
+    def bridge(self) -> StatsSource: ...
+
+
+def _drops(leg: LegStats) -> tuple[tuple[str, int], ...]:
+    """(DROP_STATS key, count) of one leg."""
+    return (
+        ("foreign_packets", leg.foreign_packets),
+        ("bad_packets", leg.bad_packets),
+        ("relatch_refused", leg.relatch_refused),
+    )
 
 
 class CallStats:
@@ -167,9 +183,9 @@ class CallStats:
                 self.answered(call.key, call.answered_at - call.started)
             stats = call.bridge.stats()
             for leg in LEGS:
-                item = stats.get(leg) or {}
-                if item.get("rx_packets"):
-                    self.jitter[leg].observe(float(item.get("jitter_seconds") or 0.0))
+                item = stats.leg(leg)
+                if item.rx_packets:
+                    self.jitter[leg].observe(item.jitter_seconds)
 
     def ended(self, call: ActiveCall, record: Mapping[str, Any]) -> None:
         """Account an ended call from its built record (see :mod:`gateway.ops.records`)."""
@@ -181,14 +197,14 @@ class CallStats:
         self._setup_seen.discard(call.key)
         stats = call.bridge.stats()
         for leg in LEGS:
-            item = stats.get(leg) or {}
-            self.packets[(leg, "rx")] += int(item.get("rx_packets") or 0)
-            self.packets[(leg, "tx")] += int(item.get("tx_packets") or 0)
+            item = stats.leg(leg)
+            self.packets[(leg, "rx")] += item.rx_packets
+            self.packets[(leg, "tx")] += item.tx_packets
             self.lost[leg] += self._lost(call.key, leg, item)
             self._lost_high.pop((call.key, leg), None)
-            self.srtp_auth_failures += int(item.get("srtp_auth_failures") or 0)
-            for name in DROP_STATS:
-                self.dropped[(leg, name)] += int(item.get(name) or 0)
+            self.srtp_auth_failures += item.srtp_auth_failures
+            for name, n in _drops(item):
+                self.dropped[(leg, name)] += n
         dtmf = record.get("dtmf")
         if isinstance(dtmf, Mapping):
             for direction_key in ("to_pbx", "to_whatsapp"):
@@ -200,10 +216,10 @@ class CallStats:
         if failure is not None:
             self.meta_failures[failure] += 1
 
-    def _lost(self, key: str, leg: str, item: Mapping[str, Any]) -> int:
+    def _lost(self, key: str, leg: str, item: LegStats) -> int:
         """Lost packets of one live leg, never decreasing (RFC 3550 cumulative loss goes
         down when duplicates arrive; a counter must not)."""
-        value = max(0, int(item.get("lost") or 0), self._lost_high.get((key, leg), 0))
+        value = max(0, item.lost, self._lost_high.get((key, leg), 0))
         self._lost_high[(key, leg)] = value
         return value
 
@@ -215,11 +231,11 @@ class CallStats:
         for call in calls:
             stats = call.bridge.stats()
             for leg in LEGS:
-                item = stats.get(leg) or {}
-                packets[(leg, "rx")] += int(item.get("rx_packets") or 0)
-                packets[(leg, "tx")] += int(item.get("tx_packets") or 0)
+                item = stats.leg(leg)
+                packets[(leg, "rx")] += item.rx_packets
+                packets[(leg, "tx")] += item.tx_packets
                 lost[leg] += self._lost(call.key, leg, item)
-                auth += int(item.get("srtp_auth_failures") or 0)
+                auth += item.srtp_auth_failures
         return packets, lost, auth
 
     def live_dropped(self, calls: Iterable[ActiveCall]) -> Counter[tuple[str, str]]:
@@ -228,17 +244,16 @@ class CallStats:
         for call in calls:
             stats = call.bridge.stats()
             for leg in LEGS:
-                item = stats.get(leg) or {}
-                for name in DROP_STATS:
-                    out[(leg, name)] += int(item.get(name) or 0)
+                for name, n in _drops(stats.leg(leg)):
+                    out[(leg, name)] += n
         return out
 
     def live_dtmf(self, calls: Iterable[ActiveCall]) -> Counter[str]:
         out: Counter[str] = Counter()
         for call in calls:
             stats = call.bridge.stats()
-            out["to_pbx"] += int(stats.get("dtmf_events_to_pbx") or 0)
-            out["to_whatsapp"] += int(stats.get("dtmf_events_to_whatsapp") or 0)
+            out["to_pbx"] += stats.dtmf_events_to_pbx
+            out["to_whatsapp"] += stats.dtmf_events_to_whatsapp
         return out
 
 

@@ -1,7 +1,8 @@
 """Call records: one JSON line per ended call, to a file (rotated safely) or stdout.
 
-:func:`build_record` turns an ended call (its ``record()`` dict and its
-timestamps) into the record below; :class:`RecordWriter` appends it.
+:func:`build_record` turns an ended call (its ``record()`` dict, whose ``media``
+is the bridge's :class:`gateway.media.stats.BridgeStats`, and its timestamps)
+into the record below; :class:`RecordWriter` appends it.
 
 Record keys: ``type`` ("call"), ``wacid``, ``call`` (the gateway's key),
 ``direction``, ``business_number``, ``whatsapp_user`` (+E.164 or BSUID),
@@ -35,23 +36,26 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 
-from gateway.ops.logging import get_logger
+from gateway.logging import get_logger
+from gateway.media.stats import BridgeStats, LegStats
 
 __all__ = ["EndedCall", "RecordWriter", "build_record", "mos_estimate"]
 
 log = get_logger(__name__)
 
 class EndedCall(Protocol):
-    """What a record is built from (InboundCall and the outbound call both fit)."""
+    """What a record is built from (a :class:`gateway.b2bua.call.Call`, either direction)."""
 
     key: str
     started: float
     answered_at: float | None
     ended_at: float | None
 
-    def record(self) -> dict[str, object]: ...
+    def record(self) -> dict[str, object]:
+        """Who, when, how it ended; ``media``: the bridge's :class:`BridgeStats`."""
+        ...
 
 
 def mos_estimate(loss_ratio: float, jitter_s: float, rtt_s: float = 0.0) -> float:
@@ -77,28 +81,27 @@ def _iso(t: float | None, wall_offset: float) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _codec(describe: object, leg_stats: Mapping[str, Any]) -> str | None:
+def _codec(describe: object, leg_stats: LegStats) -> str | None:
     if isinstance(describe, str) and describe:
         return describe.split()[0]
-    codec = leg_stats.get("codec")
-    return str(codec) if codec else None
+    return leg_stats.codec or None
 
 
-def _leg(stats: Mapping[str, Any]) -> dict[str, object]:
-    rx = int(stats.get("rx_packets") or 0)
-    lost = max(0, int(stats.get("lost") or 0))
-    jitter = float(stats.get("jitter_seconds") or 0.0)
+def _leg(stats: LegStats) -> dict[str, object]:
+    rx = stats.rx_packets
+    lost = max(0, stats.lost)
+    jitter = stats.jitter_seconds
     ratio = lost / (rx + lost) if rx + lost else 0.0
     return {
         "rx_packets": rx,
-        "tx_packets": int(stats.get("tx_packets") or 0),
+        "tx_packets": stats.tx_packets,
         "lost": lost,
         "loss_ratio": round(ratio, 4),
         "jitter_ms": round(jitter * 1000.0, 2),
-        "srtp_auth_failures": int(stats.get("srtp_auth_failures") or 0),
-        "foreign_packets": int(stats.get("foreign_packets") or 0),
-        "bad_packets": int(stats.get("bad_packets") or 0),
-        "relatch_refused": int(stats.get("relatch_refused") or 0),
+        "srtp_auth_failures": stats.srtp_auth_failures,
+        "foreign_packets": stats.foreign_packets,
+        "bad_packets": stats.bad_packets,
+        "relatch_refused": stats.relatch_refused,
         "mos": mos_estimate(ratio, jitter) if rx else None,
     }
 
@@ -117,11 +120,9 @@ def build_record(call: EndedCall, wall_offset: float | None = None) -> dict[str,
         wall_offset = time.time() - time.monotonic()
     rec = call.record()
     key = str(rec.get("call") or call.key)
-    media = rec.get("media")
-    media = media if isinstance(media, Mapping) else {}
-    wa_stats = media.get("whatsapp") if isinstance(media.get("whatsapp"), Mapping) else {}
-    pbx_stats = media.get("pbx") if isinstance(media.get("pbx"), Mapping) else {}
-    assert isinstance(wa_stats, Mapping) and isinstance(pbx_stats, Mapping)
+    found = rec.get("media")
+    media = found if isinstance(found, BridgeStats) else BridgeStats()
+    wa_stats, pbx_stats = media.whatsapp, media.pbx
     legs = {"whatsapp": _leg(wa_stats), "pbx": _leg(pbx_stats)}
     scores = [v for leg in legs.values() if isinstance(v := leg["mos"], float)]
     wacid = rec.get("wacid")
@@ -133,7 +134,7 @@ def build_record(call: EndedCall, wall_offset: float | None = None) -> dict[str,
         "whatsapp": _codec(rec.get("wa_media"), wa_stats),
         "pbx": _codec(rec.get("pbx_media"), pbx_stats),
     }
-    passthrough = bool(media.get("passthrough"))
+    passthrough = media.passthrough
     end = call.ended_at
     return {
         "type": "call",
@@ -158,10 +159,8 @@ def build_record(call: EndedCall, wall_offset: float | None = None) -> dict[str,
         "transcoded": (not passthrough) if codecs["pbx"] and codecs["whatsapp"] else None,
         "legs": legs,
         "dtmf": {
-            "to_pbx": int(media.get("dtmf_events_to_pbx", media.get("dtmf_to_pbx", 0)) or 0),
-            "to_whatsapp": int(
-                media.get("dtmf_events_to_whatsapp", media.get("dtmf_to_whatsapp", 0)) or 0
-            ),
+            "to_pbx": media.dtmf_events_to_pbx,
+            "to_whatsapp": media.dtmf_events_to_whatsapp,
         },
         "mos": min(scores) if scores else None,
     }

@@ -18,7 +18,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-from gateway.ops.logging import get_logger
+from gateway.logging import get_logger
 
 __all__ = ["Notifier"]
 

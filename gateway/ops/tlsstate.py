@@ -17,17 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.ops.health import (
-    CertInfo,
-    Code,
-    Finding,
-    Status,
+from gateway.config.certs import CertInfo
+from gateway.logging import get_logger
+from gateway.ops.certs import (
     certificate_findings,
     chain_finding,
     load_certificate,
     verify_chain,
 )
-from gateway.ops.logging import get_logger
+from gateway.ops.report import Code, Finding, Status
 from gateway.transport.tls import server_context
 
 __all__ = ["Prepared", "TlsState", "roots_context"]

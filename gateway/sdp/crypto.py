@@ -12,6 +12,17 @@ import binascii
 import re
 from dataclasses import dataclass
 
+# The SRTP crypto suites SDES may negotiate, in our order of preference (the one
+# Meta offers first), with the master key and master salt lengths in octets:
+# RFC 4568 section 6.2, RFC 7714 section 12. The one table: negotiation checks
+# key lengths by it, the SRTP layer (gateway.media.srtp) maps each to libsrtp.
+SUITE_LENGTHS: dict[str, tuple[int, int]] = {
+    "AES_CM_128_HMAC_SHA1_80": (16, 14),
+    "AES_CM_128_HMAC_SHA1_32": (16, 14),
+    "AEAD_AES_128_GCM": (16, 12),
+    "AEAD_AES_256_GCM": (32, 12),
+}
+
 B64_RE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 TOKEN_RE = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")  # RFC 8866 section 9 token
 _TAG_RE = re.compile(r"[0-9]{1,9}")  # tag = 1*9DIGIT

@@ -19,7 +19,8 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gateway.sdp.crypto import Crypto
+from gateway.netaddr import hostport
+from gateway.sdp.crypto import SUITE_LENGTHS, Crypto
 from gateway.sdp.session import (
     Connection,
     MediaDescription,
@@ -28,19 +29,9 @@ from gateway.sdp.session import (
     SessionDescription,
 )
 
-SUITE_PREFERENCE = (
-    "AES_CM_128_HMAC_SHA1_80",
-    "AES_CM_128_HMAC_SHA1_32",
-    "AEAD_AES_128_GCM",
-    "AEAD_AES_256_GCM",
-)
-# Master key || master salt, in bytes: RFC 4568 section 6.2, RFC 7714 section 12.
-SUITE_KEY_LENGTHS = {
-    "AES_CM_128_HMAC_SHA1_80": 16 + 14,
-    "AES_CM_128_HMAC_SHA1_32": 16 + 14,
-    "AEAD_AES_128_GCM": 16 + 12,
-    "AEAD_AES_256_GCM": 32 + 12,
-}
+SUITE_PREFERENCE = tuple(SUITE_LENGTHS)
+# Master key || master salt, in bytes (the table: gateway.sdp.crypto.SUITE_LENGTHS).
+SUITE_KEY_LENGTHS = {suite: key + salt for suite, (key, salt) in SUITE_LENGTHS.items()}
 G711_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}  # RFC 3551 section 6
 PBX_AUDIO_RATE = 8000  # the PBX leg is G.711: every sample the bridge handles is 8 kHz
 DTMF_EVENTS = "0-16"  # RFC 4733 section 3.2: DTMF 0-9 * # A-D and flash
@@ -153,9 +144,7 @@ def describe(media: MediaParams) -> str:
     """A one-line summary safe to log (no key material)."""
     parts = [f"{media.codec}/{media.clock_rate} pt{media.payload_type}"]
     parts.append(f"SRTP {media.srtp.suite}" if media.srtp is not None else "RTP")
-    host = media.remote_address
-    host = f"[{host}]" if ":" in host else host
-    parts.append(f"-> {host}:{media.remote_port}")
+    parts.append(f"-> {hostport(media.remote_address, media.remote_port)}")
     parts.append("rtcp-mux" if media.rtcp_mux else f"rtcp {media.remote_rtcp_port}")
     if media.dtmf_payload_type is not None:
         parts.append(f"dtmf{media.dtmf_payload_type}")
@@ -181,7 +170,7 @@ def answer_whatsapp_offer(
     session_id: int | None = None,
     pcm_rate: int = PBX_AUDIO_RATE,
 ) -> tuple[SessionDescription, MediaParams]:
-    """Answer Meta's offer on a user-initiated call (whatsapp-sip.md section 6)."""
+    """Answer Meta's offer on a user-initiated call (docs/whatsapp-sip.md section 6)."""
     _check_local(local_address, local_port)
     order = _g711_names(g711_order)
     index = _pick_stream(offer, _SAVP, "RTP/SAVP")
@@ -198,7 +187,7 @@ def answer_whatsapp_offer(
     codec = codec or _find(m, maps, "opus", 48000)
     if codec is None:
         raise NegotiationError("no usable codec offered (Opus, or G.711 when enabled)")
-    dtmf = _find(m, maps, "telephone-event", 8000)  # 8000 only (whatsapp-sip.md 6)
+    dtmf = _find(m, maps, "telephone-event", 8000)  # 8000 only (docs/whatsapp-sip.md 6)
     local_key = new_key(suite)
     if len(local_key) != SUITE_KEY_LENGTHS[suite]:
         raise ValueError(f"new_key({suite}) returned {len(local_key)} bytes")

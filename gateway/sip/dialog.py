@@ -223,13 +223,3 @@ class Dialog:
         target = _contact_uri(response)
         if target:
             self.remote_target = target
-
-
-def dialog_id_for_request(request: Request) -> tuple[str, str, str]:
-    """(Call-ID, local tag, remote tag) of the dialog an incoming request belongs to."""
-    return (request.call_id, request.to.tag or "", request.from_.tag or "")
-
-
-def dialog_id_for_response(response: Response) -> tuple[str, str, str]:
-    """(Call-ID, local tag, remote tag) of the dialog a response to our request belongs to."""
-    return (response.call_id, response.from_.tag or "", response.to.tag or "")

@@ -19,7 +19,7 @@ attacker cannot lock real calls out of a number.
 
 A nonce used in a failed attempt is dead: the right password on it afterwards is
 challenged again with a fresh nonce. Meta answers each challenge once and never
-reuses a nonce after a 403 (whatsapp-sip.md section 3), so this never costs a
+reuses a nonce after a 403 (docs/whatsapp-sip.md section 3), so this never costs a
 real call. Dead nonces are kept until they would have expired anyway (the digest
 server's nonce TTL), in a bounded table.
 

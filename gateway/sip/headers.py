@@ -2,7 +2,7 @@
 
 Splitting a list header at its top-level commas (section 7.3.1) is the one scan
 every message's Via, Route, Record-Route and Contact go through, so it is done by
-``str.split`` or by ``findall`` with possessive regular expressions, never by a
+``str.split`` or by ``findall`` with atomic regular expressions, never by a
 Python loop over characters or quotes: its cost is linear in the value's length
 with the constant of C, plus one list item per element.
 """
@@ -83,10 +83,12 @@ def canonical_name(name: str) -> str:
 # One element of a list header (section 7.3.1): runs without ',', '"' or '<',
 # quoted-strings (a backslash quotes any one character) and <...> (which may hold
 # quoted-strings; the first '>' outside them closes it). Each loop is unrolled and
-# possessive, so an unterminated quote or '<' fails in one pass without backtracking.
-_QUOTED = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
-_ANGLE = rf'<[^>"]*+(?:{_QUOTED}[^>"]*+)*+>'
-_ELEMENT = rf'[^,"<]*+(?:(?:{_ANGLE}|{_QUOTED})[^,"<]*+)*+'
+# atomic, so an unterminated quote or '<' fails in one pass without backtracking.
+# Atomic groups, not possessive quantifiers: those match wrongly before Python
+# 3.11.5 (CPython gh-106052), and Debian 12 ships 3.11.2.
+_QUOTED = r'"(?>[^"\\]*)(?>(?:\\.(?>[^"\\]*))*)"'
+_ANGLE = rf'<(?>[^>"]*)(?>(?:{_QUOTED}(?>[^>"]*))*)>'
+_ELEMENT = rf'(?>[^,"<]*)(?>(?:(?:{_ANGLE}|{_QUOTED})(?>[^,"<]*))*)'
 # A comma and the empty elements after it (SP, HTAB, commas) are skipped in one go.
 _ELEMENTS_RE = re.compile(rf"(?:{_ELEMENT},[ \t,]*)*", re.S)  # every element a comma ends
 _ELEMENT_COMMA_RE = re.compile(rf"({_ELEMENT}),[ \t,]*", re.S)

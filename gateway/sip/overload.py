@@ -33,7 +33,6 @@ __all__ = [
     "Budget",
     "Decision",
     "LoadMonitor",
-    "LogLimiter",
     "OverloadControl",
     "OverloadStats",
     "SourceLimiter",
@@ -294,23 +293,3 @@ class OverloadControl:
             self.stats.overload[("transactions_cap", "drop")] += 1
             return Decision(Verdict.DROP, "transactions_cap")
         return PASS
-
-
-class LogLimiter:
-    """At most one log line per key every ``every`` seconds; says how many were held back."""
-
-    def __init__(self, every: float = 5.0, max_keys: int = 1024) -> None:
-        self.every = every
-        self.max_keys = max_keys
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def allow(self, key: str, now: float) -> int | None:
-        """None: stay quiet. Else log now, with the returned count of lines held back."""
-        last = self._last.get(key)
-        if last is not None and now - last[0] < self.every:
-            self._last[key] = (last[0], last[1] + 1)
-            return None
-        if last is None and len(self._last) >= self.max_keys:
-            self._last.clear()
-        self._last[key] = (now, 0)
-        return last[1] if last is not None else 0

@@ -21,6 +21,7 @@ import itertools
 from dataclasses import dataclass
 from enum import Enum
 
+from gateway.netaddr import hostport
 from gateway.sip.ids import MAGIC_COOKIE, new_branch
 from gateway.sip.message import Headers, Request, Response, make_response
 from gateway.sip.uri import UriError
@@ -168,9 +169,7 @@ Event = RequestReceived | ResponseReceived | CancelReceived | TransactionTimeout
 def add_via(request: Request, transport: str, host: str, port: int, *, rport: bool = True) -> str:
     """Prepend a Via with a fresh branch (section 8.1.1.7); returns the branch."""
     branch = new_branch()
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # IPv6 reference
-    value = f"SIP/2.0/{transport.upper()} {host}:{port};branch={branch}"
+    value = f"SIP/2.0/{transport.upper()} {hostport(host, port)};branch={branch}"
     if rport:
         value += ";rport"  # RFC 3581 section 3
     request.headers.add("Via", value, first=True)
@@ -308,10 +307,6 @@ class TransactionManager:
     @property
     def server_count(self) -> int:
         return len(self._server)
-
-    @property
-    def count(self) -> int:
-        return len(self)
 
     # -- plumbing -----------------------------------------------------------
     def pop_outgoing(self) -> list[Outgoing]:

@@ -335,7 +335,7 @@ def _looks_like_host(value: str) -> bool:
 # The rest of a quoted-string after its '"': up to the closing '"', a backslash
 # quoting any one character (quoted-pair, section 25.1).
 _QUOTED_TAIL_RE = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_QUOTED = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_QUOTED = r'"(?>[^"\\]*)(?>(?:\\.(?>[^"\\]*))*)"'
 # Per separator: every part a separator ends, one such part, a whole last part.
 _PART_RES: dict[str, tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]] = {}
 
@@ -344,7 +344,7 @@ def _part_res(sep: str) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[st
     res = _PART_RES.get(sep)
     if res is None:
         s = re.escape(sep)
-        part = rf'[^{s}"]*+(?:{_QUOTED}[^{s}"]*+)*+'
+        part = rf'(?>[^{s}"]*)(?>(?:{_QUOTED}(?>[^{s}"]*))*)'
         res = _PART_RES[sep] = (
             re.compile(rf"(?:{part}{s})*", re.S),
             re.compile(rf"({part}){s}", re.S),

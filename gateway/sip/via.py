@@ -117,7 +117,7 @@ _SPACE_RE = re.compile(r"\s")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
 _TOKEN = rf"[{TOKEN_CHARS}]+"
-_QUOTED = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_QUOTED = r'"(?>[^"\\]*)(?>(?:\\.(?>[^"\\]*))*)"'
 _VIA_PARAM_RE = re.compile(
     rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*(=)[ \t]*({_TOKEN}|{_QUOTED}))?", re.S
 )
@@ -127,7 +127,10 @@ _VIA_FAST_RE = re.compile(
     rf"(?i:SIP)[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*(?P<transport>{_TOKEN})[ \t]+"
     rf"(?P<host>{HOSTNAME_PATTERN}|{_OCTET}(?:\.{_OCTET}){{3}})"
     rf"(?:[ \t]*:[ \t]*(?P<port>{_PORT}))?"
-    rf"(?P<params>(?:[ \t]*+;[ \t]*+{_TOKEN}+(?:[ \t]*+=[ \t]*+(?:{_TOKEN}+|{_QUOTED}))?+)*+)",
+    # Atomic groups (one pass, no backtracking); not possessive quantifiers, which
+    # match wrongly before Python 3.11.5 (CPython gh-106052; Debian 12 has 3.11.2).
+    rf"(?P<params>(?>(?:(?>[ \t]*);(?>[ \t]*)(?>{_TOKEN})"
+    rf"(?>(?:(?>[ \t]*)=(?>[ \t]*)(?>{_TOKEN}|{_QUOTED}))?))*))",
     re.S,
 )
 

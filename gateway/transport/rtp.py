@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from time import perf_counter_ns
 
-from gateway.ops.logging import get_logger
+from gateway.logging import get_logger
 
 log = get_logger(__name__)
 

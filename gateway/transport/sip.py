@@ -20,7 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gateway.ops.logging import LogLimiter, get_logger
+from gateway.logging import LogLimiter, get_logger
 from gateway.sip.message import (
     MAX_MESSAGE_SIZE,
     Request,

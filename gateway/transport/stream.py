@@ -21,7 +21,7 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
-from gateway.ops.logging import get_logger
+from gateway.logging import get_logger
 from gateway.sip.framing import FramingError, Ping, StreamFramer
 from gateway.sip.message import Request, SipParseError
 from gateway.sip.message import parse_message as _parse_message

@@ -1,4 +1,4 @@
-"""TLS contexts for the WhatsApp leg (whatsapp-sip.md section 2).
+"""TLS contexts for the WhatsApp leg (docs/whatsapp-sip.md section 2).
 
 Server: TLS 1.2 minimum, never requests a client certificate (Meta shows a
 certificate for a random host when asked), offers no ALPN. Client: verifies

@@ -1,6 +1,6 @@
 """An in-process emulator of WhatsApp's SIP side (Meta's edge ``wa.meta.vc``).
 
-It behaves as /work/shared/docs/whatsapp-sip.md says Meta does, and records
+It behaves as docs/whatsapp-sip.md says Meta does, and records
 every breach of Meta's rules by the gateway in ``CallResult.violations``
 (tests assert that list is empty).
 

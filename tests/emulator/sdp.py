@@ -1,7 +1,7 @@
 """Small, strict SDP for the Meta emulator (RFC 4566/8866, RFC 4568 SDES, RFC 7587).
 
 Independent of the gateway's own SDP code on purpose: it builds Meta-shaped
-offers and answers (whatsapp-sip.md section 6) and parses what the gateway
+offers and answers (docs/whatsapp-sip.md section 6) and parses what the gateway
 sends, collecting every deviation from the grammar as a *problem* (a string)
 instead of silently accepting it. Only text that cannot be read at all raises
 :class:`SdpError`.

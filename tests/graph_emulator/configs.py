@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from gateway.ops.config import Config, load_config
+from gateway.config import Config, load_config
 from tests.graph_emulator.server import TOKEN, GraphEmulator
 
 NUMBER = "+15550001111"

@@ -1,6 +1,6 @@
 """An aiohttp server on loopback that plays Meta's Graph API for calling settings.
 
-It serves the shapes of whatsapp-sip.md sections 8 and 11 (never the real Graph API):
+It serves the shapes of docs/whatsapp-sip.md sections 8 and 11 (never the real Graph API):
 
 * ``GET /<version>/<PHONE_NUMBER_ID>/settings`` -> ``{"calling": {...}, ...}``; with
   ``include_sip_credentials=true`` each SIP server also carries ``sip_user_password``

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from gateway.ops.certs import ensure_dev_certificate
+from gateway.config.certs import ensure_dev_certificate
 from tests.peers import host_binary
 
 ROOT = Path(__file__).resolve().parents[2]

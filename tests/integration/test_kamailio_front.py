@@ -396,7 +396,7 @@ def test_in_dialog_requests_from_an_instance_follow_metas_record_route(front: Fr
 
 
 def test_address_list_allows_exactly_the_gateways_meta_networks() -> None:
-    from gateway.ops.config import META_NETWORKS
+    from gateway.config import META_NETWORKS
 
     listed = set()
     for line in (CONFIG_DIR / "address.list").read_text().splitlines():

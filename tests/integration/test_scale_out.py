@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from gateway.ops.certs import ensure_dev_certificate
+from gateway.config.certs import ensure_dev_certificate
 from gateway.sip.auth import answer_challenge, parse_challenge
 from gateway.sip.message import Response, parse_message
 from tests.emulator import (

@@ -6,7 +6,7 @@ Everything runs in memory: a real :class:`TransactionManager`, :class:`SipPort`,
 bytes (parsed like the transport would) and what the manager queues is read back
 through ``to_bytes()`` and parsed again, so the tests assert on real SIP.
 
-Builders shape the WhatsApp side like Meta's SIP edge (whatsapp-sip.md sections
+Builders shape the WhatsApp side like Meta's SIP edge (docs/whatsapp-sip.md sections
 3 and 6) and the PBX side like Asterisk.
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 
 import yaml
 
+from gateway.b2bua.call import Call
 from gateway.b2bua.calls import CallManager
 from gateway.b2bua.endpoint import Endpoint
-from gateway.b2bua.inbound import InboundCall
-from gateway.b2bua.legs import NoMediaPorts, SipPort
-from gateway.b2bua.outbound import OutboundCall
-from gateway.ops.config import Config, load_config
+from gateway.b2bua.port import NoMediaPorts, SipPort
+from gateway.config import Config, load_config
+from gateway.media.stats import BridgeStats
 from gateway.sdp.negotiate import MediaParams
 from gateway.sip.auth import DigestServer, answer_challenge, parse_challenge
 from gateway.sip.ids import new_branch, new_tag
@@ -199,8 +199,8 @@ class FakeBridge:
     def set_pbx(self, params: MediaParams) -> None:
         self.calls.append(("pbx", params))
 
-    def stats(self) -> dict[str, object]:
-        return {"calls": len(self.calls)}
+    def stats(self) -> BridgeStats:
+        return BridgeStats()
 
     def close(self) -> None:
         self.closed += 1
@@ -264,7 +264,7 @@ def meta_invite(
     extra: Iterable[tuple[str, str]] = (),
     context: bool = True,
 ) -> bytes:
-    """An INVITE shaped like Meta's (whatsapp-sip.md section 3)."""
+    """An INVITE shaped like Meta's (docs/whatsapp-sip.md section 3)."""
     wacid = wacid or "wacid.HBgLMTIxOTU1NTA3MTQVAgARGBI" + new_tag()
     call_id = call_id or f"outgoing:{wacid}"
     from_tag = from_tag or "meta" + new_tag()
@@ -400,7 +400,7 @@ class Flow:
     """One call driven through the harness."""
 
     invite: Request  # Meta's INVITE as the manager saw it (after Via stamping)
-    call: InboundCall
+    call: Call
     pbx_invite: Request  # what went on the wire to the PBX
     bridge: FakeBridge
     pbx_to_tag: str = "as-to-1"
@@ -431,7 +431,7 @@ class Harness:
         self.endpoint = Endpoint(self.manager, self.scheduler.time, user_agent=USER_AGENT)
         self.digest = DigestServer(b"0123456789abcdef-test-secret", HOSTNAME, algorithms=("MD5",))
         self.bridges = bridges or FakeBridgeFactory()
-        self.ended: list[tuple[InboundCall, str]] = []
+        self.ended: list[tuple[Call, str]] = []
         self.calls = CallManager(
             self.cfg,
             self.sip,
@@ -582,7 +582,7 @@ class Harness:
         assert invites[0].target == Target("udp", PBX_HOST, PBX_PORT)
         bridge = call.bridge
         assert isinstance(bridge, FakeBridge)
-        flow = Flow(call.wa_request, call, invites[0].request, bridge)
+        flow = Flow(call.caller.request, call, invites[0].request, bridge)
         flow.extra["sent_at_start"] = sent
         return flow
 
@@ -634,25 +634,102 @@ def ack_for(invite: Request, resp: Response) -> bytes:
     return _msg(f"ACK {invite.uri} SIP/2.0", headers)
 
 
-def meta_ack(flow: Flow, *, body: str = "") -> bytes:
-    """Meta's ACK for our 2xx: a new transaction, through the route set, To with our tag."""
-    assert flow.answered is not None
-    invite = flow.invite
-    contact = flow.answered.contact
-    assert contact is not None
+# ------------------------------------------------------------ in-dialog requests, by role
+# A call is one machine with the roles swapped, so are its fakes: a request from the
+# caller in its dialog (after our 2xx), from the callee in ours (after its 2xx), a CANCEL.
+
+
+@dataclass(frozen=True)
+class Hop:
+    """How one peer's requests look on the wire."""
+
+    via: str  # Via with a {} for the branch
+    max_forwards: str
+    user_agent: str | None = None
+    contact: str | None = None  # Contact of its INVITE/UPDATE (a target refresh)
+    meta: bool = False  # Meta's BYE carries x-wa-meta-call-duration and a Q.850 Reason
+
+
+META_HOP = Hop("SIP/2.0/TLS 157.240.19.1:5061;branch={};rport", "69", meta=True)
+
+
+def _pbx_hop(contact: str) -> Hop:
+    return Hop(
+        f"SIP/2.0/UDP {PBX_HOST}:{PBX_PORT};branch={{}};rport", "70", "Asterisk PBX 20.5.0", contact
+    )
+
+
+def in_dialog(
+    hop: Hop,
+    method: str,
+    cseq: int,
+    *,
+    uri: str,
+    from_: str,
+    to: str,
+    call_id: str,
+    extra: Iterable[tuple[str, str]] = (),
+    body: str = "",
+    content_type: str = "application/sdp",
+    branch: str | None = None,
+    duration: str | None = "42",
+) -> bytes:
     headers = [
-        ("Via", f"SIP/2.0/TLS 157.240.19.1:5061;branch={new_branch()};rport"),
-        ("Max-Forwards", "69"),
-        ("From", invite.headers.get("From") or ""),
-        ("To", flow.answered.headers.get("To") or ""),
-        ("Call-ID", invite.call_id),
-        ("CSeq", f"{invite.cseq.seq} ACK"),
+        ("Via", hop.via.format(branch or new_branch())),
+        ("Max-Forwards", hop.max_forwards),
+        ("From", from_),
+        ("To", to),
+        ("Call-ID", call_id),
+        ("CSeq", f"{cseq} {method}"),
     ]
-    return _msg(f"ACK {contact.uri} SIP/2.0", headers, body)
+    if hop.user_agent:
+        headers.append(("User-Agent", hop.user_agent))
+    if hop.contact and method in ("INVITE", "UPDATE"):
+        headers.append(("Contact", hop.contact))
+    if hop.meta and method == "BYE":
+        if duration is not None:
+            headers.append(("x-wa-meta-call-duration", duration))
+        headers.append(("Reason", 'Q.850;cause=16;text="NORMAL_CLEARING"'))
+    headers += list(extra)
+    if body:
+        headers.append(("Content-Type", content_type))
+    return _msg(f"{method} {uri} SIP/2.0", headers, body)
 
 
-def meta_cancel(invite: Request) -> bytes:
-    """Meta's CANCEL of its INVITE (same branch, section 9.1)."""
+def from_caller(
+    hop: Hop, invite: Request, answered: Response | None, method: str, cseq: int, **kw: Any
+) -> bytes:
+    """The caller's request in its dialog: to our Contact, with our To tag."""
+    assert answered is not None and answered.contact is not None
+    return in_dialog(
+        hop,
+        method,
+        cseq,
+        uri=str(answered.contact.uri),
+        from_=invite.headers.get("From") or "",
+        to=answered.headers.get("To") or "",
+        call_id=invite.call_id,
+        **kw,
+    )
+
+
+def from_callee(hop: Hop, ours: Request, their_to: str, method: str, cseq: int, **kw: Any) -> bytes:
+    """The callee's request in the dialog of our INVITE ``ours``: to our Contact."""
+    assert ours.contact is not None
+    return in_dialog(
+        hop,
+        method,
+        cseq,
+        uri=str(ours.contact.uri),
+        from_=their_to,
+        to=ours.headers.get("From") or "",
+        call_id=ours.call_id,
+        **kw,
+    )
+
+
+def cancel(invite: Request) -> bytes:
+    """The caller's CANCEL of its INVITE (same branch, RFC 3261 section 9.1)."""
     headers = [
         ("Via", invite.headers.lines("Via")[0]),
         ("Max-Forwards", "70"),
@@ -664,92 +741,35 @@ def meta_cancel(invite: Request) -> bytes:
     return _msg(f"CANCEL {invite.uri} SIP/2.0", headers)
 
 
-def meta_request(
-    flow: Flow,
-    method: str,
-    cseq: int,
-    *,
-    extra: Iterable[tuple[str, str]] = (),
-    body: str = "",
-    content_type: str = "application/sdp",
-) -> bytes:
+meta_cancel = pbx_cancel = cancel
+
+
+def meta_ack(flow: Flow, *, body: str = "") -> bytes:
+    """Meta's ACK for our 2xx: a new transaction, through the route set, To with our tag."""
+    return from_caller(META_HOP, flow.invite, flow.answered, "ACK", flow.invite.cseq.seq, body=body)
+
+
+def meta_request(flow: Flow, method: str, cseq: int, **kw: Any) -> bytes:
     """An in-dialog request from Meta (BYE with x-wa-meta-call-duration and Q.850 Reason)."""
-    assert flow.answered is not None
-    invite = flow.invite
-    contact = flow.answered.contact
-    assert contact is not None
-    headers = [
-        ("Via", f"SIP/2.0/TLS 157.240.19.1:5061;branch={new_branch()};rport"),
-        ("Max-Forwards", "69"),
-        ("From", invite.headers.get("From") or ""),
-        ("To", flow.answered.headers.get("To") or ""),
-        ("Call-ID", invite.call_id),
-        ("CSeq", f"{cseq} {method}"),
-    ]
-    if method == "BYE":
-        headers += [
-            ("x-wa-meta-call-duration", "42"),
-            ("Reason", 'Q.850;cause=16;text="NORMAL_CLEARING"'),
-        ]
-    headers += list(extra)
-    if body:
-        headers.append(("Content-Type", content_type))
-    return _msg(f"{method} {contact.uri} SIP/2.0", headers, body)
+    return from_caller(META_HOP, flow.invite, flow.answered, method, cseq, **kw)
 
 
-def pbx_request(
-    flow: Flow,
-    method: str,
-    cseq: int,
-    *,
-    sdp: str | None = None,
-    extra: Iterable[tuple[str, str]] = (),
-    branch: str | None = None,
-) -> bytes:
-    """An in-dialog request from the PBX (Asterisk) toward the gateway's PBX leg."""
-    inv = flow.pbx_invite
-    contact = inv.contact
-    assert contact is not None
-    to = inv.headers.get("To") or ""
-    headers = [
-        ("Via", f"SIP/2.0/UDP {PBX_HOST}:{PBX_PORT};branch={branch or new_branch()};rport"),
-        ("Max-Forwards", "70"),
-        ("From", f"{to};tag={flow.pbx_to_tag}"),
-        ("To", inv.headers.get("From") or ""),
-        ("Call-ID", inv.call_id),
-        ("CSeq", f"{cseq} {method}"),
-        ("User-Agent", "Asterisk PBX 20.5.0"),
-    ]
-    if method in ("INVITE", "UPDATE"):
-        headers.append(("Contact", PBX_CONTACT))
-    headers += list(extra)
-    if sdp is not None:
-        headers.append(("Content-Type", "application/sdp"))
-    return _msg(f"{method} {contact.uri} SIP/2.0", headers, sdp or "")
+def pbx_request(flow: Flow, method: str, cseq: int, *, sdp: str | None = None, **kw: Any) -> bytes:
+    """An in-dialog request (or an ACK) from the PBX toward the gateway's PBX leg."""
+    to = f"{flow.pbx_invite.headers.get('To') or ''};tag={flow.pbx_to_tag}"
+    return from_callee(
+        _pbx_hop(PBX_CONTACT), flow.pbx_invite, to, method, cseq, body=sdp or "", **kw
+    )
 
 
 def pbx_ack(flow: Flow, cseq: int, *, sdp: str | None = None) -> bytes:
     """The PBX's ACK for our 2xx to its re-INVITE."""
-    inv = flow.pbx_invite
-    contact = inv.contact
-    assert contact is not None
-    to = inv.headers.get("To") or ""
-    headers = [
-        ("Via", f"SIP/2.0/UDP {PBX_HOST}:{PBX_PORT};branch={new_branch()};rport"),
-        ("Max-Forwards", "70"),
-        ("From", f"{to};tag={flow.pbx_to_tag}"),
-        ("To", inv.headers.get("From") or ""),
-        ("Call-ID", inv.call_id),
-        ("CSeq", f"{cseq} ACK"),
-    ]
-    if sdp is not None:
-        headers.append(("Content-Type", "application/sdp"))
-    return _msg(f"ACK {contact.uri} SIP/2.0", headers, sdp or "")
+    return pbx_request(flow, "ACK", cseq, sdp=sdp)
 
 
 # =========================================================================== outbound calls
 # Calls from the PBX to WhatsApp (gateway/b2bua/outbound.py): the PBX (Asterisk-like)
-# sends the INVITE, Meta's edge is the UAS (whatsapp-sip.md section 4).
+# sends the INVITE, Meta's edge is the UAS (docs/whatsapp-sip.md section 4).
 
 PBX_AGENT = "agent"
 GW_PBX_HOSTPORT = "127.0.0.1:5090"  # BASE_CONFIG pbx.listen
@@ -868,7 +888,7 @@ class OutFlow:
     """One PBX -> WhatsApp call driven through the harness."""
 
     pbx_invite: Request  # the PBX's INVITE as sent
-    call: OutboundCall
+    call: Call
     meta_invite: Request  # the latest INVITE the gateway sent to Meta (wire form)
     bridge: FakeBridge
     meta_target: Target
@@ -879,78 +899,20 @@ class OutFlow:
     sent_at_start: list[Sent] = field(default_factory=list)
 
 
-def pbx_cancel(invite: Request) -> bytes:
-    """The PBX's CANCEL of its INVITE (same branch, section 9.1)."""
-    headers = [
-        ("Via", invite.headers.lines("Via")[0]),
-        ("Max-Forwards", "70"),
-        ("From", invite.headers.get("From") or ""),
-        ("To", invite.headers.get("To") or ""),
-        ("Call-ID", invite.call_id),
-        ("CSeq", f"{invite.cseq.seq} CANCEL"),
-    ]
-    return _msg(f"CANCEL {invite.uri} SIP/2.0", headers)
-
-
 def pbx_out_request(
-    flow: OutFlow,
-    method: str,
-    cseq: int,
-    *,
-    sdp: str | None = None,
-    extra: Iterable[tuple[str, str]] = (),
+    flow: OutFlow, method: str, cseq: int, *, sdp: str | None = None, **kw: Any
 ) -> bytes:
     """An in-dialog request (or the 2xx ACK) from the PBX, the UAC of the PBX leg."""
-    assert flow.answered is not None
-    inv = flow.pbx_invite
-    contact = flow.answered.contact
-    assert contact is not None
-    headers = [
-        ("Via", f"SIP/2.0/UDP {PBX_HOST}:{PBX_PORT};rport;branch={new_branch()}"),
-        ("Max-Forwards", "70"),
-        ("From", inv.headers.get("From") or ""),
-        ("To", flow.answered.headers.get("To") or ""),
-        ("Call-ID", inv.call_id),
-        ("CSeq", f"{cseq} {method}"),
-        ("User-Agent", "Asterisk PBX 20.5.0"),
-    ]
-    if method in ("INVITE", "UPDATE"):
-        headers.append(("Contact", f"<sip:{PBX_AGENT}@{PBX_HOST}:{PBX_PORT}>"))
-    headers += list(extra)
-    if sdp is not None:
-        headers.append(("Content-Type", "application/sdp"))
-    return _msg(f"{method} {contact.uri} SIP/2.0", headers, sdp or "")
+    hop = _pbx_hop(f"<sip:{PBX_AGENT}@{PBX_HOST}:{PBX_PORT}>")
+    return from_caller(hop, flow.pbx_invite, flow.answered, method, cseq, body=sdp or "", **kw)
 
 
-def meta_out_request(
-    flow: OutFlow,
-    method: str,
-    cseq: int,
-    *,
-    extra: Iterable[tuple[str, str]] = (),
-    duration: str | None = "42",
-) -> bytes:
+def meta_out_request(flow: OutFlow, method: str, cseq: int, **kw: Any) -> bytes:
     """An in-dialog request from Meta (the UAS of the WhatsApp leg) to our Contact; a BYE
     carries ``x-wa-meta-call-duration`` and a Q.850 Reason (section 4)."""
     assert flow.meta_ok is not None
-    inv = flow.meta_invite
-    contact = inv.contact
-    assert contact is not None
-    headers = [
-        ("Via", f"SIP/2.0/TLS 157.240.19.1:5061;branch={new_branch()};rport"),
-        ("Max-Forwards", "69"),
-        ("From", flow.meta_ok.headers.get("To") or ""),
-        ("To", inv.headers.get("From") or ""),
-        ("Call-ID", inv.call_id),
-        ("CSeq", f"{cseq} {method}"),
-        ("User-Agent", META_SERVER),
-    ]
-    if method == "BYE":
-        if duration is not None:
-            headers.append(("x-wa-meta-call-duration", duration))
-        headers.append(("Reason", 'Q.850;cause=16;text="NORMAL_CLEARING"'))
-    headers += list(extra)
-    return _msg(f"{method} {contact.uri} SIP/2.0", headers)
+    their_to = flow.meta_ok.headers.get("To") or ""
+    return from_callee(META_HOP, flow.meta_invite, their_to, method, cseq, **kw)
 
 
 OUTBOUND_CONFIG: dict[str, Any] = {"whatsapp": {"default_number": BUSINESS}}
@@ -997,7 +959,7 @@ class OutboundHarness(Harness):
         new = [k for k in self.calls.calls if k not in before]
         assert len(new) == 1, [s.message for s in sent]
         call = self.calls.calls[new[0]]
-        assert isinstance(call, OutboundCall)
+        assert call.direction == "outbound"
         invites = [s for s in self.to_meta(sent) if isinstance(s.message, Request)]
         assert [s.request.method for s in invites] == ["INVITE"], sent
         bridge = call.bridge

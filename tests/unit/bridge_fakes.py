@@ -56,7 +56,7 @@ META_FMTP = {
 
 
 def meta_offer_sdp(key_b64: str) -> str:
-    """Meta's offer as whatsapp-sip.md section 6 shows it."""
+    """Meta's offer as docs/whatsapp-sip.md section 6 shows it."""
     return (
         "v=0\r\no=- 1730000000 1 IN IP4 57.144.219.49\r\ns=-\r\n"
         f"c=IN IP4 {META_IP}\r\nt=0 0\r\na=group:BUNDLE audio\r\n"
@@ -94,7 +94,7 @@ def remake(params: MediaParams, **changes: Any) -> MediaParams:
 
 def wa_params(**changes: Any) -> MediaParams:
     """The WhatsApp leg as ``answer_whatsapp_offer`` makes it from Meta's offer
-    (whatsapp-sip.md section 6): Opus/48000 pt 111, telephone-event/8000 pt 126,
+    (docs/whatsapp-sip.md section 6): Opus/48000 pt 111, telephone-event/8000 pt 126,
     rtcp-mux, SDES AES_CM_128_HMAC_SHA1_80 with fresh keys both ways."""
     base = MediaParams(
         remote_address=META_IP,
@@ -409,9 +409,8 @@ class Rig:
         return out
 
     def stats(self, leg: str) -> dict[str, Any]:
-        stats = self.bridge.stats()[leg]
-        assert isinstance(stats, dict)
-        return stats
+        """One leg's LegStats as a dict (the latching tests compare several fields)."""
+        return dataclasses.asdict(self.bridge.stats().leg(leg))
 
 
 def frequency(pcm: bytes) -> float:

@@ -2,7 +2,7 @@
 
 Every test drives a real TransactionManager/CallManager through
 tests/unit/b2bua_fakes.py and asserts on the SIP messages that would go on the
-wire (serialised and parsed back). Meta's side is shaped after whatsapp-sip.md
+wire (serialised and parsed back). Meta's side is shaped after docs/whatsapp-sip.md
 sections 3, 5, 6 and 10; the PBX side after Asterisk.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.b2bua import mapping
-from gateway.b2bua.inbound import State
+from gateway.b2bua.call import State
 from gateway.sdp.session import parse_sdp
 from gateway.sip.message import Request, Response
 from gateway.sip.transaction import Target
@@ -438,7 +438,7 @@ def test_ipv6_pbx_and_advertise(tmp_path: Path) -> None:
     assert out.contact is not None and str(out.contact.uri) == "sip:gw@[::1]:5090;transport=udp"
     assert out.top_via.host == "[::1]"
     call = next(iter(h.calls.calls.values()))
-    flow = Flow(call.wa_request, call, out, call.bridge)  # type: ignore[arg-type]
+    flow = Flow(call.caller.request, call, out, call.bridge)  # type: ignore[arg-type]
     v6_contact = f"<sip:{BUSINESS}@[::1]:5080>"
     sent = h.pbx_reply(flow, 200, contact=v6_contact)
     ack = next(s for s in sent if isinstance(s.message, Request))
@@ -474,7 +474,7 @@ def test_183_relayed_as_183(h: Harness) -> None:
     flow = h.start_call()
     sent = to_meta(h.pbx_reply(flow, 183))
     assert statuses(sent) == [183]
-    assert sent[0].response.to.tag == flow.call.wa_tag
+    assert sent[0].response.to.tag == flow.call.whatsapp.tag
     assert flow.call.state is State.EARLY
 
 
@@ -524,7 +524,7 @@ def test_answer(tmp_path: Path) -> None:
     contact = ok.contact
     assert contact is not None
     assert str(contact.uri) == f"sip:{BUSINESS}@{HOSTNAME}:5061;transport=tls"
-    assert ok.to.tag == flow.call.wa_tag
+    assert ok.to.tag == flow.call.whatsapp.tag
     assert ok.cseq.seq == flow.invite.cseq.seq
     answer = parse_sdp(ok.body)
     m = answer.media[0]
@@ -660,7 +660,7 @@ def test_bye_from_the_pbx(h: Harness) -> None:
     assert (bye.target.transport, bye.target.host, bye.target.port) == ("tls", "wa.meta.vc", 5061)
     assert bye.target.conn_id == META_SOURCE.conn_id
     assert req.call_id == flow.invite.call_id
-    assert req.from_.tag == flow.call.wa_tag
+    assert req.from_.tag == flow.call.whatsapp.tag
     assert req.to.tag == flow.invite.from_.tag
     assert req.cseq.method == "BYE"
     assert req.top_via.transport.upper() == "TLS"
@@ -682,7 +682,7 @@ def test_meta_bye_in_early_dialog_ends_both_legs(h: Harness) -> None:
     flow = h.start_call()
     h.pbx_reply(flow, 180)
     early = Response(status=180)
-    early.headers.add("To", f"<sip:{BUSINESS}@{HOSTNAME}>;tag={flow.call.wa_tag}")
+    early.headers.add("To", f"<sip:{BUSINESS}@{HOSTNAME}>;tag={flow.call.whatsapp.tag}")
     early.headers.add("Contact", f"<sip:{BUSINESS}@{HOSTNAME}:5061;transport=tls>")
     flow.answered = early
     sent = h.meta_in_dialog(flow, "BYE")
@@ -706,7 +706,7 @@ def test_cancel_from_meta_before_answer(h: Harness) -> None:
     sent = h.sent()
     meta = h.responses(to_meta(sent))
     assert [(r.status, r.cseq.method) for r in meta] == [(200, "CANCEL"), (487, "INVITE")]
-    assert meta[1].to.tag == flow.call.wa_tag
+    assert meta[1].to.tag == flow.call.whatsapp.tag
     cancel = only(h.requests(to_pbx(sent)))
     assert isinstance(cancel, Request)
     assert cancel.method == "CANCEL"
@@ -779,7 +779,7 @@ def test_pbx_failure_mapping(h: Harness, pbx_status: int) -> None:
     if pbx_status in mapping.PBX_TO_META:
         assert resp.status == mapping.PBX_TO_META[pbx_status]
     assert resp.status != 503
-    assert resp.to.tag == flow.call.wa_tag
+    assert resp.to.tag == flow.call.whatsapp.tag
     assert f"cause={pbx_status}" in (resp.headers.get("Reason") or "")
     assert flow.call.final_status == resp.status
     assert_gone(h, flow)
@@ -867,7 +867,7 @@ def test_hold_and_unhold_answered_locally(h: Harness) -> None:
     flow = answered(h)
     calls_before = len(flow.bridge.calls)
     sent = _reinvite(h, flow, "sendonly", 2)
-    assert to_meta(sent) == []  # whatsapp-sip.md section 5: never toward Meta
+    assert to_meta(sent) == []  # docs/whatsapp-sip.md section 5: never toward Meta
     ok = h.responses(sent, 200)[0]
     assert ok.cseq.method == "INVITE" and ok.contact is not None
     answer = parse_sdp(ok.body)

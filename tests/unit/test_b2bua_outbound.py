@@ -1,7 +1,7 @@
 """B2BUA calls from the PBX to WhatsApp users, in memory with a fake clock (no sockets).
 
 A PBX INVITE (UDP, G.711 + telephone-event) reaches the gateway's PBX leg; the
-gateway places a Meta-shaped INVITE (whatsapp-sip.md sections 4 and 5) toward
+gateway places a Meta-shaped INVITE (docs/whatsapp-sip.md sections 4 and 5) toward
 ``whatsapp.meta_proxy``. Every test drives a real TransactionManager/CallManager
 through tests/unit/b2bua_fakes.py (``OutboundHarness``) and asserts on the SIP
 messages that would go on the wire, serialised and parsed back. Meta is played
@@ -257,7 +257,7 @@ def test_target_forms(h: OutboundHarness, dialled: str, user: str) -> None:
     flow = h.place_call(dialled)
     assert flow.meta_invite.uri == f"sip:{user}@wa.meta.vc;transport=tls"
     assert str(flow.meta_invite.to.uri) == f"sip:{user}@wa.meta.vc"
-    assert flow.call.legs.user == user
+    assert flow.call.info.user == user
 
 
 @pytest.mark.parametrize(
@@ -284,7 +284,7 @@ def test_business_number_from_the_configured_header(tmp_path: Path) -> None:
     h = OutboundHarness(tmp_path, cfg)
     flow = h.place_call(headers=[("X-WA-Business-Number", BUSINESS)])
     assert str(flow.meta_invite.from_.uri) == f"sip:{BUSINESS}@{HOSTNAME}"
-    assert flow.call.legs.number == BUSINESS
+    assert flow.call.info.number == BUSINESS
     # The routing header stays on the PBX side.
     assert "X-WA-Business-Number" not in flow.meta_invite.headers
 
@@ -293,7 +293,7 @@ def test_business_number_header_digits_are_normalised(tmp_path: Path) -> None:
     cfg = {"whatsapp": {"numbers": TWO_NUMBERS, "default_number": OTHER}}
     h = OutboundHarness(tmp_path, cfg)
     flow = h.place_call(headers=[("x-wa-business-number", " " + BUSINESS[1:] + " ")])
-    assert flow.call.legs.number == BUSINESS
+    assert flow.call.info.number == BUSINESS
 
 
 def test_business_number_header_name_is_configurable(tmp_path: Path) -> None:
@@ -302,7 +302,7 @@ def test_business_number_header_name_is_configurable(tmp_path: Path) -> None:
         "pbx": {"business_number_header": "X-Caller-Business"},
     }
     h = OutboundHarness(tmp_path, cfg)
-    assert h.place_call(headers=[("X-Caller-Business", BUSINESS)]).call.legs.number == BUSINESS
+    assert h.place_call(headers=[("X-Caller-Business", BUSINESS)]).call.info.number == BUSINESS
 
 
 @pytest.mark.parametrize("value", ["+15559990000", "garbage", ""])
@@ -319,14 +319,14 @@ def test_business_number_from_the_from_user(tmp_path: Path) -> None:
     flow = h.place_call(from_user=OTHER)
     assert str(flow.meta_invite.from_.uri) == f"sip:{OTHER}@{HOSTNAME}"
     flow = h.place_call(from_user=OTHER[1:])
-    assert flow.call.legs.number == OTHER
+    assert flow.call.info.number == OTHER
 
 
 def test_unconfigured_from_user_falls_back_to_the_default(tmp_path: Path) -> None:
     cfg = {"whatsapp": {"numbers": TWO_NUMBERS, "default_number": OTHER}}
     h = OutboundHarness(tmp_path, cfg)
-    assert h.place_call(from_user="+15559990000").call.legs.number == OTHER
-    assert h.place_call(from_user=PBX_AGENT).call.legs.number == OTHER
+    assert h.place_call(from_user="+15559990000").call.info.number == OTHER
+    assert h.place_call(from_user=PBX_AGENT).call.info.number == OTHER
 
 
 def test_no_business_number_at_all_is_403(tmp_path: Path) -> None:
@@ -334,7 +334,7 @@ def test_no_business_number_at_all_is_403(tmp_path: Path) -> None:
     assert h.cfg.whatsapp.default_number is None
     assert rejected(h).status == 403
     # The From user alone is enough when it is configured.
-    assert h.place_call(from_user=BUSINESS).call.legs.number == BUSINESS
+    assert h.place_call(from_user=BUSINESS).call.info.number == BUSINESS
 
 
 # =========================================================================== digest toward Meta
@@ -370,7 +370,7 @@ def test_407_is_answered_once(tmp_path: Path, algorithm: str) -> None:
     assert creds.opaque == "meta-opaque-1"
     now = h.scheduler.time()
     assert h.meta_digest.verify(creds, "INVITE", again.uri, PASSWORD, now) is VerifyResult.OK
-    assert flow.call.challenges == 1
+    assert flow.call.callee.challenges == 1
     assert len(h.manager.pop_outgoing()) == 0
 
 
@@ -394,7 +394,7 @@ def test_second_challenge_is_403_not_a_loop(h: OutboundHarness, status: int) -> 
     assert flow.meta_invite is answered_invite
     resp = final_to_pbx(h, sent)
     assert resp.status == 403
-    assert resp.to.tag == flow.call.pbx_tag
+    assert resp.to.tag == flow.call.pbx.tag
     reason = resp.headers.get("Reason") or ""
     assert reason.startswith("SIP;cause=") and "credentials" in reason
     assert flow.call.meta_failure is not None
@@ -474,14 +474,14 @@ def test_180_and_183_relayed_once_each_with_our_to_tag(h: OutboundHarness) -> No
     sent = h.meta_reply(flow, 180)
     ring = one(h.responses(h.to_pbx(sent)))
     assert ring.status == 180
-    assert ring.to.tag == flow.call.pbx_tag
+    assert ring.to.tag == flow.call.pbx.tag
     assert ring.contact is not None and str(ring.contact.uri) == GW_PBX_CONTACT
     assert ring.call_id == flow.pbx_invite.call_id
     assert h.to_meta(sent) == []
     assert h.meta_reply(flow, 180) == []  # once
     sent = h.meta_reply(flow, 183)
     early = one(h.responses(h.to_pbx(sent)))
-    assert early.status == 183 and early.to.tag == flow.call.pbx_tag
+    assert early.status == 183 and early.to.tag == flow.call.pbx.tag
     assert h.meta_reply(flow, 183) == []
     assert h.meta_reply(flow, 181) == []  # another 18x is "ringing" again: already said
 
@@ -516,7 +516,7 @@ def test_answer(h: OutboundHarness) -> None:
     # 200 to the PBX: our To tag (that of the 180), a Contact, our G.711 answer.
     ok = final_to_pbx(h, sent)
     assert ok.status == 200
-    assert ok.to.tag == flow.call.pbx_tag
+    assert ok.to.tag == flow.call.pbx.tag
     assert ok.contact is not None and str(ok.contact.uri) == GW_PBX_CONTACT
     assert ok.cseq.seq == 1 and ok.call_id == flow.pbx_invite.call_id
     answer = parse_sdp(ok.body)
@@ -600,7 +600,7 @@ def test_bye_from_meta(h: OutboundHarness) -> None:
     assert bye.uri == f"sip:{PBX_AGENT}@{PBX_HOST}:{PBX_PORT}"  # the PBX's Contact
     assert bye_sent.target == PBX_TARGET
     assert bye.call_id == flow.pbx_invite.call_id
-    assert bye.from_.tag == flow.call.pbx_tag
+    assert bye.from_.tag == flow.call.pbx.tag
     assert bye.to.tag == flow.pbx_invite.from_.tag
     assert (bye.cseq.seq, bye.cseq.method) == (1, "BYE")
     assert bye.headers.get("Reason") == 'Q.850;cause=16;text="NORMAL_CLEARING"'
@@ -726,7 +726,7 @@ def test_meta_failure_reaches_the_pbx_mapped(
     assert ack.method == "ACK" and ack.top_via.branch == flow.meta_invite.top_via.branch
     resp = final_to_pbx(h, sent)
     assert resp.status == mapping.META_TO_PBX[code]
-    assert resp.to.tag == flow.call.pbx_tag  # the tag of the 180 it already had
+    assert resp.to.tag == flow.call.pbx.tag  # the tag of the 180 it already had
     reason = resp.headers.get("Reason") or ""
     assert reason.startswith(f"SIP;cause={code};text=")
     if warning:
@@ -939,7 +939,7 @@ def test_pbx_cancel_after_meta_rings(h: OutboundHarness) -> None:
     sent = h.sent()
     pbx = h.responses(h.to_pbx(sent))
     assert [(r.status, r.cseq.method) for r in pbx] == [(200, "CANCEL"), (487, "INVITE")]
-    assert pbx[1].to.tag == flow.call.pbx_tag
+    assert pbx[1].to.tag == flow.call.pbx.tag
     cancel = one(meta_requests(h, sent)).request
     assert cancel.method == "CANCEL"
     assert cancel.uri == flow.meta_invite.uri

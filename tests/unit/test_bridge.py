@@ -2,7 +2,7 @@
 
 Meta's side is played with real SRTP (keys swapped) and real Opus, the PBX's with
 PCMU, so every assertion is on what the bridge actually put on the wire, decrypted
-and decoded (fakes in ``bridge_fakes``). Media rules: whatsapp-sip.md section 6.
+and decoded (fakes in ``bridge_fakes``). Media rules: docs/whatsapp-sip.md section 6.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from gateway.media.rtcp import (
     ntp_timestamp,
 )
 from gateway.media.rtp import RtpPacket
+from gateway.media.settings import MediaSettings
 from gateway.media.srtp import new_key_material
-from gateway.ops.config import MediaConfig
 from gateway.sdp.negotiate import accept_pbx_answer, answer_whatsapp_offer, make_pbx_offer
 from gateway.sdp.session import parse_sdp
 from gateway.transport.rtp import MediaClock, PortAllocator, PortsExhausted
@@ -266,7 +266,7 @@ def test_early_pbx_audio_buffer_is_bounded_to_the_latest_frames() -> None:
 
 def test_g711_passthrough_carries_payloads_unchanged_both_ways() -> None:
     rig = answered(wa=wa_g711_params())
-    assert rig.bridge.stats()["passthrough"] is True
+    assert rig.bridge.stats().passthrough is True
     payloads = [bytes((i * 7 + j) % 256 for j in range(160)) for i in range(20)]
     for payload in payloads:
         rig.from_pbx(rig.pbx.payload(payload))
@@ -356,7 +356,7 @@ def test_dtmf_from_meta_is_relayed_to_the_pbx_in_its_own_stream() -> None:
     # The audio after the event follows the time the event took; nothing concealed.
     assert len(audio_after) == 10
     assert (audio_after[0].timestamp - audio_before[-1].timestamp) & U32 == 7 * 160
-    assert rig.bridge.stats()["dtmf_to_pbx"] == 6
+    assert rig.bridge.stats().dtmf_to_pbx == 6
     wa = rig.stats("whatsapp")
     assert wa["lost"] == 0 and wa["jitter_seconds"] == 0.0 and wa["reorder_late"] == 0
 
@@ -378,7 +378,7 @@ def test_dtmf_from_the_pbx_is_relayed_to_meta_inside_srtp() -> None:
     # the 8000 event clock, unchanged.
     assert {p.timestamp for p in dtmf} == {(audio_before[-1].timestamp + 960) & U32}
     assert [parse_event(p.payload).duration for p in dtmf] == [160, 320, 480, 640, 640, 640]
-    assert rig.bridge.stats()["dtmf_to_whatsapp"] == 6
+    assert rig.bridge.stats().dtmf_to_whatsapp == 6
     pbx = rig.stats("pbx")
     assert pbx["lost"] == 0 and pbx["bad_packets"] == 0
 
@@ -432,6 +432,39 @@ def test_a_long_gap_is_concealed_up_to_a_cap_then_skipped_in_time() -> None:
     # Packet 30 sits where its source timestamp says: 30 frames after packet 0.
     assert (sent[15].timestamp - sent[0].timestamp) & U32 == 30 * 160
     assert (sent[-1].timestamp - sent[0].timestamp) & U32 == 49 * 160
+
+
+def test_packets_held_behind_a_gap_wait_at_most_two_ticks() -> None:
+    # Packet 10 is lost and speech stops after 11 (DTX: nothing more comes). Depth alone
+    # would hold 11 until two more packets arrive, here never; the time rule releases it
+    # (10 concealed, 11 decoded) at the second tick after it came.
+    rig = answered()
+    packets = meta_stream(rig, 12)
+    for i in range(10):
+        rig.from_meta(packets[i])
+        rig.tick()
+    assert len(rig.to_pbx()) == 10
+    rig.from_meta(packets[11])
+    rig.tick()
+    assert rig.to_pbx() == []  # held: 10 may still come, overtaken
+    rig.tick()
+    sent = rig.to_pbx()
+    assert len(sent) == 2 and steps(sent)[:2] == ({1}, {160})  # concealed 10, then 11
+    assert rig.stats("whatsapp")["lost"] == 1
+    rig.from_meta(packets[10])  # too late now: its slot has been played
+    assert rig.to_pbx() == [] and rig.stats("whatsapp")["reorder_late"] == 1
+
+
+def test_a_packet_overtaken_within_the_wait_is_put_back_in_order() -> None:
+    rig = answered()
+    packets = meta_stream(rig, 6)
+    for i in (0, 1, 3):
+        rig.from_meta(packets[i])
+    rig.tick()  # 3 held for 20 ms
+    rig.from_meta(packets[2])
+    sent = rig.to_pbx()
+    assert [p.sequence - sent[0].sequence for p in sent] == [0, 1, 2, 3]
+    assert rig.stats("whatsapp")["lost"] == 0
 
 
 def test_reordered_packets_are_put_right_and_late_ones_dropped() -> None:
@@ -787,7 +820,7 @@ def test_close_before_any_sdp() -> None:
     rig = Rig()
     rig.bridge.close()
     assert rig.wa_sock.closes == rig.pbx_sock.closes == 1
-    assert rig.bridge.stats()["whatsapp"]["codec"] is None
+    assert rig.bridge.stats().whatsapp.codec is None
 
 
 def test_stats_count_what_was_sent_and_received() -> None:
@@ -822,8 +855,8 @@ def test_stats_count_what_was_sent_and_received() -> None:
     assert wa["lost"] == pbx["lost"] == 0
     assert wa["srtp_auth_failures"] == 1 and pbx["bad_packets"] == 1
     assert wa["foreign_packets"] == 1 and pbx["foreign_packets"] == 0
-    assert stats["passthrough"] is False
-    assert stats["dtmf_to_pbx"] == 6 and stats["dtmf_to_whatsapp"] == 0
+    assert stats.passthrough is False
+    assert stats.dtmf_to_pbx == 6 and stats.dtmf_to_whatsapp == 0
 
 
 # --------------------------------------------------------------------------- cost
@@ -921,7 +954,7 @@ def test_factory_binds_both_ports_and_gives_them_back_when_the_range_is_full() -
     try:
         ports = PortAllocator("127.0.0.1", 47100, 47199)
         clock = MediaClock(loop)
-        cfg = MediaConfig(no_media_timeout=7.0, opus_complexity=1)
+        cfg = MediaSettings(no_media_timeout=7.0, opus_complexity=1)
         bridge = BridgeFactory(loop, ports, clock, cfg)("call-9", lambda leg: None)
         assert bridge.whatsapp_port % 2 == bridge.pbx_port % 2 == 0
         assert bridge.whatsapp_port != bridge.pbx_port and ports.in_use == 2
@@ -956,4 +989,4 @@ def test_dtmf_toward_a_pbx_without_telephone_event_is_dropped_quietly() -> None:
         rig.from_meta(packet)
     talk(rig, 2)
     assert {p.payload_type for p in rig.to_pbx()} == {PCMU_PT}
-    assert rig.bridge.stats()["dtmf_to_pbx"] == 0
+    assert rig.bridge.stats().dtmf_to_pbx == 0

@@ -13,11 +13,12 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.config import MediaConfig
 from gateway.media.bridge import RTCP_INTERVAL, BridgeFactory
 from gateway.media.leg import DEFAULT_LATCH_WINDOW, PROBATION, REFUSAL_LOG_INTERVAL
 from gateway.media.rtcp import RtcpReceiverReport, RtcpSenderReport
 from gateway.media.rtp import build_rtp
-from gateway.ops.config import MediaConfig
+from gateway.media.settings import MediaSettings
 from gateway.transport.rtp import MediaClock, PortAllocator
 from tests.unit.bridge_fakes import (
     FRAME,
@@ -358,7 +359,7 @@ def test_the_factory_passes_the_configured_rule(latch: str, window: float) -> No
     loop = asyncio.new_event_loop()
     try:
         clock = MediaClock(loop)
-        cfg = MediaConfig(latch=latch, latch_window=4.0)  # type: ignore[arg-type]
+        cfg = MediaSettings(latch=latch, latch_window=4.0)  # type: ignore[arg-type]
         bridge = BridgeFactory(loop, PortAllocator("127.0.0.1", 47300, 47399), clock, cfg)(
             "call-2", lambda leg: None
         )
@@ -375,3 +376,9 @@ def test_config_defaults_and_bounds() -> None:
     for bad in ({"latch": "off"}, {"latch_window": 0}, {"latch_window": 61}):
         with pytest.raises(ValueError):
             MediaConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_the_media_settings_default_like_the_config() -> None:
+    from gateway.app import media_settings
+
+    assert MediaSettings() == media_settings(MediaConfig())

@@ -1,4 +1,4 @@
-"""Tests for gateway.ops.certs."""
+"""Tests for gateway.config.certs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.ops.certs import certificate_problems, ensure_dev_certificate
+from gateway.config.certs import certificate_problems, ensure_dev_certificate
 
 
 def _load(path: Path) -> x509.Certificate:

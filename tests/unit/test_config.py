@@ -1,4 +1,4 @@
-"""Tests for gateway.ops.config."""
+"""Tests for gateway.config."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway import __version__
-from gateway.ops.config import (
+from gateway.config import (
     META_NETWORKS,
     Config,
     ConfigError,
@@ -564,7 +564,7 @@ def test_check_files_development_missing_cert_is_fine(
 
 
 def test_check_files_with_generated_cert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.ops.certs import ensure_dev_certificate
+    from gateway.config.certs import ensure_dev_certificate
 
     monkeypatch.setenv("WA_TEST_MISSING", "pw")
     (tmp_path / "pw").write_text("x", encoding="utf-8")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import load_config
 from gateway.ops.admission import build_control, build_throttle
-from gateway.ops.config import load_config
 from tests.unit.test_config import MINIMAL, keys_of, problems_of, write
 
 

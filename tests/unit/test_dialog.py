@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.sip.dialog import Dialog, dialog_id_for_request, dialog_id_for_response
+from gateway.sip.dialog import Dialog
 from gateway.sip.message import Request, Response, make_response, parse_message
 from gateway.sip.transaction import add_via
 
@@ -96,7 +96,6 @@ def test_uas_dialog_from_meta_invite() -> None:
     assert str(d.local_uri) == "<sip:+14155550100@gw.example.com>"
     assert str(d.remote_uri) == "<sip:+12195550714@wa.meta.vc>"
     assert d.local_contact == GW_CONTACT and d.secure is False
-    assert dialog_id_for_request(meta_invite(to_tag="gw-tag-1")) == d.id
 
 
 def test_uas_bye_toward_meta_keeps_route_order() -> None:
@@ -118,11 +117,6 @@ def test_uas_bye_toward_meta_keeps_route_order() -> None:
         "sip:wa.meta.vc;transport=tls;lr",
         "sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr",
     ]
-    assert dialog_id_for_response(make_response(wire, 200, to_tag="x")) == (
-        d.call_id,
-        "gw-tag-1",
-        "meta-from-1",
-    )
 
 
 def test_uas_reinvite_carries_contact_and_sdp() -> None:
@@ -150,7 +144,6 @@ def test_uac_dialog_toward_meta_reverses_record_route() -> None:
     ok = meta_200(invite)
     d = Dialog.uac(invite, ok)
     assert d.id == ("gw-call-42@gw.example.com", "gw-from-1", "meta-to-9")
-    assert dialog_id_for_response(ok) == d.id
     assert d.route_set == [META_RR_1, META_RR_2]  # the 200's pair, reversed
     assert d.remote_target == META_CONTACT_URI
     assert d.local_seq == 101 and d.remote_seq is None
@@ -278,7 +271,6 @@ def test_cseq_ordering() -> None:
     assert d.remote_seq == 6
     assert d.receive_request(_in_dialog("INFO", 9)) is True and d.remote_seq == 9
     assert d.receive_request(_in_dialog("ACK", 5)) is True and d.remote_seq == 9
-    assert dialog_id_for_request(_in_dialog("BYE", 10)) == d.id
 
 
 def test_uac_dialog_takes_first_remote_seq() -> None:

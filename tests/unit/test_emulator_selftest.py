@@ -121,7 +121,7 @@ async def test_user_initiated_call_round_trip() -> None:
         "<- 200 (INVITE)", "-> ACK", "-> BYE", "<- 200 (BYE)",
     ]  # fmt: skip
     assert len(result.challenges) == 1 and "algorithm=MD5" in result.challenges[0]
-    # The INVITE is shaped like Meta's (whatsapp-sip.md section 3).
+    # The INVITE is shaped like Meta's (docs/whatsapp-sip.md section 3).
     invite = result.messages[3].text
     port = uas.address[1]
     assert invite.startswith(f"INVITE sip:+15550001111@127.0.0.1:{port};transport=tls SIP/2.0\r\n")

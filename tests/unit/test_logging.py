@@ -1,4 +1,4 @@
-"""Tests for gateway.ops.logging."""
+"""Tests for gateway.logging."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 import structlog
 
-from gateway.ops.logging import (
+from gateway.logging import (
     REDACTED,
     bind_call_key,
-    call_context,
     configure_logging,
     get_logger,
     is_secret_key,
@@ -48,7 +47,7 @@ def test_json_one_object_per_line_with_call_key() -> None:
     stream = io.StringIO()
     configure_logging("info", "json", stream)
     log = get_logger("gateway.test")
-    with call_context("c0ffee"):
+    with structlog.contextvars.bound_contextvars(call="c0ffee"):
         log.info("call_started", peer="192.0.2.1")
         log.warning("second", n=2)
     log.info("outside")
@@ -111,7 +110,7 @@ def test_invalid_level() -> None:
 def test_stdlib_logging_routed_through_structlog() -> None:
     stream = io.StringIO()
     configure_logging("debug", "json", stream)
-    with call_context("abc"):
+    with structlog.contextvars.bound_contextvars(call="abc"):
         logging.getLogger("asyncio").warning("Task %s was destroyed", "t1", extra={"token": "x"})
     [record] = lines(stream)
     assert record["event"] == "Task t1 was destroyed"
@@ -149,7 +148,7 @@ def test_reconfigure_replaces_handler() -> None:
 def test_console_format() -> None:
     stream = io.StringIO()
     configure_logging("info", "console", stream)
-    with call_context("k9"):
+    with structlog.contextvars.bound_contextvars(call="k9"):
         get_logger("t").info("hello", password="pw123")
     logging.getLogger("aiohttp").warning("from stdlib")
     text = stream.getvalue()
@@ -230,3 +229,13 @@ def test_redact_processor_nested_and_values() -> None:
         f"INVITE sip:a SIP/2.0\r\nProxy-Authorization: {REDACTED}\r\nVia: v\r\n"
     )
     assert out["sdp"] == f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{REDACTED}|2^20"
+
+
+def test_a_dataclass_value_is_logged_as_its_fields() -> None:
+    from gateway.media.stats import BridgeStats, LegStats
+
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    get_logger("t").info("call_record", media=BridgeStats(pbx=LegStats(rx_packets=7)))
+    [line] = lines(stream)
+    assert line["media"]["pbx"]["rx_packets"] == 7 and line["media"]["passthrough"] is False

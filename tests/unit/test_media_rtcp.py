@@ -15,7 +15,6 @@ from gateway.media.rtcp import (
     RtcpBye,
     RtcpError,
     RtcpReceiverReport,
-    RtcpScheduler,
     RtcpSdes,
     RtcpSenderReport,
     RtcpUnknown,
@@ -267,23 +266,3 @@ def test_build_report_without_sender_and_bye() -> None:
     assert bye == RtcpBye([42], "bye")
     with pytest.raises(ValueError):
         build_report(None, None, now=1.0, cname="gw")
-
-
-def test_scheduler_randomised_interval() -> None:
-    values = iter([0.0, 1.0, 0.5])
-    sched = RtcpScheduler(now=10.0, interval=5.0, rand=lambda: next(values))
-    assert sched.get_timer() == pytest.approx(11.25)  # first: half of 0.5x
-    assert not sched.poll(11.0)
-    assert sched.poll(11.25)
-    assert sched.get_timer() == pytest.approx(11.25 + 7.5)  # 1.5x
-    assert not sched.due(18.0)
-    sched.sent(20.0)
-    assert sched.get_timer() == pytest.approx(25.0)
-
-
-def test_scheduler_default_range() -> None:
-    sched = RtcpScheduler(now=0.0)
-    for _ in range(50):
-        start = sched.get_timer()
-        assert sched.poll(start)
-        assert 2.5 <= sched.get_timer() - start <= 7.5

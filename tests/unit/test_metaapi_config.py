@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ops.config import DEFAULT_GRAPH_VERSION, Config, ConfigError, load_config
+from gateway.config import DEFAULT_GRAPH_VERSION, Config, ConfigError, load_config
 
 BASE = """\
 whatsapp:

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from gateway.config import Config
 from gateway.metaapi.health import (
     MetaHealthCollector,
     MetaHealthPoller,
     meta_lines,
     parse_health_status,
 )
-from gateway.ops.config import Config
 from tests.graph_emulator import APP_ID, GraphEmulator
 from tests.graph_emulator.configs import NUMBER, PNID, write_config
 

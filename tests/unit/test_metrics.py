@@ -9,8 +9,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.ops.health import Code, Finding, Report, Status
+from gateway.media.stats import BridgeStats, LegStats
 from gateway.ops.metrics import Buckets, CallStats, Metrics, meta_failure
+from gateway.ops.report import Code, Finding, Report, Status
 from gateway.sip.transaction import TransactionManager
 from gateway.transport.rtp import FRAME_SAMPLE, FrameTimes, PortAllocator, RtpSocket
 from gateway.transport.sip import SipStats
@@ -39,13 +40,13 @@ class FakeBridge:
         self.legs = legs
         self.dtmf = (0, 0)
 
-    def stats(self) -> dict[str, object]:
-        return {
-            **self.legs,
-            "passthrough": False,
-            "dtmf_events_to_pbx": self.dtmf[0],
-            "dtmf_events_to_whatsapp": self.dtmf[1],
-        }
+    def stats(self) -> BridgeStats:
+        return BridgeStats(
+            whatsapp=LegStats(**self.legs.get("whatsapp", {})),
+            pbx=LegStats(**self.legs.get("pbx", {})),
+            dtmf_events_to_pbx=self.dtmf[0],
+            dtmf_events_to_whatsapp=self.dtmf[1],
+        )
 
 
 class FakeCall:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.logging import LogLimiter
 from gateway.sip.overload import (
     Budget,
     LoadMonitor,
-    LogLimiter,
     OverloadControl,
     SourceLimiter,
     TokenBucket,
@@ -184,7 +184,7 @@ def test_nothing_configured_lets_everything_in() -> None:
 
 
 def test_log_limiter() -> None:
-    logs = LogLimiter(every=5.0, max_keys=2)
+    logs = LogLimiter(5.0, max_keys=2)
     assert logs.allow("a", 0.0) == 0
     assert logs.allow("a", 1.0) is None
     assert logs.allow("a", 2.0) is None

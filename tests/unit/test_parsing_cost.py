@@ -331,7 +331,10 @@ def test_many_vias_cost_a_small_factor_of_a_benign_message_of_the_same_size(vias
 
 @pytest.mark.parametrize("shape", sorted(HOSTILE))
 def test_hostile_shapes_cost_a_small_factor_of_a_benign_message(shape: str) -> None:
-    assert _ratio(HOSTILE[shape], benign(110)) < 4, shape
+    # 0.4-2.2x on Python 3.11.7; Debian 12's 3.11.2 runs atomic groups slower (up to
+    # 5.7x for angle brackets and quoted Via parameters). Before the fix: up to 19x.
+    # Linearity itself is what the doubling tests below pin.
+    assert _ratio(HOSTILE[shape], benign(110)) < 8, shape
 
 
 @pytest.mark.parametrize("per_via", [200, 1300])

@@ -8,12 +8,13 @@ import json
 import os
 from pathlib import Path
 
+from gateway.media.stats import BridgeStats, LegStats
 from gateway.ops.records import RecordWriter, build_record, mos_estimate
 
 
 class FakeBridge:
-    def stats(self) -> dict[str, object]:
-        return {}
+    def stats(self) -> BridgeStats:
+        return BridgeStats()
 
 
 class FakeCall:
@@ -39,16 +40,16 @@ class FakeCall:
             "duration_seconds": 30.0,
             "wa_media": "opus/48000 pt111 SRTP AES_CM_128_HMAC_SHA1_80 -> 57.144.0.1:3480 rtcp-mux",
             "pbx_media": "PCMU/8000 pt0 RTP -> 10.0.0.1:4000 rtcp 4001",
-            "media": {
-                "whatsapp": {"codec": "opus", "rx_packets": 1500, "tx_packets": 1510,
-                             "lost": 15, "jitter_seconds": 0.0042, "srtp_auth_failures": 0},
-                "pbx": {"codec": "PCMU", "rx_packets": 1490, "tx_packets": 1480, "lost": 0,
-                        "jitter_seconds": 0.0008, "foreign_packets": 2, "bad_packets": 3,
-                        "relatch_refused": 41},
-                "passthrough": False,
-                "dtmf_to_pbx": 12, "dtmf_to_whatsapp": 0,
-                "dtmf_events_to_pbx": 3, "dtmf_events_to_whatsapp": 0,
-            },
+            "media": BridgeStats(
+                whatsapp=LegStats(codec="opus", rx_packets=1500, tx_packets=1510,
+                                  lost=15, jitter_seconds=0.0042, srtp_auth_failures=0),
+                pbx=LegStats(codec="PCMU", rx_packets=1490, tx_packets=1480, lost=0,
+                             jitter_seconds=0.0008, foreign_packets=2, bad_packets=3,
+                             relatch_refused=41),
+                passthrough=False,
+                dtmf_to_pbx=12, dtmf_to_whatsapp=0,
+                dtmf_events_to_pbx=3, dtmf_events_to_whatsapp=0,
+            ),
             **record,
         }  # fmt: skip
 
@@ -100,7 +101,7 @@ def test_record_of_an_unanswered_outbound_call() -> None:
         status=486,
         meta_call_id="abc-meta",
         meta_call_duration="17",
-        media={},
+        media=BridgeStats(),
         call="out.xyz@pbx",
     )
     call.key = "out.xyz@pbx"

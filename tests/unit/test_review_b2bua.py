@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.b2bua.call import State
+from gateway.b2bua.session import WhatsAppSession
 from gateway.sip.ids import new_branch
 from gateway.sip.message import Request, Response
 from gateway.sip.transaction import Target
@@ -51,7 +52,7 @@ def test_pbx_bye_on_the_early_dialog_cancels_toward_meta(h: OutboundHarness) -> 
     flow = h.place_call()
     h.meta_challenges(flow)
     h.meta_reply(flow, 180)
-    h.from_pbx(_early_bye_from_pbx(flow.pbx_invite, flow.call.pbx_tag))
+    h.from_pbx(_early_bye_from_pbx(flow.pbx_invite, flow.call.pbx.tag))
     sent = h.sent()
     pbx = [s.message for s in h.to_pbx(sent) if isinstance(s.message, Response)]
     assert sorted((r.status, r.cseq.method) for r in pbx) == [(200, "BYE"), (487, "INVITE")]
@@ -151,9 +152,10 @@ def test_meta_invite_with_a_non_sip_contact_is_400(tmp_path: Path) -> None:
 
 def test_outbound_setup_repr_hides_our_sdes_keys(h: OutboundHarness) -> None:
     flow = h.place_call()
-    setup = flow.call.s
-    text = repr(setup)
-    for key in setup.wa_keys.values():
+    session = flow.call.whatsapp.session
+    assert isinstance(session, WhatsAppSession)
+    text = repr(session)
+    for key in session.keys.values():
         assert repr(key) not in text and key.hex() not in text
 
 
@@ -263,7 +265,7 @@ def test_reinvite_before_the_first_invite_is_answered_gets_500(h: OutboundHarnes
     flow = h.place_call()
     h.meta_challenges(flow)
     h.meta_reply(flow, 180)
-    h.from_pbx(_early_bye_from_pbx(flow.pbx_invite, flow.call.pbx_tag, "INVITE"))
+    h.from_pbx(_early_bye_from_pbx(flow.pbx_invite, flow.call.pbx.tag, "INVITE"))
     resp = [r for r in h.responses(h.sent()) if r.cseq.method == "INVITE" and r.status >= 200]
     assert [r.status for r in resp] == [500] and resp[0].headers.get("Retry-After")
     assert flow.call.state is State.EARLY

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ops.config import ConfigError, load_config
+from gateway.config import ConfigError, load_config
 from tests.unit.test_config import MINIMAL
 
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from gateway.ops.logging import configure_logging, get_logger
+from gateway.logging import configure_logging, get_logger
 from tests.unit.test_logging import _reset  # noqa: F401 - autouse fixture
 
 

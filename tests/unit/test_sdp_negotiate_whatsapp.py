@@ -47,7 +47,7 @@ def meta_offer(
     direction: str = "sendrecv",
     extra: str = "",
 ) -> SessionDescription:
-    """Meta's offer on a user-initiated call (whatsapp-sip.md section 6)."""
+    """Meta's offer on a user-initiated call (docs/whatsapp-sip.md section 6)."""
     return parse_sdp(
         "v=0\n"
         "o=- 1714576843 2 IN IP4 127.0.0.1\n"

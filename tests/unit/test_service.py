@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app import merge_live
-from gateway.ops.config import Config
+from gateway.config import Config
 from gateway.ops.systemd import Notifier
 
 

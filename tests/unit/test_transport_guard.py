@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ops.certs import ensure_dev_certificate
-from gateway.ops.logging import LogLimiter
+from gateway.config.certs import ensure_dev_certificate
+from gateway.logging import LogLimiter
 from gateway.sip.framing import Ping, StreamFramer
 from gateway.sip.transaction import Event, TransactionManager
 from gateway.transport.guard import ConnectionGuard, ConnectionLimits, StreamClock

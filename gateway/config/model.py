@@ -1,10 +1,12 @@
 """Gateway configuration: one YAML file validated with pydantic v2.
 
-Entry points: :func:`load_config` (raises :class:`ConfigError` listing every
-problem as ``key.path: what is wrong``), :func:`check_files` (run-time checks
-of referenced files) and :func:`summary` (a one-line description). The field
-types and their checks are in :mod:`gateway.ops.config_fields`, the
-``meta_api`` section in :mod:`gateway.ops.config_meta`.
+The configuration models. Entry points, all re-exported by :mod:`gateway.config`:
+:func:`~gateway.config.load.load_config` (raises :class:`ConfigError` listing
+every problem as ``key.path: what is wrong``),
+:func:`~gateway.config.check.check_files` (run-time checks of referenced files)
+and :func:`~gateway.config.check.summary` (a one-line description). The field
+types and their checks are in :mod:`gateway.config.fields`, the ``meta_api``
+section in :mod:`gateway.config.meta`.
 
 Representation choices (downstream code relies on them):
 
@@ -28,29 +30,24 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Hashable
-from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
     PlainValidator,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from gateway import __version__
-from gateway.ops.config_fields import (
+from gateway.config.fields import (
     META_NETWORKS,
     URI_PARAMS,
-    ConfigError,
     E164Field,
     FrozenModel,
     GraphIdField,
@@ -65,7 +62,6 @@ from gateway.ops.config_fields import (
     lower,
     nonempty,
     nonempty_line,
-    parse_hostport,
     path_problem,
     to_str,
     v_dns_name,
@@ -74,43 +70,11 @@ from gateway.ops.config_fields import (
     v_port_range,
     v_uri_template,
 )
-from gateway.ops.config_meta import (
-    DEFAULT_GRAPH_VERSION,
+from gateway.config.meta import (
     MetaApiConfig,
     MetaCallingConfig,
 )
-from gateway.ops.config_overload import DigestThrottleConfig, OverloadConfig, RateLimitsConfig
-
-__all__ = [
-    "DEFAULT_GRAPH_VERSION",
-    "META_NETWORKS",
-    "ClusterConfig",
-    "Config",
-    "ConfigError",
-    "ConnectionsConfig",
-    "DigestThrottleConfig",
-    "FileCheck",
-    "HostPort",
-    "HttpConfig",
-    "LimitsConfig",
-    "LoggingConfig",
-    "MediaConfig",
-    "MetaApiConfig",
-    "MetaCallingConfig",
-    "NumberConfig",
-    "OverloadConfig",
-    "PbxConfig",
-    "RateLimitsConfig",
-    "RecordsConfig",
-    "ShutdownConfig",
-    "SipConfig",
-    "TlsConfig",
-    "WhatsAppConfig",
-    "check_files",
-    "load_config",
-    "parse_hostport",
-    "summary",
-]  # fmt: skip
+from gateway.config.overload import DigestThrottleConfig, OverloadConfig, RateLimitsConfig
 
 # --------------------------------------------------------------------------- models
 
@@ -478,208 +442,3 @@ class Config(FrozenModel):
     @property
     def development(self) -> bool:
         return self.mode == "development"
-
-
-# --------------------------------------------------------------------------- loading
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Hashable, Any]:
-    seen: set[Hashable] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue  # "<<: *anchor" may legitimately be overridden by explicit keys
-        key = loader.construct_object(key_node)
-        if isinstance(key, Hashable) and key in seen:
-            message = f"duplicate key {key_node.value!r}"
-            raise yaml.constructor.ConstructorError(None, None, message, key_node.start_mark)
-        if isinstance(key, Hashable):
-            seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-_MESSAGES = {
-    "missing": "required", "extra_forbidden": "unknown key", "string_type": "must be a string",
-    "int_type": "must be an integer", "int_parsing": "must be an integer",
-    "int_from_float": "must be an integer", "float_type": "must be a number",
-    "float_parsing": "must be a number", "bool_type": "must be true or false",
-    "model_type": "must be a mapping of keys", "model_attributes_type": "must be a mapping of keys",
-    "dict_type": "must be a mapping of keys", "list_type": "must be a list",
-    "tuple_type": "must be a list", "string_too_short": "must not be empty",
-    "invalid_key": "keys must be strings",
-}  # fmt: skip
-
-
-def _message(err: Any) -> str:
-    kind: str = err["type"]
-    ctx: dict[str, Any] = err.get("ctx") or {}
-    if kind in _MESSAGES:
-        return _MESSAGES[kind]
-    if kind == "literal_error":
-        return "must be one of " + str(ctx["expected"]).replace("'", "").replace(" or ", ", ")
-    if kind == "too_short":
-        n = ctx.get("min_length", 1)
-        return "must not be empty" if n == 1 else f"must have at least {n} items"
-    if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} items"
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
-              "less_than_equal": "<="}  # fmt: skip
-    if kind in bounds:
-        limit = next(iter(ctx.values()))
-        return f"must be {bounds[kind]} {limit}"
-    return str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-
-
-def _format(err: Any) -> str:
-    loc = [str(part) for part in err["loc"]]
-    if err["type"] == "config_path":
-        loc += str(err["ctx"]["path"]).split(".")
-    return f"{'.'.join(loc) or '(top level)'}: {_message(err)}"
-
-
-def load_config(path: str | Path, *overlays: str | Path) -> Config:
-    """Read, parse and validate the YAML file at ``path``; raise :class:`ConfigError`.
-
-    Each file in ``overlays`` (e.g. one instance's ports behind a proxy) is merged over
-    it in order: mappings key by key, any other value (lists too) replaced whole.
-    Relative paths resolve against the directory of ``path``."""
-    file = Path(path)
-    data = _read_yaml(file)
-    for overlay in overlays:
-        over = _read_yaml(Path(overlay))
-        if not isinstance(over, dict):
-            raise ConfigError([f"{overlay}: must be a mapping of keys (top level)"], file)
-        data = _merge(data, over)
-    base_dir = Path(os.path.abspath(file)).parent
-    try:
-        return Config.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as exc:
-        problems = [_format(err) for err in exc.errors(include_url=False, include_input=False)]
-        raise ConfigError(problems, file) from None
-
-
-def _merge(base: Any, over: Any) -> Any:
-    if isinstance(base, dict) and isinstance(over, dict):
-        merged = dict(base)
-        for key, value in over.items():
-            merged[key] = _merge(base[key], value) if key in base else value
-        return merged
-    return over
-
-
-def _read_yaml(file: Path) -> Any:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{file}: file not found"], file) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{file}: not valid UTF-8 text"], file) from None
-    except OSError as exc:
-        raise ConfigError([f"{file}: cannot read ({exc.strerror})"], file) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        what = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError([f"{file}{where}: YAML syntax error: {what}"], file) from None
-    except yaml.YAMLError:
-        raise ConfigError([f"{file}: YAML syntax error"], file) from None
-    if data is None:
-        raise ConfigError([f"{file}: file is empty"], file)
-    return data
-
-
-# --------------------------------------------------------------------------- reporting
-
-
-@dataclass
-class FileCheck:
-    """Result of :func:`check_files`: ``errors`` block startup, ``warnings`` do not."""
-
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-def _file_problem(path: Path) -> str | None:
-    if not path.exists():
-        return f"file not found: {path}"
-    if not path.is_file():
-        return f"not a regular file: {path}"
-    if not os.access(path, os.R_OK):
-        return f"not readable: {path}"
-    return None
-
-
-def check_files(cfg: Config) -> FileCheck:
-    """Check the files the config refers to, as the daemon would need them now.
-
-    Errors: TLS cert/key/CA missing or unreadable (a missing cert/key is fine in
-    development mode, where one is generated).  Warnings: a number whose
-    password cannot be read (the daemon starts and reports it as unhealthy),
-    and certificate problems such as expiry or a hostname mismatch.
-    """
-    result = FileCheck()
-    tls = cfg.whatsapp.tls
-    if tls is not None:
-        _check_tls_files(cfg, tls, result)
-    wa = cfg.whatsapp
-    if wa.listen is None and wa.outbound_proxy is None:
-        result.warnings.append(
-            "whatsapp.outbound_proxy: not set while whatsapp.listen is null: calls from the"
-            " PBX go straight to Meta, naming this instance's public name with no TLS"
-            " listener behind it, so Meta's in-dialog requests for them cannot arrive"
-        )
-    secret_file = cfg.cluster.nonce_secret_file
-    if secret_file is not None and cfg.cluster.read_nonce_secret() is None:
-        problem = _file_problem(secret_file) or "shorter than 16 bytes"
-        result.errors.append(f"cluster.nonce_secret_file: {problem}")
-    for index, entry in enumerate(cfg.whatsapp.numbers):
-        if entry.read_password() is not None:
-            continue
-        if entry.sip_password_file is not None:
-            problem = _file_problem(entry.sip_password_file) or "empty or not UTF-8 text"
-            result.warnings.append(f"whatsapp.numbers.{index}.sip_password_file: {problem}")
-        else:
-            key = f"whatsapp.numbers.{index}.sip_password_env"
-            name = entry.sip_password_env
-            result.warnings.append(f"{key}: environment variable {name} is not set or empty")
-    return result
-
-
-def _check_tls_files(cfg: Config, tls: TlsConfig, result: FileCheck) -> None:
-    from gateway.ops.certs import certificate_problems
-
-    for key, path in (("cert_file", tls.cert_file), ("key_file", tls.key_file)):
-        problem = _file_problem(path)
-        if problem and not (cfg.development and not path.exists()):
-            result.errors.append(f"whatsapp.tls.{key}: {problem}")
-    if tls.ca_file is not None and (problem := _file_problem(tls.ca_file)):
-        result.errors.append(f"whatsapp.tls.ca_file: {problem}")
-    if tls.cert_file.is_file() and os.access(tls.cert_file, os.R_OK):
-        for problem in certificate_problems(tls.cert_file, cfg.whatsapp.hostname):
-            result.warnings.append(f"whatsapp.tls.cert_file: {problem}")
-
-
-def summary(cfg: Config) -> str:
-    """One line describing the configuration, for ``check-config`` and startup logs."""
-    count = len(cfg.whatsapp.numbers)
-    text = (
-        f"config OK: {count} number{'s' if count != 1 else ''},"
-        f" TLS {cfg.whatsapp.listen or 'off'} ({cfg.whatsapp.hostname}),"
-        f" PBX {cfg.pbx.transport} {cfg.pbx.address}, listen {cfg.pbx.listen},"
-        f" http {cfg.http.listen}"
-    )
-    if cfg.whatsapp.proxy_listen is not None:
-        text += f", behind proxy on {cfg.whatsapp.proxy_listen}"
-    return text + (", development mode" if cfg.development else "")
-

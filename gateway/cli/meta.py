@@ -5,7 +5,7 @@ Exit status: 0 done / all matches; 1 a config, token or Graph API failure; 2 ``s
 found problems (mismatches that break calls, restrictions in force) or ``apply
 --dry-run`` has changes pending.
 
-Registered with :func:`gateway.cli._command` when :mod:`gateway.cli` imports this module.
+Listed in :data:`gateway.cli.COMMANDS` as :data:`COMMAND`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import _add_config_option, _command, _load
+from gateway.cli.common import Command, add_config_option, load_or_report
+from gateway.config import Config
+from gateway.logging import configure_logging
 from gateway.metaapi.graph import GraphClient, GraphError
 from gateway.metaapi.password import fetch_credential, rotate_password, write_password_file
 from gateway.metaapi.settings import (
@@ -33,16 +35,14 @@ from gateway.metaapi.settings import (
     desired_for,
     plan,
 )
-from gateway.ops.config import Config
-from gateway.ops.logging import configure_logging
 
-__all__: list[str] = []
+__all__ = ["COMMAND"]
 
 OK, FAILED, PROBLEMS = 0, 1, 2
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    _add_config_option(parser)
+    add_config_option(parser)
     parser.add_argument(
         "--number",
         action="append",
@@ -133,9 +133,8 @@ def _fix(text: str, args: argparse.Namespace) -> str:
     return text.replace("-c FILE", f"-c {args.config}")
 
 
-@_command("meta", "Meta's Graph API: show, apply and fetch-password for the numbers", _setup)
 def _cmd_meta(args: argparse.Namespace) -> int:
-    cfg = _load(args.config, args.overlays)
+    cfg = load_or_report(args.config, args.overlays)
     if cfg is None:
         return FAILED
     if cfg.meta_api is None:
@@ -416,3 +415,8 @@ async def _fetch_password(
             " Other gateway instances serving these numbers need the same file."
         )
     return status
+
+
+COMMAND = Command(
+    "meta", "Meta's Graph API: show, apply and fetch-password for the numbers", _setup, _cmd_meta
+)

@@ -1,4 +1,4 @@
-"""``meta_api``: the Graph API section of the configuration (gateway.ops.config)."""
+"""``meta_api``: the Graph API section of the configuration (gateway.config)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.ops.config_fields import (
+from gateway.config.fields import (
     FrozenModel,
     GraphIdField,
     PathField,

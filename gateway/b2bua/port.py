@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
 
+from gateway.media.stats import BridgeStats
+from gateway.netaddr import hostport
 from gateway.sdp.negotiate import MediaParams
 from gateway.sip.dialog import Dialog
 from gateway.sip.message import Request, Response, make_response
@@ -54,7 +56,7 @@ class MediaBridge(Protocol):
     def set_pbx(self, params: MediaParams) -> None:
         """The PBX's side is known or changed (answer, re-INVITE: hold, codec, address)."""
 
-    def stats(self) -> dict[str, object]: ...
+    def stats(self) -> BridgeStats: ...
 
     def close(self) -> None: ...
 
@@ -74,10 +76,7 @@ class LegAddress:
     @property
     def hostport(self) -> str:
         """``host:port`` for a URI, an IPv6 host in brackets (RFC 3261 section 25.1)."""
-        host = self.host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"{host}:{self.port}"
+        return hostport(self.host, self.port)
 
 
 class SipPort:

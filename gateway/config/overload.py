@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from gateway.ops.config_fields import FrozenModel, path_problem
+from gateway.config.fields import FrozenModel, path_problem
 
 __all__ = ["Budget", "DigestThrottleConfig", "OverloadConfig", "RateLimitsConfig"]
 

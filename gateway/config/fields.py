@@ -1,4 +1,4 @@
-"""Field types and checks shared by the configuration models (gateway.ops.config).
+"""Field types and checks shared by the configuration models (gateway.config).
 
 Parsing helpers (:func:`parse_hostport`), the pydantic field types with their
 problem texts (never echoing the value), the frozen base model and Meta's
@@ -24,6 +24,8 @@ from pydantic import (
     ValidationInfo,
 )
 from pydantic_core import PydanticCustomError
+
+from gateway.netaddr import hostport
 
 IPNetwork = IPv4Network | IPv6Network
 _T = TypeVar("_T")
@@ -65,7 +67,7 @@ class HostPort(NamedTuple):
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
 
 # --------------------------------------------------------------------------- parsing helpers

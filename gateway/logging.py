@@ -6,25 +6,26 @@ one handler on the root logger and is rendered either as one JSON object per
 line (``timestamp`` ISO-8601 UTC, ``level``, ``event``, ``logger`` and bound
 keys) or by structlog's ConsoleRenderer.
 
-Context: :func:`call_context` / :func:`bind_call_key` bind ``call=<key>`` in
-a context variable, so every line logged in that context carries it.  asyncio
-tasks copy the context when created, so binding inside a call's task does not
-leak into other calls.
+Context: :func:`bind_call_key` binds ``call=<key>`` in a context variable, so
+every line logged in that context carries it.  asyncio tasks copy the context
+when created, so binding inside a call's task does not leak into other calls.
 
 Secrets: :func:`redact_secrets` replaces the value of any key that looks like a
 credential (``password``, ``sip_password``, ``access_token``,
 ``authorization``, ``private_key``, ...) with ``"***"``, and masks SDES keys
 (``inline:...``) and ``Authorization:`` header lines inside string values.
+A value that is a dataclass instance (a call record's media statistics) is
+logged as the dict of its fields.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Literal, TextIO, cast
 
 import structlog
@@ -35,7 +36,6 @@ __all__ = [
     "REDACTED",
     "LogLimiter",
     "bind_call_key",
-    "call_context",
     "configure_logging",
     "get_logger",
     "is_secret_key",
@@ -81,6 +81,8 @@ def _redact(value: object, depth: int) -> object:
         return _scrub_text(value)
     if depth >= _MAX_DEPTH:
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)  # e.g. a call record's media stats: its fields
     if isinstance(value, Mapping):
         return {
             k: REDACTED if isinstance(k, str) and is_secret_key(k) else _redact(v, depth + 1)
@@ -180,20 +182,15 @@ def unbind_call_key() -> None:
     structlog.contextvars.unbind_contextvars("call")
 
 
-@contextlib.contextmanager
-def call_context(key: str, **values: Any) -> Iterator[None]:
-    """Bind ``call=key`` (and ``values``) for the duration of the ``with`` block."""
-    with structlog.contextvars.bound_contextvars(call=key, **values):
-        yield
-
-
 class LogLimiter:
     """At most one log line per key (a peer) every ``interval`` seconds.
 
     ``allow(key)`` returns None when the line is to be left out, else how many
     lines for that key were left out since the last one written (log it as
-    ``suppressed=``). At most ``max_keys`` keys are remembered: beyond, the
-    oldest half is forgotten (a flood from many sources still logs little).
+    ``suppressed=`` or ``not_logged=``). At most ``max_keys`` keys are remembered:
+    beyond, the oldest half is forgotten (a flood from many sources still logs
+    little). The time is ``clock()``, or the ``now`` a sans-IO caller passes in
+    (the SIP core and its screens run on the event loop's monotonic time).
     """
 
     def __init__(
@@ -208,14 +205,15 @@ class LogLimiter:
         self._max_keys = max_keys
         self._last: dict[Hashable, tuple[float, int]] = {}  # key -> (last written, left out)
 
-    def allow(self, key: Hashable) -> int | None:
-        now = self._clock()
+    def allow(self, key: Hashable, now: float | None = None) -> int | None:
+        if now is None:
+            now = self._clock()
         seen = self._last.get(key)
         if seen is not None and now - seen[0] < self.interval:
             self._last[key] = (seen[0], seen[1] + 1)
             return None
         if seen is None and len(self._last) >= self._max_keys:
-            for old in list(self._last)[: self._max_keys // 2]:
+            for old in list(self._last)[: max(1, self._max_keys // 2)]:
                 del self._last[old]
         self._last[key] = (now, 0)
         return seen[1] if seen is not None else 0
