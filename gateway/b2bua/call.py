@@ -357,12 +357,16 @@ class Call:
         Reason (RFC 3326) names the callee's status, or ours where this side hears it."""
         peer = self.caller.peer
         headers = []
+        phrase = None
         if cause is not None or peer.local_failure_reason:
             headers.append(reason_header(cause if cause is not None else status, why))
         if warning and peer.forward_warning:
             headers.append(("Warning", warning))
+            # Meta's reason also as the reason phrase: a PBX that keeps nothing else of a
+            # failure (FreeSWITCH 1.10: ${sip_invite_failure_phrase}) still sees it.
+            phrase = mapping.reason_phrase(mapping.warning_text(warning))
         if self.state in SETUP_STATES:
-            self.caller.reject(status, headers)
+            self.caller.reject(status, headers, phrase)
             self.final_status = status
             log.info("call_failed", call=self.key, status=status, why=why)
         self._end(f"failed_{status}", self.ended_by or "gateway")

@@ -199,9 +199,12 @@ class UasLeg(Leg):
         self.dialog = Dialog.uas(self.request, self.tag, self.contact)
         self.sip.send_response(resp)
 
-    def reject(self, status: int, headers: list[tuple[str, str]]) -> None:
-        """A final failure to the caller's INVITE."""
-        self.sip.reply(self.tx, status, to_tag=self.tag, headers=headers)
+    def reject(
+        self, status: int, headers: list[tuple[str, str]], phrase: str | None = None
+    ) -> None:
+        """A final failure to the caller's INVITE (``phrase``: the status line's reason
+        phrase, default the status's own)."""
+        self.sip.reply(self.tx, status, to_tag=self.tag, reason=phrase, headers=headers)
 
 
 @dataclass

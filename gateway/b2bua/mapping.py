@@ -112,3 +112,13 @@ def warning_text(warning: str | None) -> str | None:
     start = warning.find('"')
     end = warning.rfind('"')
     return warning[start + 1 : end] if 0 <= start < end else warning
+
+
+def reason_phrase(text: str | None, limit: int = 100) -> str | None:
+    """``text`` made safe as a status line's reason phrase (RFC 3261 25.1: no CR/LF or
+    other control characters; whitespace collapsed, at most ``limit`` characters), None
+    when nothing is left."""
+    if not text:
+        return None
+    cleaned = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return cleaned[:limit].rstrip() or None

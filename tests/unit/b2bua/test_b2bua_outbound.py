@@ -21,7 +21,7 @@ from gateway.b2bua import mapping
 from gateway.b2bua.call import State
 from gateway.sdp.session import parse_sdp
 from gateway.sip.auth import VerifyResult, parse_credentials
-from gateway.sip.message import Request, Response
+from gateway.sip.message import REASON_PHRASES, Request, Response
 from gateway.sip.transaction import Target
 from tests.emulator import META_WARNINGS
 from tests.unit.b2bua.b2bua_fakes import (
@@ -732,8 +732,10 @@ def test_meta_failure_reaches_the_pbx_mapped(
     if warning:
         assert resp.headers.get("Warning") == warning
         assert text is not None and text.replace('"', "'") in reason
+        assert resp.reason == text  # the status line says it too (FreeSWITCH keeps only that)
     else:
         assert "Warning" not in resp.headers
+        assert resp.reason == REASON_PHRASES[resp.status]
     failure = flow.call.meta_failure
     assert failure is not None
     assert failure["code"] == code
@@ -781,6 +783,28 @@ def test_meta_failure_outside_the_table(h: OutboundHarness, code: int, pbx: int)
     assert resp.status == pbx
     assert (resp.headers.get("Reason") or "").startswith(f"SIP;cause={code};")
     assert_gone(h, flow)
+
+
+def test_meta_warning_as_reason_phrase_is_one_clean_line(h: OutboundHarness) -> None:
+    flow = h.place_call()
+    warning = '399 wa.meta.vc "No approved\tcall permission ' + "x" * 200 + '"'
+    resp = final_to_pbx(h, h.meta_reply(flow, 403, extra=[("Warning", warning)]))
+    assert resp.reason.startswith("No approved call permission xxx")
+    assert len(resp.reason) == 100 and resp.reason.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        (None, None),
+        ("", None),
+        (" \x01 ", None),
+        ("a\r\nb", "a b"),
+        ("  spaced   out ", "spaced out"),
+    ],
+)
+def test_reason_phrase(text: str | None, phrase: str | None) -> None:
+    assert mapping.reason_phrase(text) == phrase
 
 
 def test_quotes_in_meta_warning_do_not_break_the_reason(h: OutboundHarness) -> None:
