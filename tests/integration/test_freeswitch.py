@@ -168,9 +168,12 @@ def test_tone_from_freeswitch_reaches_whatsapp(tmp_path: Path) -> None:
 def test_tone_from_whatsapp_reaches_freeswitch(tmp_path: Path) -> None:
     with inbound(tmp_path) as (gw, fs):
         result = meta_call(
-            gw, headers=_test_route("record-3"), tone_hz=523.0, talk_seconds=8.0,
+            gw,
+            headers=_test_route("record-3"),
+            tone_hz=523.0,
+            talk_seconds=8.0,
             hangup="gateway",
-        )  # fmt: skip
+        )
         wav = fs.wait_recording(timeout=10, copy_to=tmp_path / "fs-rec.wav")
     _clean(result)
     assert result.bye_from == "gateway"
@@ -236,9 +239,12 @@ def test_hold_and_bridge_reinvites_stay_on_the_pbx_leg(tmp_path: Path) -> None:
     assert len(reoffers) >= 3, reoffers  # hold, unhold, renegotiation (the bridge: none)
     heard = _tail_tone(result, 3.0)
     _figures(
-        reoffers=len(reoffers), directions=",".join(r["media"].split()[-1] for r in reoffers),
-        agent_hz=heard[0], agent_dbfs=heard[1], max_gap_ms=result.max_media_gap * 1000,
-    )  # fmt: skip
+        reoffers=len(reoffers),
+        directions=",".join(r["media"].split()[-1] for r in reoffers),
+        agent_hz=heard[0],
+        agent_dbfs=heard[1],
+        max_gap_ms=result.max_media_gap * 1000,
+    )
     _assert_tone(heard, 660)
     assert result.max_media_gap < 0.5, result.max_media_gap
 
@@ -270,9 +276,11 @@ async def outbound(
 ) -> AsyncIterator[tuple[MetaServer, GatewayProcess, FreeSwitchPbx]]:
     gw_port = free_port()
     fs = FreeSwitchPbx(
-        gw_port=gw_port, log_dir=tmp_path / "fs", transport=transport,
+        gw_port=gw_port,
+        log_dir=tmp_path / "fs",
+        transport=transport,
         profile_params=profile_params,
-    )  # fmt: skip
+    )
     server = MetaServer({NUMBER: PASSWORD}, behaviour=behaviour)
     await server.start()
     gw: GatewayProcess | None = None
@@ -317,10 +325,12 @@ async def test_freeswitch_calls_whatsapp_audio_both_ways(tmp_path: Path) -> None
     heard = measure_tone(result.received_pcm, result.sample_rate, skip=1.0)
     recorded = analyse_wav(wav, skip_seconds=0.5)
     _figures(
-        to_whatsapp_hz=heard[0], to_whatsapp_dbfs=heard[1],
-        to_freeswitch_hz=recorded[0], to_freeswitch_dbfs=recorded[1],
+        to_whatsapp_hz=heard[0],
+        to_whatsapp_dbfs=heard[1],
+        to_freeswitch_hz=recorded[0],
+        to_freeswitch_dbfs=recorded[1],
         first_packet_ms=result.first_packet_delay * 1000,
-    )  # fmt: skip
+    )
     _assert_tone(heard, 440)
     assert_tone(wav, 523, tolerance=0.02, min_dbfs=-30, skip_seconds=0.5)
 
@@ -328,8 +338,10 @@ async def test_freeswitch_calls_whatsapp_audio_both_ways(tmp_path: Path) -> None
 async def test_freeswitch_calls_whatsapp_over_tcp(tmp_path: Path) -> None:
     behaviour = UasBehaviour(talk_seconds=4.0)
     async with outbound(tmp_path, behaviour, transport="tcp", profile_params=TRACE) as (
-        server, _gw, fs,
-    ):  # fmt: skip
+        server,
+        _gw,
+        fs,
+    ):
         answered = asyncio.create_task(asyncio.to_thread(_dial, fs, "tone"))
         result = await server.wait_call(timeout=40)
         await answered
@@ -404,5 +416,7 @@ async def test_five_minute_calls_with_default_session_timers(tmp_path: Path) -> 
     assert elapsed >= seconds
     _assert_tone(_tail_tone(inbound_result, 3.0), 440)
     _assert_tone(_tail_tone(to_wa, 3.0), 660)
-    print(f"5-minute calls: {len(reoffers)} re-offers answered by the gateway; "
-          f"lost {inbound_result.packets_lost}/{to_wa.packets_lost} packets")  # fmt: skip
+    print(
+        f"5-minute calls: {len(reoffers)} re-offers answered by the gateway; "
+        f"lost {inbound_result.packets_lost}/{to_wa.packets_lost} packets"
+    )

@@ -93,6 +93,8 @@ TLS_CERT_PATH = "/etc/kamailio/tls/fullchain.pem"
 TLS_KEY_PATH = "/etc/kamailio/tls/privkey.pem"
 TLS_CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
 MODULE_GLOBS = ("usr/lib/*/kamailio/modules/tls.so", "usr/lib/kamailio/modules/tls.so")
+KAMAILIO = "/usr/sbin/kamailio"  # in the peer chroot, never the host's
+KAMCMD = "/usr/sbin/kamcmd"  # in the peer chroot
 RUNS_DIR = "/opt/wagw"  # inside the chroot, shared with tests/peers/asterisk.py
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -142,7 +144,7 @@ def check_config(files: Mapping[str, str | Path], *extra: str) -> subprocess.Com
                 shutil.copy(content, host_dir / name)
             else:
                 (host_dir / name).write_text(content)
-        argv = ["chroot", str(root), "/usr/sbin/kamailio", "-c", "-f", f"{inside}/kamailio.cfg"]
+        argv = ["chroot", str(root), KAMAILIO, "-c", "-f", f"{inside}/kamailio.cfg"]
         return subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=30, cwd="/")
     finally:
         shutil.rmtree(host_dir, ignore_errors=True)
@@ -299,7 +301,7 @@ class KamailioProxy(PeerProcess):
         argv = [
             "chroot",
             str(self.root),
-            "/usr/sbin/kamailio",
+            KAMAILIO,
             "-DD",
             "-E",
             "-f",
@@ -382,7 +384,7 @@ class KamailioProxy(PeerProcess):
         self, args: list[str], timeout: float
     ) -> subprocess.CompletedProcess[str] | None:
         try:
-            argv = ["chroot", str(self.root), "/usr/sbin/kamcmd", "-s", self.ctl, *args]
+            argv = ["chroot", str(self.root), KAMCMD, "-s", self.ctl, *args]
             return subprocess.run(
                 argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
             )

@@ -26,7 +26,7 @@ import pytest
 
 from gateway.b2bua import mapping
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 CONF = PROJECT / "config" / "freeswitch"
 TEST_DIALPLAN = PROJECT / "tests" / "peers" / "freeswitch" / "wagw-tests.xml"
 BUILD_SCRIPT = PROJECT / "scripts" / "build-freeswitch.sh"
