@@ -16,7 +16,6 @@ from gateway.sdp.negotiate import (
     describe,
     make_pbx_offer,
     make_whatsapp_offer,
-    random_key,
     reoffer,
 )
 from gateway.sdp.session import (
@@ -61,7 +60,6 @@ __all__ = [
     "make_whatsapp_offer",
     "parse_crypto",
     "parse_sdp",
-    "random_key",
     "redact_attribute",
     "redact_sdp_text",
     "reoffer",

@@ -4,7 +4,8 @@ WhatsApp leg: RTP/SAVP, SDES keys, Opus (always) or G.711 (when Meta enabled it)
 telephone-event/8000, rtcp-mux. PBX leg: RTP/AVP, PCMU/PCMA, telephone-event/8000.
 Every function takes and returns :class:`SessionDescription` objects and a
 :class:`MediaParams` summary for the media layer; nothing here does I/O. Keys are
-made by the caller's ``new_key(suite)`` (``random_key`` is the production one).
+made by the caller's ``new_key(suite)`` (in production
+:func:`gateway.media.srtp.new_key_material`, from the same suite table).
 
 A refusal is a :class:`NegotiationError`: its ``status`` (488) and ``warning``
 (RFC 3261 section 20.43 code) are what to answer an offer with.
@@ -127,11 +128,6 @@ class MediaParams:
     @property
     def may_receive(self) -> bool:
         return _FLAGS[self.direction][1]
-
-
-def random_key(suite: str) -> bytes:
-    """A fresh master key || salt for ``suite`` (the production ``new_key``)."""
-    return secrets.token_bytes(SUITE_KEY_LENGTHS[suite])
 
 
 def answer_direction(offered: str) -> str:

@@ -9,6 +9,7 @@ from typing import TypedDict
 
 import pytest
 
+from gateway.media.srtp import new_key_material
 from gateway.sdp.negotiate import (
     SUITE_KEY_LENGTHS,
     SUITE_PREFERENCE,
@@ -20,7 +21,6 @@ from gateway.sdp.negotiate import (
     answer_whatsapp_offer,
     describe,
     make_whatsapp_offer,
-    random_key,
 )
 from gateway.sdp.session import Connection, SessionDescription, parse_sdp
 
@@ -75,7 +75,12 @@ def meta_offer(
 def answer(
     offer: SessionDescription, *, allow_g711: bool = False, **kw: object
 ) -> tuple[SessionDescription, MediaParams]:
-    kwargs: dict[str, object] = {**LOCAL, "allow_g711": allow_g711, "new_key": random_key, **kw}
+    kwargs: dict[str, object] = {
+        **LOCAL,
+        "allow_g711": allow_g711,
+        "new_key": new_key_material,
+        **kw,
+    }
     return answer_whatsapp_offer(offer, **kwargs)  # type: ignore[arg-type]
 
 
@@ -416,7 +421,7 @@ def meta_answer(offer: SessionDescription, tag: int, key: bytes, formats: str = 
 
 
 def test_make_whatsapp_offer() -> None:
-    offer, keys = make_whatsapp_offer(**LOCAL, new_key=random_key, session_id=7)
+    offer, keys = make_whatsapp_offer(**LOCAL, new_key=new_key_material, session_id=7)
     assert parse_sdp(offer.serialize()) == offer
     (m,) = offer.media
     assert (m.port, m.proto, m.formats) == (40000, "RTP/SAVP", ["111", "126"])
@@ -437,7 +442,7 @@ def test_make_whatsapp_offer_with_g711_lists_it_first() -> None:
         g711=("PCMA", "PCMU"),
         opus_pt=100,
         dtmf_pt=101,
-        new_key=random_key,
+        new_key=new_key_material,
         suites=SUITE_PREFERENCE,
     )
     m = offer.media[0]
@@ -446,11 +451,11 @@ def test_make_whatsapp_offer_with_g711_lists_it_first() -> None:
     assert [len(keys[t]) for t in (1, 2, 3, 4)] == [30, 30, 28, 44]
     for bad in ({"opus_pt": 8}, {"dtmf_pt": 111}, {"suites": ()}, {"suites": ("NULL",)}):
         with pytest.raises(ValueError):
-            make_whatsapp_offer(**LOCAL, new_key=random_key, **bad)
+            make_whatsapp_offer(**LOCAL, new_key=new_key_material, **bad)
 
 
 def test_accept_whatsapp_answer() -> None:
-    offer, keys = make_whatsapp_offer(**LOCAL, new_key=random_key)
+    offer, keys = make_whatsapp_offer(**LOCAL, new_key=new_key_material)
     remote_key = os.urandom(30)
     media = accept_whatsapp_answer(offer, parse_sdp(meta_answer(offer, 2, remote_key)), keys)
     assert media.srtp == SrtpParams("AES_CM_128_HMAC_SHA1_32", keys[2], remote_key, 2)
@@ -468,7 +473,7 @@ def test_accept_whatsapp_answer() -> None:
 
 
 def test_accept_whatsapp_answer_g711_and_other_payload_numbers() -> None:
-    offer, keys = make_whatsapp_offer(**LOCAL, g711=("PCMA",), new_key=random_key)
+    offer, keys = make_whatsapp_offer(**LOCAL, g711=("PCMA",), new_key=new_key_material)
     media = accept_whatsapp_answer(
         offer, parse_sdp(meta_answer(offer, 1, bytes(30), "8 126")), keys
     )
@@ -493,7 +498,7 @@ def test_accept_whatsapp_answer_g711_and_other_payload_numbers() -> None:
     ],
 )
 def test_accept_whatsapp_answer_rejects(mutate: Callable[[str], str]) -> None:
-    offer, keys = make_whatsapp_offer(**LOCAL, new_key=random_key)
+    offer, keys = make_whatsapp_offer(**LOCAL, new_key=new_key_material)
     with pytest.raises(NegotiationError):
         accept_whatsapp_answer(offer, parse_sdp(mutate(meta_answer(offer, 1, bytes(30)))), keys)
 
