@@ -405,6 +405,8 @@ class IceAgent:
             self.controlling = controlling
             self._nominating = None
             self._prioritise()
+            if self.state == "checking":
+                self._nominate_best_valid()  # a pair may be valid already
 
     def _pace(self, now: float) -> None:
         """At most one new check per Ta: a triggered one first (RFC 8445 6.1.4.2)."""

@@ -508,6 +508,22 @@ def test_role_conflict_answered_487_when_our_tie_breaker_wins() -> None:
     assert not ours.controlling and ours.role_conflicts == 2
 
 
+def test_becoming_controlling_with_a_valid_pair_nominates_it() -> None:
+    ours, peer = controlled_agent()  # our tie-breaker 100
+    ours.start(0.0)
+    ((check, _),) = ours.pop_datagrams()
+    ours.receive(peer.answer(check, US), PEER, 0.03)  # valid while controlled
+    peer.tie_breaker = 50
+    ours.receive(peer.check(controlling=False), PEER, 0.2)  # both controlled: we win
+    assert ours.controlling and ours.role_conflicts == 1
+    (answer, _), (nomination, _) = ours.pop_datagrams()
+    assert parse(answer).message.cls is StunClass.SUCCESS
+    assert attrs(parse(nomination))["use_candidate"] is True
+    assert attrs(parse(nomination))["controlling"] == 100
+    ours.receive(peer.answer(nomination, US), PEER, 0.22)
+    assert ours.pop_events() == [Nominated(PEER, pytest.approx(0.02))]
+
+
 def test_a_487_to_our_check_switches_role_and_retries() -> None:
     ours = agent(remote_lite=False, remote_candidates=[(*PEER, HOST_PRIORITY)], tie_breaker=5)
     ours.start(0.0)
