@@ -17,15 +17,11 @@ through :meth:`IceAgent.pop_datagrams`; time passes in as ``now``;
 due. Nothing here owns a socket, a task or a timer, and only STUN datagrams
 reach it (RFC 7983: the caller demultiplexes on the first byte).
 
-Timing (a deliberate deviation from RFC 8445 14.3's 500 ms floor, as libwebrtc
-does for host candidates): a new check every :data:`TA` (50 ms, 14.2); each
-check retransmitted after 100 ms, doubling, capped at 1.6 s, seven
-transmissions in all, then a last wait of 1.6 s (RFC 5389 7.2.1's Rc = 7 and
-Rm = 16 with RTO = 100 ms): a check gives up 6.3 s after it was first sent.
-``check_timeout`` bounds the whole negotiation. Consent requests are sent once
-each, never retransmitted, a new transaction every ``consent_interval``
-(randomised 0.8-1.2x); any authenticated answer from the selected address
-refreshes consent (RFC 7675 5.1).
+Retransmission timing: :mod:`gateway.ice.checklist`; ``check_timeout`` bounds
+the whole negotiation. Consent requests are sent once each, never
+retransmitted, a new transaction every ``consent_interval`` (randomised
+0.8-1.2x); any authenticated answer from the selected address refreshes
+consent (RFC 7675 5.1).
 """
 
 from __future__ import annotations
@@ -33,12 +29,28 @@ from __future__ import annotations
 import ipaddress
 import random
 import secrets
-import string
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 
+from gateway.ice.candidates import (
+    HOST_TYPE_PREF,
+    ICE_CHARS,
+    PEER_REFLEXIVE_TYPE_PREF,
+    candidate_priority,
+    new_credentials,
+    pair_priority,
+)
+from gateway.ice.checklist import (
+    MAX_TRANSMISSIONS,
+    RTO_MAX,
+    TA,
+    Check,
+    Pair,
+    PairState,
+    retransmit_interval,
+    same_address,
+)
 from gateway.ice.stun import (
     BINDING,
     ErrorCode,
@@ -60,6 +72,7 @@ from gateway.ice.stun import (
 )
 
 __all__ = [
+    "ICE_CHARS",
     "TA",
     "ConsentLost",
     "IceAgent",
@@ -74,39 +87,7 @@ __all__ = [
 
 RemoteCandidate = tuple[str, int, int]  # (address, port, priority)
 
-TA = 0.05  # RFC 8445 14.2: pacing of new checks
-RTO_INITIAL = 0.1
-RTO_MAX = 1.6  # the cap of the doubling, and the last wait (Rm * RTO_INITIAL)
-MAX_TRANSMISSIONS = 7  # RFC 5389 7.2.1: Rc
 MAX_PAIRS = 8  # peer-reflexive candidates learnt from checks are bounded too
-HOST_TYPE_PREF = 126  # RFC 8445 5.1.2.2
-PEER_REFLEXIVE_TYPE_PREF = 110
-LOCAL_PREF = 65535  # one local candidate: the highest
-COMPONENT = 1  # RTP and RTCP multiplexed (a=rtcp-mux): one component
-
-ICE_CHARS = string.ascii_letters + string.digits + "+/"  # RFC 8839 5.4: ice-char
-
-
-def new_credentials() -> tuple[str, str]:
-    """A fresh (ufrag, pwd): 8 and 24 ice-chars from :mod:`secrets` (RFC 8839 5.4).
-
-    The RFC asks for at least 24 bits of randomness in the ufrag and 128 in the
-    pwd: 8 chars of 64 give 48 bits, 24 give 144.
-    """
-    ufrag = "".join(secrets.choice(ICE_CHARS) for _ in range(8))
-    pwd = "".join(secrets.choice(ICE_CHARS) for _ in range(24))
-    return ufrag, pwd
-
-
-def candidate_priority(type_pref: int, local_pref: int = LOCAL_PREF, component: int = 1) -> int:
-    """RFC 8445 5.1.2.1: 2^24 * type preference + 2^8 * local preference + (256 - component)."""
-    return (type_pref << 24) | (local_pref << 8) | (256 - component)
-
-
-def pair_priority(controlling: int, controlled: int) -> int:
-    """RFC 8445 6.1.2.3: 2^32 * MIN(G, D) + 2 * MAX(G, D) + (G > D ? 1 : 0)."""
-    g, d = controlling, controlled
-    return (min(g, d) << 32) + 2 * max(g, d) + (1 if g > d else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,90 +115,6 @@ class ConsentLost:
 
 
 IceEvent = Nominated | IceFailed | ConsentLost
-
-
-class _State(Enum):
-    """A candidate pair's state (RFC 8445 6.1.2.6); Frozen is not needed: one foundation."""
-
-    WAITING = 1
-    IN_PROGRESS = 2
-    SUCCEEDED = 3
-    FAILED = 4
-
-
-class _Pair:
-    """Our one local candidate with one remote candidate."""
-
-    __slots__ = (
-        "addr",
-        "ip",
-        "nominate_on_success",
-        "priority",
-        "remote_priority",
-        "rtt",
-        "state",
-        "tx",
-        "valid",
-    )
-
-    def __init__(self, addr: tuple[str, int], ip: IpAddress, remote_priority: int) -> None:
-        self.addr = addr
-        self.ip = ip  # parsed once: the XOR-MAPPED-ADDRESS of every answer to this address
-        self.remote_priority = remote_priority
-        self.priority = 0
-        self.state = _State.WAITING
-        self.valid = False  # on the valid list (RFC 8445 7.2.5.3.2)
-        self.rtt: float | None = None
-        self.tx: _Transaction | None = None  # the check whose outcome decides the state
-        self.nominate_on_success = False  # controlled: the peer sent USE-CANDIDATE on it
-
-
-class _Transaction:
-    """One connectivity check: the request's bytes and its retransmission schedule."""
-
-    __slots__ = (
-        "cancelled",
-        "controlling",
-        "data",
-        "last_sent",
-        "next_at",
-        "pair",
-        "sent",
-        "tid",
-        "use_candidate",
-    )
-
-    def __init__(
-        self, tid: bytes, pair: _Pair, data: bytes, *, use_candidate: bool, controlling: bool
-    ) -> None:
-        self.tid = tid
-        self.pair = pair
-        self.data = data
-        self.use_candidate = use_candidate
-        self.controlling = controlling  # the role the request claimed (RFC 8445 7.2.5.1)
-        self.sent = 0
-        self.last_sent = 0.0
-        self.next_at = 0.0
-        self.cancelled = False  # RFC 8445 7.3.1.4: no more retransmissions, no failure
-
-
-def _interval(transmissions: int) -> float:
-    """The wait after the n-th transmission: 100 ms doubling to the 1.6 s cap; then 1.6 s."""
-    if transmissions >= MAX_TRANSMISSIONS:
-        return RTO_MAX
-    return min(RTO_INITIAL * (1 << (transmissions - 1)), RTO_MAX)
-
-
-def _same(a: tuple[str, int], b: tuple[str, int]) -> bool:
-    """Equal transport addresses, IPv6 spellings normalised (only off the fast path)."""
-    if a == b:
-        return True
-    if a[1] != b[1]:
-        return False
-    try:
-        return ipaddress.ip_address(a[0]) == ipaddress.ip_address(b[0])
-    except ValueError:
-        return False
 
 
 class IceAgent:
@@ -278,8 +175,8 @@ class IceAgent:
         self.role_conflicts = 0
         self.ignored = 0  # responses dropped: unknown transaction, wrong source, bad integrity
 
-        self._pairs: list[_Pair] = []
-        self._by_addr: dict[tuple[str, int], _Pair] = {}
+        self._pairs: list[Pair] = []
+        self._by_addr: dict[tuple[str, int], Pair] = {}
         for address, port, priority in remote_candidates:
             try:
                 ip = ipaddress.ip_address(address)
@@ -288,14 +185,14 @@ class IceAgent:
             if ip.version == local_family and (ip.compressed, port) not in self._by_addr:
                 self._add_pair((ip.compressed, port), ip, priority)
         self._prioritise()
-        self._triggered: deque[_Pair] = deque()
-        self._checks: dict[bytes, _Transaction] = {}
+        self._triggered: deque[Pair] = deque()
+        self._checks: dict[bytes, Check] = {}
         self._consent: dict[bytes, float] = {}  # consent requests in flight: tid -> sent at
         self._out: list[tuple[bytes, tuple[str, int]]] = []
         self._events: list[IceEvent] = []
         self._next_check_at = 0.0
         self._deadline = 0.0
-        self._nominating: _Pair | None = None
+        self._nominating: Pair | None = None
         self._consent_next = 0.0
         self._consent_last = 0.0
 
@@ -350,7 +247,7 @@ class IceAgent:
     def next_timeout(self) -> float | None:
         if self.state == "checking":
             when = self._deadline
-            if self._triggered or any(p.state is _State.WAITING for p in self._pairs):
+            if self._triggered or any(p.state is PairState.WAITING for p in self._pairs):
                 when = min(when, self._next_check_at)
             for tx in self._checks.values():
                 when = min(when, tx.next_at)
@@ -385,8 +282,8 @@ class IceAgent:
 
     # ------------------------------------------------------------------ checks out
 
-    def _add_pair(self, addr: tuple[str, int], ip: IpAddress, remote_priority: int) -> _Pair:
-        pair = _Pair(addr, ip, remote_priority)
+    def _add_pair(self, addr: tuple[str, int], ip: IpAddress, remote_priority: int) -> Pair:
+        pair = Pair(addr, ip, remote_priority)
         self._pairs.append(pair)
         self._by_addr[addr] = pair
         return pair
@@ -412,23 +309,21 @@ class IceAgent:
         """At most one new check per Ta: a triggered one first (RFC 8445 6.1.4.2)."""
         if self.state != "checking" or now < self._next_check_at:
             return
-        pair: _Pair | None = None
+        pair: Pair | None = None
         while self._triggered and pair is None:
             candidate = self._triggered.popleft()
-            if candidate.state is _State.WAITING:
+            if candidate.state is PairState.WAITING:
                 pair = candidate
         if pair is None:
-            pair = next((p for p in self._pairs if p.state is _State.WAITING), None)
+            pair = next((p for p in self._pairs if p.state is PairState.WAITING), None)
         if pair is None:
             return
         use_candidate = self.controlling and (self.remote_lite or self._nominating is pair)
         tid, data = self._request(use_candidate)
-        tx = _Transaction(
-            tid, pair, data, use_candidate=use_candidate, controlling=self.controlling
-        )
+        tx = Check(tid, pair, data, use_candidate=use_candidate, controlling=self.controlling)
         self._checks[tid] = tx
         pair.tx = tx
-        pair.state = _State.IN_PROGRESS
+        pair.state = PairState.IN_PROGRESS
         self._transmit(tx, now)
         self._next_check_at = now + TA
 
@@ -442,14 +337,14 @@ class IceAgent:
         )
         return msg.transaction_id, encode(msg, key=self._remote_key, fingerprint=True)
 
-    def _transmit(self, tx: _Transaction, now: float) -> None:
+    def _transmit(self, tx: Check, now: float) -> None:
         self._out.append((tx.data, tx.pair.addr))
         self.checks_sent += 1
         tx.sent += 1
         tx.last_sent = now
-        tx.next_at = now + _interval(tx.sent)
+        tx.next_at = now + retransmit_interval(tx.sent)
 
-    def _retransmit_or_expire(self, tx: _Transaction, now: float) -> None:
+    def _retransmit_or_expire(self, tx: Check, now: float) -> None:
         if not tx.cancelled and tx.sent < MAX_TRANSMISSIONS:
             self._transmit(tx, now)
             return
@@ -457,28 +352,30 @@ class IceAgent:
         pair = tx.pair
         if pair.tx is tx:  # RFC 5389 7.2.1: no answer at all, the check failed
             pair.tx = None
-            pair.state = _State.FAILED
+            pair.state = PairState.FAILED
             self._pair_failed(pair)
 
-    def _trigger(self, pair: _Pair, now: float) -> None:
+    def _trigger(self, pair: Pair, now: float) -> None:
         """Queue a triggered check (RFC 8445 7.3.1.4); an in-progress one is cancelled."""
         if pair.tx is not None:
             pair.tx.cancelled = True
             pair.tx.next_at = now + RTO_MAX  # still waits for a late answer
             pair.tx = None
-        pair.state = _State.WAITING
+        pair.state = PairState.WAITING
         if pair not in self._triggered:
             self._triggered.append(pair)
 
     # ------------------------------------------------------------------ outcomes
 
-    def _pair_failed(self, pair: _Pair) -> None:
+    def _pair_failed(self, pair: Pair) -> None:
         if self._nominating is pair:
             self._nominating = None
             self._nominate_best_valid()
         if self.state != "checking" or self._triggered:
             return
-        if all(p.state is _State.FAILED for p in self._pairs) and (self._pairs or self.remote_lite):
+        if all(p.state is PairState.FAILED for p in self._pairs) and (
+            self._pairs or self.remote_lite
+        ):
             self._fail("checks failed")
 
     def _fail(self, reason: str) -> None:
@@ -491,13 +388,13 @@ class IceAgent:
         """Regular nomination (RFC 8445 8.1.1): a check with USE-CANDIDATE on a valid pair."""
         if not self.controlling or self._nominating is not None:
             return
-        pair = next((p for p in self._pairs if p.valid and p.state is not _State.FAILED), None)
+        pair = next((p for p in self._pairs if p.valid and p.state is not PairState.FAILED), None)
         if pair is not None:
             self._nominating = pair
-            pair.state = _State.WAITING
+            pair.state = PairState.WAITING
             self._triggered.appendleft(pair)
 
-    def _nominated(self, pair: _Pair, now: float) -> None:
+    def _nominated(self, pair: Pair, now: float) -> None:
         self.state = "nominated"
         self.selected = pair.addr
         self._checks.clear()
@@ -535,7 +432,7 @@ class IceAgent:
                 self.ignored += 1
             return
         # RFC 8445 7.2.5.2.1: symmetric, from where it was sent; RFC 5389 10.1.3: authenticated
-        if not _same(addr, tx.pair.addr) or not parsed.check_integrity(self._remote_key):
+        if not same_address(addr, tx.pair.addr) or not parsed.check_integrity(self._remote_key):
             self.ignored += 1
             return
         del self._checks[tid]
@@ -552,17 +449,17 @@ class IceAgent:
                     self._pace(now)
             elif pair.tx is tx:  # RFC 8445 7.2.5.2.4: unrecoverable
                 pair.tx = None
-                pair.state = _State.FAILED
+                pair.state = PairState.FAILED
                 self._pair_failed(pair)
             return
         self._on_success(tx, now)
 
-    def _on_success(self, tx: _Transaction, now: float) -> None:
+    def _on_success(self, tx: Check, now: float) -> None:
         pair = tx.pair
         if pair.tx is not None and pair.tx is not tx:
             pair.tx.cancelled = True
         pair.tx = None
-        pair.state = _State.SUCCEEDED
+        pair.state = PairState.SUCCEEDED
         pair.valid = True
         pair.rtt = now - tx.last_sent
         if self.state != "checking":
@@ -578,7 +475,7 @@ class IceAgent:
 
     def _on_consent_response(self, parsed: ParsedStun, addr: tuple[str, int], now: float) -> None:
         assert self.selected is not None
-        if not _same(addr, self.selected) or not parsed.check_integrity(self._remote_key):
+        if not same_address(addr, self.selected) or not parsed.check_integrity(self._remote_key):
             self.ignored += 1
             return
         del self._consent[parsed.message.transaction_id]
@@ -623,7 +520,7 @@ class IceAgent:
             return
         pair = self._by_addr.get(addr)
         if pair is None:
-            pair = next((p for p in self._pairs if _same(p.addr, addr)), None)
+            pair = next((p for p in self._pairs if same_address(p.addr, addr)), None)
         ip = pair.ip if pair is not None else ipaddress.ip_address(addr[0])
         answer = binding_success(msg, ip, addr[1])
         self._out.append((encode(answer, key=self._local_key, fingerprint=True), addr))
@@ -636,7 +533,7 @@ class IceAgent:
             pair = self._add_pair(addr, ip, priority.value)
             self._prioritise()
         use_candidate = msg.has(UseCandidate) and not self.controlling
-        if pair.state is _State.SUCCEEDED:
+        if pair.state is PairState.SUCCEEDED:
             if use_candidate:
                 self._nominated(pair, now)
             return
