@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Problem",
     "certificate_problems",
     "check_certificate",
+    "dtls_certificate_problems",
     "ensure_dev_certificate",
     "name_covers",
 ]
@@ -197,3 +198,28 @@ def certificate_problems(
     }
     found = check_certificate(info, hostname, now or dt.datetime.now(dt.UTC))
     return [texts[check.problem] for check in found]
+
+
+def dtls_certificate_problems(cert_file: Path, key_file: Path) -> dict[str, str]:
+    """What is wrong with a DTLS certificate and key pair (``media.dtls``), by key
+    (``cert_file``/``key_file``): unparsable PEM, a key type DTLS-SRTP peers do not
+    take (ECDSA, which Meta recommends, or RSA), or a key that is not the
+    certificate's. The files must be readable (checked before). Empty: usable."""
+    out: dict[str, str] = {}
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError):
+        out["cert_file"] = "not a readable PEM certificate"
+    try:
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except TypeError:
+        out["key_file"] = "an encrypted private key (the gateway needs it without a passphrase)"
+        return out
+    except (OSError, ValueError):
+        out["key_file"] = "not a readable PEM private key"
+        return out
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        out["key_file"] = "not an ECDSA or RSA key (ECDSA P-256 recommended for DTLS)"
+    elif "cert_file" not in out and cert.public_key() != key.public_key():
+        out["key_file"] = "does not belong to media.dtls.cert_file (another key pair)"
+    return out

@@ -37,7 +37,8 @@ def check_files(cfg: Config) -> FileCheck:
     """Check the files the config refers to, as the daemon would need them now.
 
     Errors: TLS cert/key/CA missing or unreadable (a missing cert/key is fine in
-    development mode, where one is generated).  Warnings: a number whose
+    development mode, where one is generated); a DTLS certificate/key (media.dtls)
+    missing, unparsable or not a pair.  Warnings: a number whose
     password cannot be read (the daemon starts and reports it as unhealthy),
     and certificate problems such as expiry or a hostname mismatch.
     """
@@ -52,6 +53,7 @@ def check_files(cfg: Config) -> FileCheck:
             " PBX go straight to Meta, naming this instance's public name with no TLS"
             " listener behind it, so Meta's in-dialog requests for them cannot arrive"
         )
+    _check_dtls_files(cfg, result)
     secret_file = cfg.cluster.nonce_secret_file
     if secret_file is not None and cfg.cluster.read_nonce_secret() is None:
         problem = _file_problem(secret_file) or "shorter than 16 bytes"
@@ -81,6 +83,22 @@ def _check_tls_files(cfg: Config, tls: TlsConfig, result: FileCheck) -> None:
     if tls.cert_file.is_file() and os.access(tls.cert_file, os.R_OK):
         for problem in certificate_problems(tls.cert_file, cfg.whatsapp.hostname):
             result.warnings.append(f"whatsapp.tls.cert_file: {problem}")
+
+
+def _check_dtls_files(cfg: Config, result: FileCheck) -> None:
+    from gateway.config.certs import dtls_certificate_problems
+
+    dtls = cfg.media.dtls
+    if dtls.cert_file is None or dtls.key_file is None:
+        return  # neither (the model refuses one alone): generated at startup
+    missing = False
+    for key, path in (("cert_file", dtls.cert_file), ("key_file", dtls.key_file)):
+        if problem := _file_problem(path):
+            result.errors.append(f"media.dtls.{key}: {problem}")
+            missing = True
+    if not missing:
+        for key, problem in dtls_certificate_problems(dtls.cert_file, dtls.key_file).items():
+            result.errors.append(f"media.dtls.{key}: {problem}")
 
 
 def summary(cfg: Config) -> str:

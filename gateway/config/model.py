@@ -78,6 +78,9 @@ from gateway.config.overload import DigestThrottleConfig, OverloadConfig, RateLi
 
 # --------------------------------------------------------------------------- models
 
+# Per number: how SRTP keys are agreed with Meta (NumberConfig.srtp).
+SrtpMode = Literal["sdes", "dtls", "auto"]
+
 
 class TlsConfig(FrozenModel):
     """``whatsapp.tls``: certificate presented to Meta, and Meta's CA."""
@@ -109,6 +112,12 @@ class NumberConfig(FrozenModel):
     # This number's own Meta calling settings for `meta apply` (call hours,
     # voicemail, ...), each key set here replacing meta_api.calling's.
     meta_calling: MetaCallingConfig | None = None
+    # How SRTP keys are agreed with Meta (docs/whatsapp-sip.md sections 6, 7): "sdes"
+    # (a=crypto), "dtls" (WebRTC media: ICE + DTLS-SRTP, Meta's default), "auto": answer
+    # whichever Meta offers; see outbound_srtp for business-initiated calls. `meta
+    # apply` sets Meta's srtp_key_exchange_protocol to match (auto: left alone).
+    # Case-insensitive (Meta writes SDES, DTLS).
+    srtp: Annotated[SrtpMode, BeforeValidator(lower)] = "auto"
 
     @model_validator(mode="after")
     def _one_source(self) -> NumberConfig:
@@ -116,6 +125,17 @@ class NumberConfig(FrozenModel):
             message = "exactly one of sip_password_file or sip_password_env is required"
             raise invalid("password_source", message)
         return self
+
+    def outbound_srtp(self, seen: Literal["sdes", "dtls"] | None = None) -> Literal["sdes", "dtls"]:
+        """The key exchange to offer Meta on a business-initiated call. Meta's one setting
+        (srtp_key_exchange_protocol) governs both directions, and the gateway does not
+        ask Meta for it while running: "sdes"/"dtls" offer that; "auto" offers what Meta
+        last offered on this number (``seen``: the mode of the latest user-initiated
+        call the caller remembers), else SDES, which `meta apply` sets for sdes numbers
+        and which calls of the gateway's SDES-only releases relied on."""
+        if self.srtp != "auto":
+            return self.srtp
+        return seen or "sdes"
 
     def read_password(self) -> str | None:
         """The SIP digest password, read now; None if missing, unreadable or empty."""
@@ -258,6 +278,22 @@ class PbxConfig(FrozenModel):
     business_number_header: Annotated[str, PlainValidator(nonempty_line)] = "X-WA-Business-Number"
 
 
+class DtlsConfig(FrozenModel):
+    """``media.dtls``: the certificate of DTLS-SRTP toward Meta (both files or neither;
+    neither: an ECDSA P-256 one generated at startup). Files checked by check_files."""
+
+    cert_file: PathField | None = None
+    key_file: PathField | None = None
+
+    @model_validator(mode="after")
+    def _both(self) -> DtlsConfig:
+        if self.cert_file is not None and self.key_file is None:
+            raise path_problem("key_file", "required when media.dtls.cert_file is set")
+        if self.key_file is not None and self.cert_file is None:
+            raise path_problem("cert_file", "required when media.dtls.key_file is set")
+        return self
+
+
 class MediaConfig(FrozenModel):
     """``media``: RTP/SRTP sockets.  ``sdp_address`` is the address put in SDP."""
 
@@ -279,6 +315,17 @@ class MediaConfig(FrozenModel):
     # address:port only, never learned. Either way nothing moves the latch mid-call.
     latch: Literal["strict", "sdp"] = "strict"
     latch_window: Annotated[float, Field(gt=0, le=60)] = 10.0
+    # WebRTC media toward Meta (numbers with srtp dtls/auto): seconds the DTLS handshake
+    # may take before both legs end with a Reason; the certificate (default: generated).
+    dtls_timeout: Annotated[float, Field(gt=0, le=60)] = 10.0
+    dtls: DtlsConfig = Field(default_factory=DtlsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_dtls(cls, data: object) -> object:
+        if isinstance(data, dict) and "dtls" in data and data["dtls"] is None:
+            return {k: v for k, v in data.items() if k != "dtls"}  # all keys commented out
+        return data
 
     @model_validator(mode="after")
     def _advertise(self) -> MediaConfig:

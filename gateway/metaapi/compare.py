@@ -259,19 +259,7 @@ def compare(settings: CallingSettings, want: Desired, *, now: float | None = Non
         if server.app_id:
             out.context.append(("SIP server app", server.app_id))
 
-    srtp_text = settings.srtp_key_exchange_protocol or "DTLS (Meta's default)"
-    ok = settings.srtp == "SDES"
-    out.rows.append(Row("SRTP key exchange", srtp_text, "SDES", ok))
-    if not ok:
-        out.findings.append(
-            Finding(
-                "calling.srtp_key_exchange_protocol",
-                "error",
-                f"Meta's SRTP key exchange is {settings.srtp}; the gateway does SDES only: Meta's"
-                " INVITEs carry ICE/DTLS offers it cannot answer, so calls fail at setup.",
-                f"{APPLY} (sets SDES; needs SIP enabled).",
-            )
-        )
+    _compare_srtp(settings, want, out)
 
     meta_codecs = ",".join(settings.additional_codecs) or "none (Opus only)"
     uses = [
@@ -337,6 +325,44 @@ def compare(settings: CallingSettings, want: Desired, *, now: float | None = Non
         else:
             out.context.append(("restriction (expired)", f"{r.type}{reason} {r.until()}"))
     return out
+
+
+def _compare_srtp(settings: CallingSettings, want: Desired, out: Comparison) -> None:
+    """Meta's key exchange against the number's ``srtp`` mode: an error when the mode
+    refuses what Meta sends (sdes vs DTLS, dtls vs SDES); with auto and DTLS at Meta a
+    warning, as calls to WhatsApp offer SDES until a call from WhatsApp showed DTLS."""
+    key = f"whatsapp.numbers.{want.index}.srtp"
+    meta_text = settings.srtp_key_exchange_protocol or "DTLS (Meta's default)"
+    gateway_text = {"sdes": "SDES", "dtls": "DTLS"}.get(want.srtp, "auto (SDES or DTLS)")
+    auto_warning = want.srtp == "auto" and settings.srtp == "DTLS"
+    ok = want.srtp_protocol in (None, settings.srtp) and not auto_warning
+    out.rows.append(Row("SRTP key exchange", meta_text, gateway_text, ok))
+    if ok:
+        return
+    if auto_warning:
+        out.findings.append(
+            Finding(
+                "calling.srtp_key_exchange_protocol",
+                "warning",
+                f"Meta's SRTP key exchange is DTLS and {key} is auto: calls from WhatsApp are"
+                " answered with DTLS-SRTP, but calls to WhatsApp offer SDES until one from"
+                " WhatsApp has come in since the gateway started, where Meta expects DTLS.",
+                f"Set {key}: dtls, or {key}: sdes and {APPLY} (sets SDES).",
+            )
+        )
+        return
+    theirs, other = ("DTLS-SRTP", "dtls") if settings.srtp == "DTLS" else ("SDES", "sdes")
+    out.findings.append(
+        Finding(
+            "calling.srtp_key_exchange_protocol",
+            "error",
+            f"Meta's SRTP key exchange is {settings.srtp}, but {key} is {want.srtp}: Meta's"
+            f" INVITEs carry {theirs} offers the gateway refuses for this number (488), and"
+            f" its {gateway_text} offers on calls to WhatsApp are not what Meta expects.",
+            f"{APPLY} (sets {want.srtp_protocol}; needs SIP enabled), or set {key}: {other}"
+            " or auto.",
+        )
+    )
 
 
 def _compare_optional(settings: CallingSettings, want: Desired, out: Comparison) -> None:
@@ -428,8 +454,9 @@ def _sip_text(status: str | None, servers: Sequence[SipServer]) -> str:
 
 
 def plan(settings: CallingSettings, want: Desired) -> Plan:
-    """What ``meta apply`` changes. SDES is posted after SIP is enabled (Meta accepts SDES
-    only with SIP on), so a plan has one or two bodies."""
+    """What ``meta apply`` changes. The key exchange the number's ``srtp`` mode needs
+    (sdes: SDES, dtls: DTLS, auto: none, Meta's is left alone) is posted after SIP is
+    enabled (Meta accepts SDES only with SIP on), so a plan has one or two bodies."""
     out = Plan()
     first: dict[str, Any] = {}
     if settings.status != "ENABLED":
@@ -497,13 +524,14 @@ def plan(settings: CallingSettings, want: Desired) -> Plan:
         )
     if first:
         out.bodies.append({"calling": first})
-    if settings.srtp != "SDES":
-        out.bodies.append({"calling": {"srtp_key_exchange_protocol": "SDES"}})
+    protocol = want.srtp_protocol  # None (srtp: auto): Meta's setting is left alone
+    if protocol is not None and settings.srtp != protocol:
+        out.bodies.append({"calling": {"srtp_key_exchange_protocol": protocol}})
         out.changes.append(
             Change(
                 "calling.srtp_key_exchange_protocol",
                 settings.srtp_key_exchange_protocol or "DTLS (default)",
-                "SDES",
+                protocol,
             )
         )
     return out

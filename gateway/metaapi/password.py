@@ -98,8 +98,10 @@ async def rotate_password(
     graph: GraphClient, phone_number_id: str, settings: CallingSettings, want: Desired
 ) -> Credential:
     """Meta's rotation: disable SIP (``servers: []``), enable it again with the same server,
-    read the new password. Meta may reset the SRTP key exchange while SIP is off; it is
-    set back to what it was. If enabling fails SIP stays off: the error says so."""
+    read the new password. Meta may reset the SRTP key exchange while SIP is off; the
+    one in force before (DTLS when unset) is set back, whatever the number's ``srtp``
+    mode says (making Meta match the config is ``meta apply``'s, which ``meta show``
+    points to). If enabling fails SIP stays off: the error says so."""
     if not settings.sip_configured:
         raise GraphError(
             "SIP is not enabled with a server at Meta for this number, so there is no password"
@@ -123,13 +125,9 @@ async def rotate_password(
             " run `wa-sip-gateway meta apply` to enable it again"
         )
         raise
-    if settings.srtp_key_exchange_protocol is not None:
-        after = CallingSettings.parse(await graph.get(path))
-        if after.srtp_key_exchange_protocol != settings.srtp_key_exchange_protocol:
-            await graph.post(
-                path,
-                {"calling": {"srtp_key_exchange_protocol": settings.srtp_key_exchange_protocol}},
-            )
+    after = CallingSettings.parse(await graph.get(path))
+    if after.srtp != settings.srtp:  # compared as in force: unset is DTLS
+        await graph.post(path, {"calling": {"srtp_key_exchange_protocol": settings.srtp}})
     return await fetch_credential(graph, phone_number_id)
 
 

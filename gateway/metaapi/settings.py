@@ -241,6 +241,16 @@ class Desired:
     def codecs(self) -> tuple[str, ...]:
         return G711 if self.g711 else ()
 
+    @property
+    def srtp(self) -> str:
+        """The number's ``srtp`` mode: sdes, dtls or auto."""
+        return self.number.srtp
+
+    @property
+    def srtp_protocol(self) -> str | None:
+        """Meta's srtp_key_exchange_protocol the mode needs; None (auto): either works."""
+        return {"sdes": "SDES", "dtls": "DTLS"}.get(self.number.srtp)
+
     def server_json(self) -> dict[str, Any]:
         return {
             "hostname": self.hostname,
@@ -252,9 +262,10 @@ class Desired:
         out: dict[str, Any] = {
             "status": "ENABLED",
             "sip": {"status": "ENABLED", "servers": [self.server_json()]},
-            "srtp_key_exchange_protocol": "SDES",
             "audio": {"additional_codecs": list(self.codecs)},
         }
+        if self.srtp_protocol is not None:  # auto: Meta's setting is left alone
+            out["srtp_key_exchange_protocol"] = self.srtp_protocol
         out.update(_optional_json(self.calling))
         return out
 

@@ -1,5 +1,6 @@
 """SDP for the gateway, sans-IO: the model, parser and serialiser (``session``), SDES
-key parameters (``crypto``) and offer/answer for both legs (``negotiate``)."""
+key parameters (``crypto``), ICE and DTLS-SRTP attributes (``webrtc``) and offer/answer
+for both legs (``negotiate``)."""
 
 from gateway.sdp.crypto import Crypto, KeyParam, parse_crypto, redact_attribute, redact_sdp_text
 from gateway.sdp.negotiate import (
@@ -31,14 +32,26 @@ from gateway.sdp.session import (
     Timing,
     parse_sdp,
 )
+from gateway.sdp.webrtc import (
+    SRTP_MODES,
+    IceCandidate,
+    LocalWebRtc,
+    SrtpMode,
+    WebRtcParams,
+    host_priority,
+    parse_candidate,
+)
 
 __all__ = [
+    "SRTP_MODES",
     "SUITE_KEY_LENGTHS",
     "SUITE_PREFERENCE",
     "Bandwidth",
     "Connection",
     "Crypto",
+    "IceCandidate",
     "KeyParam",
+    "LocalWebRtc",
     "MediaDescription",
     "MediaParams",
     "NegotiationError",
@@ -47,17 +60,21 @@ __all__ = [
     "RtpMap",
     "SdpError",
     "SessionDescription",
+    "SrtpMode",
     "SrtpParams",
     "Ssrc",
     "Timing",
+    "WebRtcParams",
     "accept_pbx_answer",
     "accept_whatsapp_answer",
     "answer_direction",
     "answer_pbx_offer",
     "answer_whatsapp_offer",
     "describe",
+    "host_priority",
     "make_pbx_offer",
     "make_whatsapp_offer",
+    "parse_candidate",
     "parse_crypto",
     "parse_sdp",
     "redact_attribute",

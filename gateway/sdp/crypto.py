@@ -1,4 +1,5 @@
-"""SDES key parameters of ``a=crypto`` (RFC 4568 section 9.1), safe to log.
+"""SDES key parameters of ``a=crypto`` (RFC 4568 section 9.1), safe to log, and which
+offered line is usable (:func:`usable_crypto`, :func:`choose_crypto`).
 
 The base64 key||salt of an ``inline:`` key parameter is a secret: :class:`KeyParam`
 and :class:`Crypto` never show it in ``repr``/``str``, and :func:`redact_attribute`
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # The SRTP crypto suites SDES may negotiate, in our order of preference (the one
@@ -23,6 +25,14 @@ SUITE_LENGTHS: dict[str, tuple[int, int]] = {
     "AEAD_AES_256_GCM": (32, 12),
 }
 
+SUITE_PREFERENCE = tuple(SUITE_LENGTHS)
+# Master key || master salt, in bytes.
+SUITE_KEY_LENGTHS = {suite: key + salt for suite, (key, salt) in SUITE_LENGTHS.items()}
+# Session parameters we can honour (RFC 4568 section 6.3): a line with any other is
+# not acceptable (section 6.3: "MUST be rejected" when not supported). WSH is a hint;
+# FEC_ORDER only matters with FEC, which we do not use.
+_SESSION_PARAM_PREFIXES = ("WSH=", "FEC_ORDER=")
+
 B64_RE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 TOKEN_RE = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")  # RFC 8866 section 9 token
 _TAG_RE = re.compile(r"[0-9]{1,9}")  # tag = 1*9DIGIT
@@ -30,7 +40,7 @@ _LIFETIME_RE = re.compile(r"(?:2\^)?[0-9]{1,20}")
 _MKI_RE = re.compile(r"[0-9]{1,20}:[0-9]{1,3}")
 # A key-param's "<method>:" and the key-info up to "|" (lifetime, MKI) or ";" (next key).
 _KEY_INFO_RE = re.compile(r"(^|[\s;])([^\s;:|]+:)[^|;\s]*")
-_SDP_SECRET_LINE_RE = re.compile(r"^(a=crypto:|a=key-mgmt:|k=)([^\r\n]*)", re.M | re.I)
+_SDP_SECRET_LINE_RE = re.compile(r"^(a=crypto:|a=key-mgmt:|a=ice-pwd:|k=)([^\r\n]*)", re.M | re.I)
 
 
 @dataclass(frozen=True, repr=False)
@@ -116,19 +126,21 @@ def parse_crypto(value: str) -> Crypto:
 
 
 def redact_attribute(name: str, value: str | None) -> str | None:
-    """The value of an attribute as it may be logged: SDES/MIKEY keys masked."""
+    """The value of an attribute as it may be logged: SDES/MIKEY keys and the ICE
+    password masked."""
     if value is None:
         return None
     lowered = name.lower()
     if lowered == "crypto":
         return _KEY_INFO_RE.sub(r"\1\2***", value)
-    if lowered == "key-mgmt":  # RFC 4567: MIKEY data carries keys
-        return "***"
+    if lowered in ("key-mgmt", "ice-pwd"):  # MIKEY data carries keys (RFC 4567); the
+        return "***"  # ICE password keys STUN's MESSAGE-INTEGRITY (RFC 8445 7.2.2)
     return value
 
 
 def redact_sdp_text(text: str) -> str:
-    """Raw SDP text as it may be logged: crypto keys, key-mgmt and k= lines masked."""
+    """Raw SDP text as it may be logged: crypto keys, key-mgmt, ice-pwd and k= lines
+    masked."""
 
     def mask(match: re.Match[str]) -> str:
         kind = match.group(1).lower()
@@ -137,3 +149,34 @@ def redact_sdp_text(text: str) -> str:
         return match.group(1) + "***"
 
     return _SDP_SECRET_LINE_RE.sub(mask, text)
+
+
+def usable_crypto(crypto: Crypto) -> tuple[str, bytes] | None:
+    """(canonical suite, key||salt) of an acceptable crypto line, else None."""
+    suite = crypto.suite.upper()  # ABNF literals are case-insensitive (RFC 5234 2.3)
+    if suite not in SUITE_KEY_LENGTHS or len(crypto.key_params) != 1:
+        return None  # an unknown suite, or several keys (which need MKIs)
+    key = crypto.key_params[0]
+    if key.method.lower() != "inline" or key.mki is not None:
+        return None
+    if any(not p.upper().startswith(_SESSION_PARAM_PREFIXES) for p in crypto.session_params):
+        return None
+    try:
+        raw = key.key_bytes()
+    except ValueError:
+        return None
+    return (suite, raw) if len(raw) == SUITE_KEY_LENGTHS[suite] else None
+
+
+def choose_crypto(cryptos: Iterable[Crypto]) -> tuple[int, str, bytes] | None:
+    """(tag, suite, key||salt) of the line to answer: the first of the most preferred
+    usable suite (RFC 4568 section 7.1.1 lets the answerer pick); None if none is usable."""
+    usable = []
+    for crypto in cryptos:
+        found = usable_crypto(crypto)
+        if found is not None:
+            usable.append((SUITE_PREFERENCE.index(found[0]), crypto.tag, found[0], found[1]))
+    if not usable:
+        return None
+    _, tag, suite, key = min(usable, key=lambda u: u[0])  # first line of the best suite
+    return tag, suite, key

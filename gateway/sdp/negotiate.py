@@ -1,7 +1,9 @@
 """Offer/answer (RFC 3264) for the gateway's two legs, with SDES-SRTP (RFC 4568).
 
 WhatsApp leg: RTP/SAVP, SDES keys, Opus (always) or G.711 (when Meta enabled it),
-telephone-event/8000, rtcp-mux. PBX leg: RTP/AVP, PCMU/PCMA, telephone-event/8000.
+telephone-event/8000, rtcp-mux; or, per the number's ``srtp`` mode, WebRTC media
+(UDP/TLS/RTP/SAVPF: ICE and DTLS-SRTP, the attributes in :mod:`gateway.sdp.webrtc`).
+PBX leg: RTP/AVP, PCMU/PCMA, telephone-event/8000.
 Every function takes and returns :class:`SessionDescription` objects and a
 :class:`MediaParams` summary for the media layer; nothing here does I/O. Keys are
 made by the caller's ``new_key(suite)`` (in production
@@ -18,10 +20,14 @@ import copy
 import ipaddress
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.netaddr import hostport
-from gateway.sdp.crypto import SUITE_LENGTHS, Crypto
+from gateway.sdp.crypto import SUITE_KEY_LENGTHS as SUITE_KEY_LENGTHS  # re-exported
+from gateway.sdp.crypto import SUITE_PREFERENCE as SUITE_PREFERENCE  # re-exported
+from gateway.sdp.crypto import choose_crypto, usable_crypto
+from gateway.sdp.errors import WARN_MEDIA_TYPE, WARN_TRANSPORT
+from gateway.sdp.errors import NegotiationError as NegotiationError  # re-exported
 from gateway.sdp.session import (
     Connection,
     MediaDescription,
@@ -29,20 +35,25 @@ from gateway.sdp.session import (
     RtpMap,
     SessionDescription,
 )
+from gateway.sdp.webrtc import (
+    DTLS_PROTOS,
+    SDES_PROTOS,
+    LocalWebRtc,
+    SrtpMode,
+    WebRtcParams,
+    answer_setup,
+    is_dtls,
+    mode_error,
+    parse_candidate,
+    remote_webrtc,
+    stream_protos,
+)
 
-SUITE_PREFERENCE = tuple(SUITE_LENGTHS)
-# Master key || master salt, in bytes (the table: gateway.sdp.crypto.SUITE_LENGTHS).
-SUITE_KEY_LENGTHS = {suite: key + salt for suite, (key, salt) in SUITE_LENGTHS.items()}
 G711_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}  # RFC 3551 section 6
 PBX_AUDIO_RATE = 8000  # the PBX leg is G.711: every sample the bridge handles is 8 kHz
+_ANSWER_CODECS = ("opus", "PCMU", "PCMA")
 DTMF_EVENTS = "0-16"  # RFC 4733 section 3.2: DTMF 0-9 * # A-D and flash
 
-# RFC 3261 section 20.43 warning codes
-WARN_TRANSPORT = 302  # incompatible transport protocol
-WARN_MEDIA_TYPE = 304  # media type not available
-WARN_FORMAT = 305  # incompatible media format
-
-_SAVP = ("RTP/SAVP", "RTP/SAVPF")
 _AVP = ("RTP/AVP", "RTP/AVPF")
 _FLAGS = {
     "sendrecv": (True, True),
@@ -50,24 +61,6 @@ _FLAGS = {
     "recvonly": (False, True),
     "inactive": (False, False),
 }
-# Session parameters we can honour (RFC 4568 section 6.3): a line with any other is
-# not acceptable (section 6.3: "MUST be rejected" when not supported). WSH is a hint;
-# FEC_ORDER only matters with FEC, which we do not use.
-_SESSION_PARAM_PREFIXES = ("WSH=", "FEC_ORDER=")
-
-
-class NegotiationError(Exception):
-    """An offer or answer the gateway cannot accept; answer ``status`` with ``warning``."""
-
-    def __init__(self, reason: str, status: int = 488, warning: int = WARN_FORMAT) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.warning = warning
-
-    def warning_header(self, host: str) -> tuple[str, str]:
-        """``Warning: <code> <host> "<reason>"`` for the 488 (RFC 3261 13.3.1.3, 20.43)."""
-        return ("Warning", f'{self.warning} {host} "{self.reason.replace(chr(34), chr(39))}"')
 
 
 @dataclass(frozen=True, repr=False)
@@ -94,6 +87,8 @@ class MediaParams:
     useinbandfec, ...). ``channels`` is the rtpmap's: 2 for Opus whatever is sent
     (RFC 7587 section 7). ``direction`` is ours: "recvonly" means do not send to
     the remote (it put us on hold). ``ptime`` is the remote's packetisation wish.
+    With DTLS-SRTP ``srtp`` is None and ``webrtc`` is set (the keys come from the
+    handshake); the remote address/port are then its preferred ICE candidate's.
     """
 
     remote_address: str
@@ -113,6 +108,7 @@ class MediaParams:
     srtp: SrtpParams | None = None
     recv_payload_type: int | None = None
     recv_dtmf_payload_type: int | None = None
+    webrtc: WebRtcParams | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fmtp", dict(self.fmtp))
@@ -139,7 +135,10 @@ def answer_direction(offered: str) -> str:
 def describe(media: MediaParams) -> str:
     """A one-line summary safe to log (no key material)."""
     parts = [f"{media.codec}/{media.clock_rate} pt{media.payload_type}"]
-    parts.append(f"SRTP {media.srtp.suite}" if media.srtp is not None else "RTP")
+    if media.webrtc is not None:
+        parts.append("DTLS-SRTP " + ("client" if media.webrtc.dtls_client else "server"))
+    else:
+        parts.append(f"SRTP {media.srtp.suite}" if media.srtp is not None else "RTP")
     parts.append(f"-> {hostport(media.remote_address, media.remote_port)}")
     parts.append("rtcp-mux" if media.rtcp_mux else f"rtcp {media.remote_rtcp_port}")
     if media.dtmf_payload_type is not None:
@@ -165,17 +164,46 @@ def answer_whatsapp_offer(
     new_key: Callable[[str], bytes],
     session_id: int | None = None,
     pcm_rate: int = PBX_AUDIO_RATE,
+    srtp_mode: SrtpMode = "auto",
+    local_webrtc: LocalWebRtc | None = None,
+    number: str | None = None,
 ) -> tuple[SessionDescription, MediaParams]:
-    """Answer Meta's offer on a user-initiated call (docs/whatsapp-sip.md section 6)."""
+    """Answer Meta's offer on a user-initiated call (docs/whatsapp-sip.md sections 6, 7).
+
+    ``srtp_mode`` is the number's: "sdes" answers SDES offers only, "dtls" WebRTC
+    (DTLS-SRTP) offers only, "auto" whichever Meta offers; a WebRTC offer needs
+    ``local_webrtc`` (our ICE credentials, fingerprint and host candidate). A mismatch
+    is a 488 whose Warning names ``number`` and both modes.
+    """
     _check_local(local_address, local_port)
+    if srtp_mode == "dtls" and local_webrtc is None:
+        raise ValueError('srtp_mode "dtls" needs local_webrtc')
     order = _g711_names(g711_order)
-    index = _pick_stream(offer, _SAVP, "RTP/SAVP")
+    ready = local_webrtc is not None
+    try:
+        index = _pick_stream(offer, *stream_protos(srtp_mode, ready))
+    except NegotiationError as exc:
+        raise mode_error(offer, srtp_mode, ready, number) or exc from None
     m = offer.media[index]
-    conn = _remote_connection(offer, m)
-    crypto = _choose_crypto(m)
-    if crypto is None:
-        raise NegotiationError("no acceptable SDES crypto line offered")
-    tag, suite, remote_key = crypto
+    extra: list[tuple[str, str | None]] = []
+    if m.mid is not None:
+        extra.append(("mid", m.mid))  # RFC 5888 section 9.1
+    srtp = webrtc = None
+    if local_webrtc is not None and is_dtls(m):
+        webrtc = remote_webrtc(offer, m, local_family=local_webrtc.family, answer=False)
+        conn = webrtc.connection()
+        extra += local_webrtc.attributes(answer_setup(webrtc.setup))
+    else:
+        conn = _remote_connection(offer, m)
+        crypto = choose_crypto(m.cryptos())
+        if crypto is None:
+            raise NegotiationError("no acceptable SDES crypto line offered")
+        tag, suite, remote_key = crypto
+        local_key = new_key(suite)
+        if len(local_key) != SUITE_KEY_LENGTHS[suite]:
+            raise ValueError(f"new_key({suite}) returned {len(local_key)} bytes")
+        srtp = SrtpParams(suite, local_key, remote_key, tag)
+        extra.append(("crypto", f"{tag} {suite} inline:{_b64(local_key)}"))  # RFC 4568 5.1.2
     maps = m.rtpmaps()
     codec = None
     if allow_g711:
@@ -184,18 +212,11 @@ def answer_whatsapp_offer(
     if codec is None:
         raise NegotiationError("no usable codec offered (Opus, or G.711 when enabled)")
     dtmf = _find(m, maps, "telephone-event", 8000)  # 8000 only (docs/whatsapp-sip.md 6)
-    local_key = new_key(suite)
-    if len(local_key) != SUITE_KEY_LENGTHS[suite]:
-        raise ValueError(f"new_key({suite}) returned {len(local_key)} bytes")
     direction = answer_direction(m.direction(offer))
-    params = _media_params(
-        conn, m, codec, dtmf, direction, m.rtcp_mux, SrtpParams(suite, local_key, remote_key, tag)
-    )
+    params = _media_params(conn, m, codec, dtmf, direction, m.rtcp_mux, srtp)
+    if webrtc is not None:
+        params = _with_webrtc(params, webrtc)
     fmtps = {codec.pt: _opus_fmtp(pcm_rate)} if codec.is_("opus") else {}
-    extra: list[tuple[str, str | None]] = []
-    if m.mid is not None:
-        extra.append(("mid", m.mid))  # RFC 5888 section 9.1
-    extra.append(("crypto", f"{tag} {suite} inline:{_b64(local_key)}"))  # RFC 4568 5.1.2
     section = _audio_section(
         local_port, m.proto, [codec], dtmf, fmtps, params.direction, m.rtcp_mux, extra
     )
@@ -219,11 +240,15 @@ def make_whatsapp_offer(
     suites: Sequence[str] = SUITE_PREFERENCE[:2],
     session_id: int | None = None,
     pcm_rate: int = PBX_AUDIO_RATE,
+    local_webrtc: LocalWebRtc | None = None,
 ) -> tuple[SessionDescription, dict[int, bytes]]:
     """Offer for a business-initiated call; returns the offer and our key per crypto tag.
 
     G.711 (when given) is listed before Opus: Meta picks by RFC 3264 preference, so a
     number with G.711 enabled is answered without any transcoding on either side.
+    With ``local_webrtc`` the offer is WebRTC media (UDP/TLS/RTP/SAVPF, our ICE
+    credentials, host candidate and fingerprint, ``a=setup:actpass``, mid "audio" in a
+    BUNDLE group) and has no keys: they come from the DTLS handshake.
     """
     _check_local(local_address, local_port)
     if not (96 <= opus_pt <= 127 and 96 <= dtmf_pt <= 127) or opus_pt == dtmf_pt:
@@ -234,6 +259,9 @@ def make_whatsapp_offer(
     codecs.append(RtpMap(opus_pt, "opus", 48000, 2))
     keys: dict[int, bytes] = {}
     extra: list[tuple[str, str | None]] = []
+    if local_webrtc is not None:
+        extra += [("mid", "audio"), *local_webrtc.attributes("actpass")]  # RFC 5763 5
+        suites = ()
     for tag, suite in enumerate(suites, 1):
         keys[tag] = new_key(suite)
         if len(keys[tag]) != SUITE_KEY_LENGTHS[suite]:
@@ -241,7 +269,7 @@ def make_whatsapp_offer(
         extra.append(("crypto", f"{tag} {suite} inline:{_b64(keys[tag])}"))
     section = _audio_section(
         local_port,
-        "RTP/SAVP",
+        DTLS_PROTOS[0] if local_webrtc is not None else "RTP/SAVP",
         codecs,
         RtpMap(dtmf_pt, "telephone-event", 8000),
         {opus_pt: _opus_fmtp(pcm_rate)},
@@ -250,6 +278,8 @@ def make_whatsapp_offer(
         extra,
     )
     offer = _session(local_address, session_id)
+    if local_webrtc is not None:
+        offer.attributes.append(("group", "BUNDLE audio"))  # RFC 8843 section 7.2
     offer.media.append(section)
     return offer, keys
 
@@ -257,13 +287,19 @@ def make_whatsapp_offer(
 def accept_whatsapp_answer(
     offer: SessionDescription, answer: SessionDescription, local_keys: dict[int, bytes]
 ) -> MediaParams:
-    """Meta's answer to :func:`make_whatsapp_offer`: the chosen codec and crypto tag."""
-    index = _pick_stream(offer, _SAVP, "RTP/SAVP")
+    """Meta's answer to :func:`make_whatsapp_offer`: the chosen codec and crypto tag, or
+    (to a WebRTC offer) Meta's ICE/DTLS parameters, our DTLS role from its a=setup."""
+    index = _pick_stream(offer, SDES_PROTOS + DTLS_PROTOS, "RTP/SAVP")
     om, am, conn = _answered_stream(offer, answer, index)
+    if is_dtls(om):
+        ours = parse_candidate(om.attribute("candidate") or "")
+        webrtc = remote_webrtc(answer, am, local_family=ours.family or 4, answer=True)
+        params = _accept(offer, om, answer, am, webrtc.connection(), _ANSWER_CODECS, None)
+        return _with_webrtc(params, webrtc)
     offered = {c.tag: c.suite.upper() for c in om.cryptos()}
     chosen = None
     for crypto in am.cryptos():  # RFC 4568 section 5.1.3: one line, an offered tag
-        usable = _usable_crypto(crypto)
+        usable = usable_crypto(crypto)
         if usable and offered.get(crypto.tag) == usable[0] and crypto.tag in local_keys:
             chosen = crypto.tag, usable[0], usable[1]
             break
@@ -271,7 +307,7 @@ def accept_whatsapp_answer(
         raise NegotiationError("answer has no crypto line matching an offered tag and suite")
     tag, suite, remote_key = chosen
     srtp = SrtpParams(suite, local_keys[tag], remote_key, tag)
-    return _accept(offer, om, answer, am, conn, ("opus", "PCMU", "PCMA"), srtp)
+    return _accept(offer, om, answer, am, conn, _ANSWER_CODECS, srtp)
 
 
 # ---------------------------------------------------------------------------
@@ -494,35 +530,6 @@ def _find(m: MediaDescription, maps: dict[int, RtpMap], name: str, clock: int) -
     return None
 
 
-def _usable_crypto(crypto: Crypto) -> tuple[str, bytes] | None:
-    """(canonical suite, key||salt) of an acceptable crypto line, else None."""
-    suite = crypto.suite.upper()  # ABNF literals are case-insensitive (RFC 5234 2.3)
-    if suite not in SUITE_KEY_LENGTHS or len(crypto.key_params) != 1:
-        return None  # an unknown suite, or several keys (which need MKIs)
-    key = crypto.key_params[0]
-    if key.method.lower() != "inline" or key.mki is not None:
-        return None
-    if any(not p.upper().startswith(_SESSION_PARAM_PREFIXES) for p in crypto.session_params):
-        return None
-    try:
-        raw = key.key_bytes()
-    except ValueError:
-        return None
-    return (suite, raw) if len(raw) == SUITE_KEY_LENGTHS[suite] else None
-
-
-def _choose_crypto(m: MediaDescription) -> tuple[int, str, bytes] | None:
-    usable = []
-    for crypto in m.cryptos():
-        found = _usable_crypto(crypto)
-        if found is not None:
-            usable.append((SUITE_PREFERENCE.index(found[0]), crypto.tag, found[0], found[1]))
-    if not usable:
-        return None
-    _, tag, suite, key = min(usable, key=lambda u: u[0])  # first line of the best suite
-    return tag, suite, key
-
-
 def _ptime(m: MediaDescription, codec: RtpMap) -> int:
     ptime, maxptime = m.ptime, m.maxptime
     allowed = (10, 20, 40, 60) if codec.is_("opus") else (10, 20, 30, 40, 50, 60)
@@ -618,6 +625,11 @@ def _accept(
     rtcp_mux = om.rtcp_mux and am.rtcp_mux
     recv_pts = (recv.pt, recv_dtmf.pt if recv_dtmf is not None else None)
     return _media_params(conn, am, codec, dtmf, direction, rtcp_mux, srtp, recv_pts)
+
+
+def _with_webrtc(params: MediaParams, webrtc: WebRtcParams) -> MediaParams:
+    port = webrtc.port  # rtcp-mux is required with WebRTC media
+    return replace(params, remote_port=port, remote_rtcp_port=port, webrtc=webrtc)
 
 
 def _canonical(address: str) -> str:

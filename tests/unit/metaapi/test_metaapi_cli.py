@@ -37,6 +37,17 @@ def config(emu: GraphEmulator, tmp_path: Path, **overrides: Any) -> str:
     return str(path)
 
 
+def number(**extra: Any) -> dict[str, Any]:
+    """The configs' number entry with ``extra`` keys (srtp, ...)."""
+    entry = {
+        "number": NUMBER,
+        "sip_password_file": "secrets/15550001111.password",
+        "phone_number_id": PNID,
+        "waba_id": "102290129340398",
+    }
+    return {**entry, **extra}
+
+
 # --------------------------------------------------------------------------- show
 
 
@@ -46,13 +57,15 @@ def test_show_a_fresh_number(emu: GraphEmulator, tmp_path: Path, capsys: Capsys)
     code, out, err = run(capsys, "meta", "show", "-c", cfg)
     assert code == 2, out + err
     assert out.startswith(
-        f"{NUMBER} (phone_number_id {PNID}), WABA 102290129340398: 4 problems, 1 warning\n"
+        f"{NUMBER} (phone_number_id {PNID}), WABA 102290129340398: 3 problems, 2 warnings\n"
     )
     for text in (
         "[x] calling.status: Calling is DISABLED at Meta",
         "[x] calling.sip.status: SIP is DISABLED at Meta",
         "[x] calling.sip.servers: No SIP server is configured at Meta",
-        "[x] calling.srtp_key_exchange_protocol: Meta's SRTP key exchange is DTLS",
+        # srtp: auto (the default) answers Meta's DTLS: a warning about outbound calls only
+        "[~] calling.srtp_key_exchange_protocol: Meta's SRTP key exchange is DTLS and"
+        " whatsapp.numbers.0.srtp is auto",
         "[~] calling.audio.additional_codecs: G.711 (PCMA,PCMU) is enabled at Meta",
         f"fix: wa-sip-gateway meta apply -c {cfg} (sets calling.status ENABLED).",
         "callback permission   DISABLED",
@@ -145,7 +158,7 @@ def test_apply_dry_run_then_apply_then_idempotent(
     cfg = config(
         emu,
         tmp_path,
-        whatsapp={"request_uri_user_params": ";tgrp=wacall"},
+        whatsapp={"request_uri_user_params": ";tgrp=wacall", "numbers": [number(srtp="sdes")]},
         meta_api={"calling": {"callback_permission_status": "ENABLED"}},
     )
     code, out, _ = run(capsys, "meta", "apply", "-c", cfg, "--dry-run")
@@ -183,6 +196,37 @@ def test_apply_dry_run_then_apply_then_idempotent(
     assert code == 0 and out.endswith("dry run: nothing to change.\n")
     code, _, _ = run(capsys, "meta", "show", "-c", cfg)
     assert code == 0
+
+
+@pytest.mark.parametrize("mode", ["dtls", "auto"])
+def test_dtls_at_meta_is_no_error_when_the_mode_allows_it(
+    emu: GraphEmulator, tmp_path: Path, capsys: Capsys, mode: str
+) -> None:
+    state = emu.configured(PNID, "sip.example.com", 5061, srtp_key_exchange_protocol="DTLS")
+    cfg = config(emu, tmp_path, whatsapp={"numbers": [number(srtp=mode)]})
+    code, out, _ = run(capsys, "meta", "show", "-c", cfg)
+    assert code == 0, out  # no error; auto warns about calls to WhatsApp
+    assert ("[~] calling.srtp_key_exchange_protocol" in out) is (mode == "auto")
+    assert "[x]" not in out
+    code, out, _ = run(capsys, "meta", "apply", "-c", cfg)
+    assert code == 0 and "nothing to change" in out
+    assert emu.posts() == [] and state.calling["srtp_key_exchange_protocol"] == "DTLS"
+
+
+def test_apply_sets_dtls_for_a_dtls_number(
+    emu: GraphEmulator, tmp_path: Path, capsys: Capsys
+) -> None:
+    state = emu.configured(PNID, "sip.example.com", 5061)  # SDES at Meta
+    cfg = config(emu, tmp_path, whatsapp={"numbers": [number(srtp="dtls")]})
+    code, out, _ = run(capsys, "meta", "show", "-c", cfg)
+    assert code == 2
+    assert "[x] calling.srtp_key_exchange_protocol: Meta's SRTP key exchange is SDES" in out
+    code, out, _ = run(capsys, "meta", "apply", "-c", cfg)
+    assert code == 0, out
+    assert "calling.srtp_key_exchange_protocol  SDES  ->  DTLS" in out
+    assert emu.posts() == [{"calling": {"srtp_key_exchange_protocol": "DTLS"}}]
+    assert state.calling["srtp_key_exchange_protocol"] == "DTLS"
+    assert run(capsys, "meta", "show", "-c", cfg)[0] == 0
 
 
 def test_apply_moves_the_server_and_g711(

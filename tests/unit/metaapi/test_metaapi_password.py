@@ -93,6 +93,33 @@ async def test_rotate(emu: GraphEmulator, tmp_path: Path) -> None:
     assert state.calling["srtp_key_exchange_protocol"] == "SDES"
 
 
+@pytest.mark.parametrize(
+    ("mode", "before", "restored"),
+    [
+        ("dtls", "DTLS", None),  # DTLS is what Meta falls back to: nothing to post
+        ("auto", None, None),
+        ("dtls", "SDES", "SDES"),  # rotation keeps what was in force; `meta apply` aligns
+        ("sdes", "SDES", "SDES"),
+    ],
+)
+async def test_rotate_keeps_the_key_exchange_in_force(
+    emu: GraphEmulator, tmp_path: Path, mode: str, before: str | None, restored: str | None
+) -> None:
+    state = emu.configured(PNID, "sip.example.com", 5061, srtp_key_exchange_protocol=before)
+    if before is None:
+        state.calling.pop("srtp_key_exchange_protocol")
+    number = {"number": "+15550001111", "sip_password_file": "pw", "srtp": mode}
+    _, cfg = write_config(emu, tmp_path, whatsapp={"numbers": [number]})
+    async with graph(emu) as g:
+        settings = CallingSettings.parse(await g.get(f"/{PNID}/settings"))
+        await rotate_password(g, PNID, settings, desired_for(cfg, 0))
+    posts = emu.posts()
+    assert [p["calling"]["sip"]["status"] for p in posts[:2]] == ["DISABLED", "ENABLED"]
+    expected = [{"calling": {"srtp_key_exchange_protocol": restored}}] if restored else []
+    assert posts[2:] == expected
+    assert CallingSettings.parse({"calling": state.calling}).srtp == (before or "DTLS")
+
+
 async def test_rotate_fails_half_way_says_sip_is_off(emu: GraphEmulator, tmp_path: Path) -> None:
     state = emu.configured(PNID, "sip.example.com", 5061)
     _, cfg = write_config(emu, tmp_path)

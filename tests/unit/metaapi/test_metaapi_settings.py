@@ -137,16 +137,99 @@ def test_listener_port_from_config(tmp_path: Path) -> None:
     assert keys(compare(meta(), desired, now=NOW)) == [("calling.sip.servers.0.port", "error")]
 
 
-def test_srtp_not_sdes(tmp_path: Path) -> None:
-    for settings, shown in (
-        (meta(srtp_key_exchange_protocol=None), "DTLS (Meta's default)"),
-        (meta(srtp_key_exchange_protocol="DTLS"), "DTLS"),
-    ):
-        result = compare(settings, want(tmp_path), now=NOW)
-        assert keys(result) == [("calling.srtp_key_exchange_protocol", "error")]
-        assert "the gateway does SDES only" in result.findings[0].message
-        row = next(r for r in result.rows if r.name == "SRTP key exchange")
-        assert (row.meta, row.gateway) == (shown, "SDES")
+def with_srtp(tmp_path: Path, mode: str) -> Desired:
+    number = {"number": NUMBER, "sip_password_file": "pw", "phone_number_id": PNID, "srtp": mode}
+    return want(tmp_path, whatsapp={"numbers": [number]})
+
+
+@pytest.mark.parametrize(
+    ("mode", "protocol", "shown", "gateway", "severity"),
+    [
+        ("sdes", "SDES", "SDES", "SDES", None),
+        ("sdes", None, "DTLS (Meta's default)", "SDES", "error"),
+        ("sdes", "DTLS", "DTLS", "SDES", "error"),
+        ("dtls", None, "DTLS (Meta's default)", "DTLS", None),
+        ("dtls", "DTLS", "DTLS", "DTLS", None),
+        ("dtls", "SDES", "SDES", "DTLS", "error"),
+        ("auto", "SDES", "SDES", "auto (SDES or DTLS)", None),
+        ("auto", None, "DTLS (Meta's default)", "auto (SDES or DTLS)", "warning"),
+        ("auto", "DTLS", "DTLS", "auto (SDES or DTLS)", "warning"),
+    ],
+)
+def test_srtp_against_the_numbers_mode(
+    tmp_path: Path,
+    mode: str,
+    protocol: str | None,
+    shown: str,
+    gateway: str,
+    severity: str | None,
+) -> None:
+    result = compare(meta(srtp_key_exchange_protocol=protocol), with_srtp(tmp_path, mode), now=NOW)
+    expected = [("calling.srtp_key_exchange_protocol", severity)] if severity else []
+    assert keys(result) == expected
+    assert result.ok is (severity != "error")
+    row = next(r for r in result.rows if r.name == "SRTP key exchange")
+    assert (row.meta, row.gateway, row.ok) == (shown, gateway, severity is None)
+
+
+def test_srtp_findings_say_what_breaks_and_the_fix(tmp_path: Path) -> None:
+    (sdes,) = compare(meta(srtp_key_exchange_protocol="DTLS"), with_srtp(tmp_path, "sdes")).findings
+    assert sdes.message.startswith(
+        "Meta's SRTP key exchange is DTLS, but whatsapp.numbers.0.srtp is sdes: Meta's INVITEs"
+        " carry DTLS-SRTP offers the gateway refuses for this number (488)"
+    )
+    assert sdes.fix == (
+        "wa-sip-gateway meta apply -c FILE (sets SDES; needs SIP enabled), or set"
+        " whatsapp.numbers.0.srtp: dtls or auto."
+    )
+    (dtls,) = compare(meta(), with_srtp(tmp_path, "dtls")).findings
+    assert "is SDES, but whatsapp.numbers.0.srtp is dtls: Meta's INVITEs carry SDES" in (
+        dtls.message
+    )
+    assert dtls.fix.startswith("wa-sip-gateway meta apply -c FILE (sets DTLS;")
+    assert dtls.fix.endswith("set whatsapp.numbers.0.srtp: sdes or auto.")
+    (auto,) = compare(meta(srtp_key_exchange_protocol=None), with_srtp(tmp_path, "auto")).findings
+    assert "calls from WhatsApp are answered with DTLS-SRTP, but calls to WhatsApp offer SDES" in (
+        auto.message
+    )
+    assert auto.fix.startswith("Set whatsapp.numbers.0.srtp: dtls, or")
+
+
+@pytest.mark.parametrize(
+    ("mode", "protocol", "posted"),
+    [
+        ("sdes", None, "SDES"),
+        ("sdes", "DTLS", "SDES"),
+        ("sdes", "SDES", None),
+        ("dtls", "SDES", "DTLS"),
+        ("dtls", None, None),  # unset is DTLS, Meta's default
+        ("dtls", "DTLS", None),
+        ("auto", None, None),  # auto leaves Meta's setting alone
+        ("auto", "SDES", None),
+        ("auto", "DTLS", None),
+    ],
+)
+def test_plan_sets_the_key_exchange_from_the_mode(
+    tmp_path: Path, mode: str, protocol: str | None, posted: str | None
+) -> None:
+    settings = meta(srtp_key_exchange_protocol=protocol)
+    todo = plan(settings, with_srtp(tmp_path, mode))
+    if posted is None:
+        assert todo.empty and todo.bodies == []
+        return
+    assert todo.bodies == [{"calling": {"srtp_key_exchange_protocol": posted}}]
+    (change,) = todo.changes
+    assert (change.key, change.before, change.after) == (
+        "calling.srtp_key_exchange_protocol",
+        protocol or "DTLS (default)",
+        posted,
+    )
+
+
+def test_desired_json_names_the_protocol_unless_auto(tmp_path: Path) -> None:
+    assert with_srtp(tmp_path, "sdes").to_json()["srtp_key_exchange_protocol"] == "SDES"
+    assert with_srtp(tmp_path, "dtls").to_json()["srtp_key_exchange_protocol"] == "DTLS"
+    assert "srtp_key_exchange_protocol" not in with_srtp(tmp_path, "auto").to_json()
 
 
 def test_g711_at_meta_but_not_in_the_gateway(tmp_path: Path) -> None:
@@ -316,7 +399,11 @@ def test_a_numbers_own_calling_settings_override_the_shared_ones(tmp_path: Path)
 
 def test_plan_from_nothing_posts_sip_before_sdes(tmp_path: Path) -> None:
     settings = CallingSettings.parse({"calling": {"status": "DISABLED"}})
-    todo = plan(settings, want(tmp_path))
+    assert [c.key for c in plan(settings, want(tmp_path)).changes] == [
+        "calling.status",
+        "calling.sip",  # srtp: auto (the default) leaves Meta's DTLS alone
+    ]
+    todo = plan(settings, with_srtp(tmp_path, "sdes"))
     assert [c.key for c in todo.changes] == [
         "calling.status",
         "calling.sip",
