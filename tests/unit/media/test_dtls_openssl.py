@@ -5,6 +5,7 @@ SRTP keys are RFC 5764's layout of the exporter output the other side computes."
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import shutil
@@ -61,14 +62,20 @@ def free_udp_port() -> int:
         return port
 
 
-def wait_for_line(proc: subprocess.Popen[bytes], text: bytes, seconds: float = 5.0) -> None:
+def wait_for_line(proc: subprocess.Popen[bytes], text: bytes, seconds: float = 5.0) -> str:
+    """Read openssl's output (unbuffered: select sees the pipe) until ``text``; returns it."""
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen = b""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if ready and text in proc.stdout.readline():
-            return
-    raise AssertionError(f"openssl never printed {text!r}")
+    while text not in seen:
+        assert time.monotonic() < deadline, f"openssl never printed {text!r}: {seen!r}"
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(fd, 4096)
+            assert chunk, f"openssl exited: {seen!r}"
+            seen += chunk
+    return seen.decode(errors="replace")
 
 
 def drive(
@@ -145,10 +152,10 @@ def test_our_client_against_openssl_s_server(
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        wait_for_line(proc, b"ACCEPT")
+        started = wait_for_line(proc, b"ACCEPT")
         endpoint = DtlsEndpoint(ours, client=True, remote_fingerprints=[fingerprint])
         peer = drive(endpoint, udp, ("127.0.0.1", port))
-        output = finish(endpoint, udp, peer, proc)
+        output = started + finish(endpoint, udp, peer, proc)
     finally:
         if proc.poll() is None:
             proc.kill()
