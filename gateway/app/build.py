@@ -26,6 +26,7 @@ from gateway.b2bua.probe import PbxProber
 from gateway.config import Config
 from gateway.logging import get_logger
 from gateway.media.bridge import BridgeFactory
+from gateway.media.dtls import DtlsCertificate
 from gateway.metaapi.health import MetaHealthCollector, MetaHealthPoller
 from gateway.ops.admission import OverloadControls, build_throttle
 from gateway.ops.http import HttpServer
@@ -93,7 +94,14 @@ def build(
     # issued here verifies on any of them.
     secret = cfg.cluster.read_nonce_secret() or secrets.token_bytes(32)
     digest = DigestServer(secret, cfg.whatsapp.hostname, algorithms=("MD5",))
-    bridges = BridgeFactory(loop, ports, media_clock, media_settings(cfg.media), frame_times)
+    bridges = BridgeFactory(
+        loop,
+        ports,
+        media_clock,
+        media_settings(cfg.media),
+        frame_times,
+        certificate=dtls_certificate(cfg),
+    )
     throttle = build_throttle(cfg, digest.nonce_ttl)
     calls = CallManager(
         cfg,
@@ -154,3 +162,21 @@ def build(
     metrics.registry.register(MetaHealthCollector(meta_health))
     metrics.registry.register(overload.collector())
     return runtime
+
+
+def dtls_certificate(cfg: Config) -> DtlsCertificate | None:
+    """The DTLS certificate of Meta's WebRTC media mode: ``media.dtls``'s files, else a
+    new ECDSA P-256 one; None when every number is ``srtp: sdes``. Its fingerprint is
+    logged (it is public: it goes in every WebRTC-mode SDP)."""
+    if cfg.whatsapp.numbers and all(n.srtp == "sdes" for n in cfg.whatsapp.numbers):
+        return None
+    files = cfg.media.dtls
+    if files.cert_file is not None and files.key_file is not None:
+        cert = DtlsCertificate.load(files.cert_file, files.key_file)
+        source = str(files.cert_file)
+    else:
+        cert = DtlsCertificate.generate()
+        source = "generated (ECDSA P-256)"
+    algorithm, fingerprint = cert.fingerprint
+    log.info("dtls_certificate", source=source, fingerprint=f"{algorithm} {fingerprint}")
+    return cert

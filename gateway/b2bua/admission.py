@@ -115,7 +115,7 @@ class Admission:
             return
         key = route.key
         try:
-            bridge = manager.bridges(key, lambda media_leg: manager.no_media(key, media_leg))
+            bridge = manager.bridges(key, lambda leg, why: manager.no_media(key, leg, why))
         except NoMediaPorts:
             self.reject(tx, 503, RETRY, "no media ports", leg)
             return
@@ -135,6 +135,7 @@ class Admission:
                     manager.sip,
                     bridge,
                     manager.ended,
+                    manager.srtp_seen.get(route.info.number),
                 )
         except (SdpError, NegotiationError) as exc:
             bridge.close()
@@ -144,6 +145,11 @@ class Admission:
         manager.add(call)
         call.start()
         if leg == "whatsapp":
+            # What Meta offers on a number tells a call to it which key exchange to offer.
+            wa_media = call.whatsapp.media
+            if wa_media is not None:
+                dtls = wa_media.webrtc is not None
+                manager.srtp_seen[route.info.number] = "dtls" if dtls else "sdes"
             log.info(
                 "call_admitted",
                 call=key,

@@ -79,6 +79,7 @@ class Call:
         self.answered_at: float | None = None
         self.ended_at: float | None = None
         self.end_reason = ""
+        self.media_failure = ""  # why the media could not be set up (WebRTC mode)
         self.ended_by = ""  # "whatsapp", "pbx" or "gateway"
         self.final_status: int | None = None
         self.meta_failure: dict[str, object] | None = None  # Meta's refusal of our INVITE
@@ -248,13 +249,24 @@ class Call:
         elif self.state is State.CONFIRMED:
             self.on_ack_timeout()  # our 2xx will never be ACKed
 
-    def on_no_media(self, leg: str) -> None:
+    def on_no_media(self, leg: str, why: str = "") -> None:
+        """The bridge gave up on ``leg``: no media for the timeout, or (``why``) its media
+        could not be set up (WebRTC mode: ICE unanswered, DTLS timeout or fingerprint
+        mismatch, consent lost). Both dialogs end with a Reason saying which."""
         if self.state is not State.CONFIRMED:
             return
-        log.warning("no_media", call=self.key, leg=leg)
-        reason = f'SIP;cause=408;text="no media from {leg}"'
-        self._bye_both("no media", "no media", reason)
-        self._end(f"no_media_{leg}", "gateway")
+        if not why or why.startswith("no media"):
+            log.warning("no_media", call=self.key, leg=leg)
+            reason = f'SIP;cause=408;text="no media from {leg}"'
+            self._bye_both("no media", "no media", reason)
+            self._end(f"no_media_{leg}", "gateway")
+        else:
+            log.warning("media_failed", call=self.key, leg=leg, why=why)
+            text = why.replace('"', "'")
+            reason = f'SIP;cause=488;text="{leg} media: {text}"'
+            self._bye_both("media failed", "media failed", reason)
+            self.media_failure = why
+            self._end(f"media_failed_{leg}", "gateway")
         self.sip.flush()
 
     # -- the callee's INVITE --------------------------------------------------

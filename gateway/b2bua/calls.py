@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from gateway.b2bua.admission import Admission, CallCounters
 from gateway.b2bua.call import Call
@@ -70,6 +71,9 @@ class CallManager:
         # other's (cluster.nonce_secret_file), so the clock must be the same on all.
         self.challenger = Challenger(digest, throttle, wall_clock, cfg.sip.user_agent)
         self.calls: dict[str, Call] = {}  # by key
+        # Per business number, the key exchange Meta last offered ("sdes"/"dtls"): what a
+        # call to WhatsApp offers when the number's srtp mode is "auto".
+        self.srtp_seen: dict[str, Literal["sdes", "dtls"]] = {}
         self._by_local: dict[tuple[str, str], tuple[Call, Leg]] = {}  # (Call-ID, our tag)
         self._by_server_tx: dict[ServerTransaction, Call] = {}  # the caller's INVITE
         self._on_call_end = on_call_end
@@ -185,10 +189,10 @@ class CallManager:
         for leg in (call.caller, call.callee):
             self._by_local[(leg.call_id, leg.tag)] = (call, leg)
 
-    def no_media(self, key: str, leg: str) -> None:
+    def no_media(self, key: str, leg: str, why: str = "") -> None:
         call = self.calls.get(key)
         if call is not None:
-            call.on_no_media(leg)
+            call.on_no_media(leg, why)
 
     def ended(self, call: Call, reason: str) -> None:
         if self.calls.get(call.key) is call:

@@ -18,7 +18,7 @@ from gateway.b2bua.context import pbx_context_headers
 from gateway.b2bua.endpoint import ALLOW
 from gateway.b2bua.leg import InviteSpec, UacLeg, UasLeg
 from gateway.b2bua.peer import contact_uri, pbx_address, pbx_peer, whatsapp_address, whatsapp_peer
-from gateway.b2bua.port import MediaBridge, SipPort, uri_user
+from gateway.b2bua.port import MediaBridge, SipPort, local_webrtc, uri_user
 from gateway.b2bua.session import PbxSession, WhatsAppSession
 from gateway.config import Config
 from gateway.media.srtp import new_key_material
@@ -49,6 +49,8 @@ def build(
     """The call for Meta's INVITE ``tx``; raises SdpError or NegotiationError when Meta's
     offer cannot be answered."""
     req = tx.request
+    number = cfg.whatsapp.number(info.number)
+    mode = number.srtp if number is not None else "auto"
     answer, wa_media = answer_whatsapp_offer(
         parse_sdp(req.body),
         local_address=cfg.media.sdp_address,
@@ -56,6 +58,9 @@ def build(
         allow_g711=cfg.media.g711_passthrough,
         g711_order=tuple(cfg.pbx.codecs),
         new_key=new_key_material,
+        srtp_mode=mode,
+        local_webrtc=local_webrtc(cfg, bridge) if mode != "sdes" else None,
+        number=info.number,
     )
     wa_via = whatsapp_address(cfg, source.transport)
     meta = whatsapp_peer(wa_via, conn_id=source.conn_id)

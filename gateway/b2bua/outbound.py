@@ -14,12 +14,13 @@ as soon as Meta's answer gives the keys. The call itself is the one machine of
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from gateway.b2bua.call import Call, CallInfo
 from gateway.b2bua.endpoint import ALLOW
 from gateway.b2bua.leg import InviteSpec, UacLeg, UasLeg
 from gateway.b2bua.peer import contact_uri, pbx_address, pbx_peer, whatsapp_address, whatsapp_peer
-from gateway.b2bua.port import LegAddress, MediaBridge, SipPort, uri_user
+from gateway.b2bua.port import LegAddress, MediaBridge, SipPort, local_webrtc, uri_user
 from gateway.b2bua.session import PbxSession, WhatsAppSession
 from gateway.config import Config, NumberConfig
 from gateway.media.srtp import new_key_material
@@ -47,6 +48,7 @@ def build(
     sip: SipPort,
     bridge: MediaBridge,
     on_end: Callable[[Call, str], None],
+    last_offered: Literal["sdes", "dtls"] | None = None,
 ) -> Call:
     """The call for the PBX's INVITE ``tx``; raises SdpError or NegotiationError when the
     PBX's offer cannot be answered."""
@@ -60,11 +62,15 @@ def build(
         pbx_via.host,
     )
     answer = session.answer(req.body)
+    # Meta's srtp_key_exchange_protocol governs both directions: the number's mode, or
+    # for "auto" what Meta last offered on it (``last_offered``), else SDES.
+    dtls = number.outbound_srtp(last_offered) == "dtls"
     wa_offer, wa_keys = make_whatsapp_offer(
         local_address=cfg.media.sdp_address,
         local_port=bridge.whatsapp_port,
         g711=tuple(cfg.pbx.codecs) if number.offer_g711 else (),
         new_key=new_key_material,
+        local_webrtc=local_webrtc(cfg, bridge) if dtls else None,
     )
     # Our Contact toward the PBX names the transport its INVITE came on.
     seen = LegAddress(source.transport, pbx_via.host, pbx_via.port)

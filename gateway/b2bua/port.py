@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
 
+from gateway.config import Config
 from gateway.media.stats import BridgeStats
 from gateway.netaddr import hostport
 from gateway.sdp.negotiate import MediaParams
+from gateway.sdp.webrtc import LocalWebRtc
 from gateway.sip.dialog import Dialog
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transaction import (
@@ -56,13 +58,27 @@ class MediaBridge(Protocol):
     def set_pbx(self, params: MediaParams) -> None:
         """The PBX's side is known or changed (answer, re-INVITE: hold, codec, address)."""
 
+    def local_webrtc(self) -> tuple[str, str, tuple[str, str]]:
+        """Our ICE ufrag, pwd and DTLS fingerprint for a WebRTC-mode SDP toward Meta."""
+
     def stats(self) -> BridgeStats: ...
 
     def close(self) -> None: ...
 
 
-BridgeFactory = Callable[[str, Callable[[str], None]], MediaBridge]
-"""(call key, on_no_media(leg)) -> a bridge with both ports allocated; raises NoMediaPorts."""
+def local_webrtc(cfg: Config, bridge: MediaBridge) -> LocalWebRtc | None:
+    """Our side of a WebRTC-mode SDP toward Meta (ICE credentials, DTLS fingerprint, host
+    candidate), or None when the bridge has no DTLS certificate (SDES only)."""
+    try:
+        ufrag, pwd, fingerprint = bridge.local_webrtc()
+    except RuntimeError:
+        return None
+    return LocalWebRtc(ufrag, pwd, fingerprint, cfg.media.sdp_address, bridge.whatsapp_port)
+
+
+BridgeFactory = Callable[[str, Callable[[str, str], None]], MediaBridge]
+"""(call key, on_no_media(leg, why)) -> a bridge with both ports allocated; raises
+NoMediaPorts. ``why`` says what failed: no media for the timeout, or WebRTC setup."""
 
 
 @dataclass(frozen=True)

@@ -12,20 +12,24 @@ business side), RTCP reports, and the no-media timeout.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 
+from gateway.ice.agent import new_credentials
 from gateway.logging import get_logger
 from gateway.media.codecs import PCM_FRAME_BYTES, CodecError
+from gateway.media.dtls import DtlsCertificate
 from gateway.media.dtmf import DtmfRelay
 from gateway.media.jitter import Lost
 from gateway.media.leg import DEFAULT_LATCH_WINDOW, Leg
 from gateway.media.rtcp import RtcpReceiverReport, RtcpSenderReport, build_report, parse_rtcp
 from gateway.media.rtp import RtpError, RtpPacket, parse_rtp
 from gateway.media.settings import MediaSettings
-from gateway.media.srtp import SrtpAuthError
+from gateway.media.srtp import SrtpAuthError, SrtpContext
 from gateway.media.stats import BridgeStats
+from gateway.media.webrtc import DTLS, STUN, WebRtcLink, demux
 from gateway.sdp.negotiate import MediaParams
 from gateway.transport.rtp import (
     FrameTimes,
@@ -61,16 +65,18 @@ class Bridge:
         pbx_sock: RtpSocket,
         clock: MediaClock,
         loop_time: Callable[[], float],
-        on_no_media: Callable[[str], None],
+        on_no_media: Callable[[str, str], None],
         *,
         no_media_timeout: float = 30.0,
         opus_complexity: int = 1,
         latch_window: float = DEFAULT_LATCH_WINDOW,
+        certificate: DtlsCertificate | None = None,
+        dtls_timeout: float = 10.0,
     ) -> None:
         self.key = key
         # Strict latching (gateway/media/leg.py): Meta's SDP address only; the PBX's
         # source port may be learned once, within latch_window (0: its SDP's only).
-        self.wa = Leg("whatsapp", wa_sock, key=key)
+        self.wa = Leg("whatsapp", wa_sock, key=key, plain=False)
         self.pbx = Leg("pbx", pbx_sock, key=key, window=latch_window)
         wa_sock.handler = self.on_whatsapp_packet
         pbx_sock.handler = self.on_pbx_packet
@@ -95,6 +101,12 @@ class Bridge:
         self.dtmf_to_pbx = 0
         self.dtmf_to_wa = 0
         self._closed = False
+        # Meta's WebRTC mode (gateway/media/webrtc.py): our ICE credentials are in our SDP
+        # before Meta's is known; the link exists once Meta's SDP says WebRTC.
+        self._certificate = certificate
+        self._dtls_timeout = dtls_timeout
+        self._ice_credentials: tuple[str, str] | None = None
+        self.link: WebRtcLink | None = None
 
     # -- MediaBridge interface ---------------------------------------------
     @property
@@ -105,11 +117,66 @@ class Bridge:
     def pbx_port(self) -> int:
         return self.pbx.sock.port
 
+    def local_webrtc(self) -> tuple[str, str, tuple[str, str]]:
+        """Our ICE ufrag and pwd and DTLS fingerprint, for an SDP in WebRTC mode."""
+        if self._certificate is None:
+            raise RuntimeError("no DTLS certificate: WebRTC media is not configured")
+        if self._ice_credentials is None:
+            self._ice_credentials = new_credentials()
+        ufrag, pwd = self._ice_credentials
+        return ufrag, pwd, self._certificate.fingerprint
+
     def set_whatsapp(self, params: MediaParams) -> None:
         now = self._time()
         self.wa.configure(params, self._complexity, now)
         self._update_passthrough()
         self.wa.last_rx = now
+        if params.webrtc is not None and self.link is None:
+            self._start_link(params, now)
+        if self.link is not None and self.wa.srtp is None:
+            return  # ready (and sending first) once DTLS has given the SRTP keys
+        self._whatsapp_ready(now)
+
+    def _start_link(self, params: MediaParams, now: float) -> None:
+        assert params.webrtc is not None and self._certificate is not None
+        ufrag, pwd, _ = self.local_webrtc()
+        self.link = WebRtcLink(
+            params.webrtc,
+            local_ufrag=ufrag,
+            local_pwd=pwd,
+            certificate=self._certificate,
+            family=6 if self.wa.sock.sock.family == socket.AF_INET6 else 4,
+            now=now,
+            timeout=self._dtls_timeout,
+        )
+        self._send_link()
+
+    def _send_link(self) -> None:
+        link = self.link
+        assert link is not None
+        for data, addr in link.pop_datagrams():
+            self.wa.sock.sendto(data, addr)
+
+    def _on_link(self, now: float) -> None:
+        """After the link moved: send what it has, and act on connected or failed."""
+        link = self.link
+        assert link is not None
+        self._send_link()
+        wa = self.wa
+        if link.state == "connected" and wa.srtp is None and link.keys is not None:
+            keys = link.keys
+            wa.srtp = SrtpContext(keys.suite, keys.local, keys.remote)
+            if link.selected is not None:
+                wa.remote = wa.source = link.selected  # the nominated pair only
+            wa.last_rx = now
+            log.info("webrtc_connected", call=self.key, **_link_fields(link))
+            self._whatsapp_ready(now)
+        elif link.state == "failed" and not self._no_media_reported:
+            self._no_media_reported = True
+            log.warning("webrtc_failed", call=self.key, **_link_fields(link))
+            self._on_no_media(self.wa.name, link.failure or "WebRTC media failed")
+
+    def _whatsapp_ready(self, now: float) -> None:
         if not self._wa_ready:
             self._wa_ready = True
             self.pbx.answered(now)  # a call to WhatsApp: the PBX's window starts now
@@ -132,6 +199,7 @@ class Bridge:
             whatsapp=self.wa.stats(),
             pbx=self.pbx.stats(),
             passthrough=self._passthrough,
+            webrtc=self.link.stats() if self.link is not None else None,
             dtmf_to_pbx=self.dtmf_to_pbx,
             dtmf_to_whatsapp=self.dtmf_to_wa,
             dtmf_events_to_pbx=self._to_pbx_dtmf.events,
@@ -143,6 +211,9 @@ class Bridge:
             return
         self._closed = True
         self._clock.unsubscribe(self._tick_token)
+        if self.link is not None:
+            self.link.close()
+            self._send_link()  # DTLS close_notify
         self.wa.sock.close()
         self.pbx.sock.close()
 
@@ -155,6 +226,16 @@ class Bridge:
     # -- WhatsApp -> PBX ----------------------------------------------------
     def on_whatsapp_packet(self, data: bytes, addr: tuple[str, int]) -> None:
         wa = self.wa
+        link = self.link
+        if link is not None and data and data[0] < 128:
+            kind = demux(data[0])
+            if kind in (STUN, DTLS):
+                now = self._time()
+                link.receive(kind, data, (addr[0], addr[1]), now)
+                self._on_link(now)
+            else:
+                wa.rx_bad += 1
+            return
         if addr != wa.source and not wa.admit(data, addr, self._time()):
             return  # not Meta's SDP address:port: counted, never decrypted
         srtp = wa.srtp
@@ -433,6 +514,10 @@ class Bridge:
     def tick(self, now: float) -> None:
         if self._closed:
             return
+        link = self.link
+        if link is not None and link.state != "failed":
+            link.tick(now)
+            self._on_link(now)
         # Keep media flowing toward Meta whatever the PBX does (hold, silence, IVR pauses).
         if self._wa_ready and now - self._last_pbx_audio >= SILENCE_AFTER:
             self._silence_to_whatsapp()
@@ -462,7 +547,7 @@ class Bridge:
 
     def _send_rtcp(self, now: float) -> None:
         for leg in (self.wa, self.pbx):
-            if leg.sender is None or leg.rtcp_remote is None:
+            if leg.sender is None or leg.rtcp_remote is None or not leg.can_send():
                 continue
             report = build_report(leg.sender, leg.rx, now, f"wagw-{self.key[:32]}")
             if leg.srtp is not None:
@@ -481,8 +566,21 @@ class Bridge:
                 continue
             if now - leg.last_rx > self._timeout:
                 self._no_media_reported = True
-                self._on_no_media(leg.name)
+                self._on_no_media(leg.name, f"no media from {leg.name}")
                 return
+
+
+def _link_fields(link: WebRtcLink) -> dict[str, object]:
+    stats = link.stats()
+    return {
+        "nominated": stats.nominated,
+        "ice_ms": stats.ice_ms,
+        "dtls_ms": stats.dtls_ms,
+        "suite": stats.srtp_suite,
+        "checks_sent": stats.checks_sent,
+        "controlling": stats.controlling,
+        "failure": stats.failure,
+    }
 
 
 class BridgeFactory:
@@ -495,7 +593,9 @@ class BridgeFactory:
         clock: MediaClock,
         settings: MediaSettings,
         frame_times: Mapping[str, FrameTimes] | None = None,
+        certificate: DtlsCertificate | None = None,
     ) -> None:
+        self._certificate = certificate  # the DTLS certificate of WebRTC mode, None: SDES only
         self._loop = loop
         self._ports = ports
         self._clock = clock
@@ -503,7 +603,7 @@ class BridgeFactory:
         # Per-packet processing time by the leg a packet arrives on (metrics).
         self._frame_times = frame_times or {}
 
-    def __call__(self, key: str, on_no_media: Callable[[str], None]) -> Bridge:
+    def __call__(self, key: str, on_no_media: Callable[[str, str], None]) -> Bridge:
         """A bridge with both ports bound; raises PortsExhausted when the range is full."""
         wa_sock = RtpSocket(self._loop, self._ports)  # PortsExhausted propagates
         try:
@@ -523,4 +623,6 @@ class BridgeFactory:
             no_media_timeout=self._settings.no_media_timeout,
             opus_complexity=self._settings.opus_complexity,
             latch_window=self._settings.latch_window if self._settings.latch == "strict" else 0.0,
+            certificate=self._certificate,
+            dtls_timeout=self._settings.dtls_timeout,
         )

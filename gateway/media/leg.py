@@ -59,6 +59,7 @@ class Leg:
         "learn_until",
         "media",
         "name",
+        "plain",
         "pt",
         "receiving",
         "relatch_refused",
@@ -84,8 +85,13 @@ class Leg:
         "window",
     )
 
-    def __init__(self, name: str, sock: RtpSocket, *, key: str = "", window: float = 0.0) -> None:
+    def __init__(
+        self, name: str, sock: RtpSocket, *, key: str = "", window: float = 0.0, plain: bool = True
+    ) -> None:
         self.name = name
+        # False: never send unprotected (the WhatsApp leg: in WebRTC mode it has no SRTP
+        # context until the DTLS handshake ends, and nothing may leave before that).
+        self.plain = plain
         self.key = key  # the call, for log lines
         self.sock = sock
         self.window = window  # learning window in seconds; 0: the SDP's source only
@@ -246,8 +252,14 @@ class Leg:
             return
         if self.srtp is not None:
             data = self.srtp.protect(data)
+        elif not self.plain:
+            return
         self.sock.sendto(data, self.remote)
         self.tx_packets += 1
+
+    def can_send(self) -> bool:
+        """Whether a packet may leave now: with SRTP keys, or on a plain RTP leg."""
+        return self.plain or self.srtp is not None
 
     def stats(self) -> LegStats:
         """The counters now, as a :class:`gateway.media.stats.LegStats` (read time only)."""

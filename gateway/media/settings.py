@@ -27,3 +27,5 @@ class MediaSettings:
     # "sdp": the SDP's address:port only, never learned.
     latch: Literal["strict", "sdp"] = "strict"
     latch_window: float = DEFAULT_LATCH_WINDOW
+    # Meta's WebRTC mode: ICE and the DTLS handshake must be done within this many seconds.
+    dtls_timeout: float = 10.0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BridgeStats", "LegStats"]
+__all__ = ["BridgeStats", "LegStats", "WebRtcStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,23 @@ class LegStats:
 
 
 @dataclass(frozen=True, slots=True)
+class WebRtcStats:
+    """How the link came up (or did not), for metrics and the call record."""
+
+    state: str = "new"  # new | checking | connecting | connected | failed | closed
+    checks_sent: int = 0  # ICE connectivity and consent checks we sent
+    checks_answered: int = 0  # the peer's checks we answered (a full-ICE peer)
+    role_conflicts: int = 0
+    controlling: bool = True
+    nominated: str | None = None  # "host:port" of the selected pair's remote side
+    ice_ms: float | None = None  # from start to the nominated pair
+    dtls_ms: float | None = None  # the DTLS handshake
+    srtp_suite: str | None = None
+    dtls_client: bool = True
+    failure: str | None = None  # why the link failed
+
+
+@dataclass(frozen=True, slots=True)
 class BridgeStats:
     """One call's media: both legs, passthrough, and the RFC 4733 DTMF relayed."""
 
@@ -44,6 +61,7 @@ class BridgeStats:
     dtmf_to_whatsapp: int = 0  # the same toward Meta
     dtmf_events_to_pbx: int = 0  # whole events (digits) relayed toward the PBX
     dtmf_events_to_whatsapp: int = 0
+    webrtc: WebRtcStats | None = None  # Meta's WebRTC mode: how ICE and DTLS went
 
     def leg(self, name: str) -> LegStats:
         """The leg called ``name`` ("whatsapp" or "pbx")."""

@@ -26,7 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.media.stats import BridgeStats, LegStats
+from gateway.media.stats import BridgeStats, LegStats, WebRtcStats
 from gateway.ops.report import Report
 from gateway.sip.transaction import TransactionManager
 from gateway.transport.guard import CLOSE_REASONS, HANDSHAKE_RESULTS, REFUSALS
@@ -40,6 +40,16 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LEGS = ("whatsapp", "pbx")
 SETUP_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+# A WebRTC-mode call's outcome, by the start of the link's failure text (few labels).
+WEBRTC_OUTCOMES = (
+    ("ICE checks unanswered", "ice_unanswered"),
+    ("ICE consent lost", "consent_lost"),
+    ("ICE", "ice_failed"),
+    ("DTLS fingerprint", "fingerprint_mismatch"),
+    ("DTLS timeout", "dtls_timeout"),
+    ("DTLS", "dtls_failed"),
+)
 JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 MOS_BUCKETS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5)
 # Per-leg packets the bridge did not take as received (gateway/media/leg.py): the
@@ -164,6 +174,9 @@ class CallStats:
         self.dropped: Counter[tuple[str, str]] = Counter()  # (leg, DROP_STATS key)
         self.dtmf: Counter[str] = Counter()  # to_pbx | to_whatsapp
         self.meta_failures: Counter[tuple[str, str]] = Counter()
+        self.webrtc: Counter[str] = Counter()  # WebRTC-mode calls by outcome
+        self.ice_time = Buckets(HANDSHAKE_BUCKETS)
+        self.dtls_time = Buckets(HANDSHAKE_BUCKETS)
         self._setup_seen: set[str] = set()
         self._lost_high: dict[tuple[str, str], int] = {}
 
@@ -215,6 +228,20 @@ class CallStats:
         failure = meta_failure(record)
         if failure is not None:
             self.meta_failures[failure] += 1
+        if stats.webrtc is not None:
+            self._webrtc_ended(stats.webrtc)
+
+    def _webrtc_ended(self, link: WebRtcStats) -> None:
+        if link.ice_ms is not None:
+            self.ice_time.observe(link.ice_ms / 1000)
+        if link.dtls_ms is not None:
+            self.dtls_time.observe(link.dtls_ms / 1000)
+        why = link.failure
+        if why is None:
+            outcome = "connected" if link.srtp_suite else "not_connected"
+        else:
+            outcome = next((o for start, o in WEBRTC_OUTCOMES if why.startswith(start)), "other")
+        self.webrtc[outcome] += 1
 
     def _lost(self, key: str, leg: str, item: LegStats) -> int:
         """Lost packets of one live leg, never decreasing (RFC 3550 cumulative loss goes
@@ -439,6 +466,20 @@ class _OpsCollector(Collector):
             "wagw_call_mos_estimate",
             "Estimated MOS of ended calls (E-model from loss and jitter, worse leg)",
             [((), cs.mos)],
+        )
+        webrtc = CounterMetricFamily(
+            "wagw_webrtc_calls",
+            "Ended calls in Meta's WebRTC media mode (ICE + DTLS-SRTP), by outcome",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(cs.webrtc.items()):
+            webrtc.add_metric([outcome], n)
+        yield webrtc
+        yield _histogram(
+            "wagw_webrtc_setup_seconds",
+            "WebRTC mode: time to the nominated ICE pair, and the DTLS handshake",
+            [(("ice",), cs.ice_time), (("dtls",), cs.dtls_time)],
+            ["phase"],
         )
         meta = CounterMetricFamily(
             "wagw_meta_failures",

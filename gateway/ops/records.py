@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from gateway.logging import get_logger
-from gateway.media.stats import BridgeStats, LegStats
+from gateway.media.stats import BridgeStats, LegStats, WebRtcStats
 
 __all__ = ["EndedCall", "RecordWriter", "build_record", "mos_estimate"]
 
@@ -164,6 +164,26 @@ def build_record(call: EndedCall, wall_offset: float | None = None) -> dict[str,
             "to_whatsapp": media.dtmf_events_to_whatsapp,
         },
         "mos": min(scores) if scores else None,
+        "webrtc": _webrtc(media.webrtc),
+    }
+
+
+def _webrtc(stats: WebRtcStats | None) -> dict[str, object] | None:
+    """Meta's WebRTC mode: how ICE and DTLS went (None: an SDES call)."""
+    if stats is None:
+        return None
+    return {
+        "state": stats.state,
+        "checks_sent": stats.checks_sent,
+        "checks_answered": stats.checks_answered,
+        "role_conflicts": stats.role_conflicts,
+        "controlling": stats.controlling,
+        "nominated": stats.nominated,
+        "ice_ms": stats.ice_ms,
+        "dtls_ms": stats.dtls_ms,
+        "dtls_client": stats.dtls_client,
+        "srtp_suite": stats.srtp_suite,
+        "failure": stats.failure,
     }
 
 

@@ -830,6 +830,8 @@ def test_dashboard_is_a_valid_importable_dashboard_over_our_metrics(tmp_path: Pa
         "per-packet processing",
         "health per number",
         "certificate days left",
+        "webrtc calls by outcome",
+        "ice and dtls setup time",
     ):
         assert needed in titles, needed
     exprs = [t["expr"] for p in panels for t in p.get("targets", [])]

@@ -191,6 +191,7 @@ def skip_allowed() -> bool:
 # not get from the Makefile (Asterisk, Kamailio, SIPp 3.8) run from the peer chroot.
 HOST_BINARIES: dict[str, str] = {
     "baresip": "baresip-core",
+    "openssl": "openssl",
     "promtool": "prometheus",
     "sipp": "sip-tester",
     "systemd-analyze": "systemd",

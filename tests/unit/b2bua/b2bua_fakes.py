@@ -176,10 +176,16 @@ class FakeBridge:
     """Records what the call tells its media bridge."""
 
     def __init__(
-        self, key: str, on_no_media: Callable[[str], None], whatsapp_port: int, pbx_port: int
+        self,
+        key: str,
+        on_no_media: Callable[[str, str], None],
+        whatsapp_port: int,
+        pbx_port: int,
+        webrtc: tuple[str, str, tuple[str, str]] | None = None,
     ) -> None:
         self.key = key
-        self.on_no_media = on_no_media
+        self._on_no_media = on_no_media
+        self._webrtc = webrtc
         self._wa_port = whatsapp_port
         self._pbx_port = pbx_port
         self.calls: list[tuple[str, MediaParams]] = []
@@ -192,6 +198,14 @@ class FakeBridge:
     @property
     def pbx_port(self) -> int:
         return self._pbx_port
+
+    def on_no_media(self, leg: str, why: str = "") -> None:
+        self._on_no_media(leg, why or f"no media from {leg}")
+
+    def local_webrtc(self) -> tuple[str, str, tuple[str, str]]:
+        if self._webrtc is None:
+            raise RuntimeError("no DTLS certificate (fake)")
+        return self._webrtc
 
     def set_whatsapp(self, params: MediaParams) -> None:
         self.calls.append(("whatsapp", params))
@@ -215,13 +229,20 @@ class FakeBridge:
 class FakeBridgeFactory:
     """A ``BridgeFactory``: ports fixed or from a counter; raises NoMediaPorts on demand."""
 
-    def __init__(self, *, fixed: tuple[int, int] | None = None, start: int = 20000) -> None:
+    def __init__(
+        self,
+        *,
+        fixed: tuple[int, int] | None = None,
+        start: int = 20000,
+        webrtc: tuple[str, str, tuple[str, str]] | None = None,
+    ) -> None:
+        self.webrtc = webrtc  # what each bridge's local_webrtc() gives (None: SDES only)
         self.fixed = fixed
         self._next = start
         self.exhausted = False
         self.bridges: list[FakeBridge] = []
 
-    def __call__(self, key: str, on_no_media: Callable[[str], None]) -> FakeBridge:
+    def __call__(self, key: str, on_no_media: Callable[[str, str], None]) -> FakeBridge:
         if self.exhausted:
             raise NoMediaPorts("no free RTP port (fake)")
         if self.fixed is not None:
@@ -229,7 +250,7 @@ class FakeBridgeFactory:
         else:
             wa, pbx = self._next, self._next + 2
             self._next += 4
-        bridge = FakeBridge(key, on_no_media, wa, pbx)
+        bridge = FakeBridge(key, on_no_media, wa, pbx, self.webrtc)
         self.bridges.append(bridge)
         return bridge
 

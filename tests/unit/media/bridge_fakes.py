@@ -344,7 +344,7 @@ class Rig:
             self.pbx_sock,  # type: ignore[arg-type]
             self.media_clock,  # type: ignore[arg-type]
             self.clock.time,
-            self.no_media.append,
+            lambda leg, why: self.no_media.append(leg),
             no_media_timeout=no_media_timeout,
             opus_complexity=opus_complexity,
         )

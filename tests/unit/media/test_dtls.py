@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from gateway.media.dtls import (
 )
 from gateway.media.rtp import RtpSender
 from gateway.media.srtp import SUITES, SrtpContext
+from tests.peers import host_binary
 
 Drop = Callable[[str, int, bytes], bool]  # (sender "c"/"s", index of its datagram, data)
 
@@ -566,7 +566,7 @@ def test_load_pem_and_fingerprint(tmp_path: Path, kind: str) -> None:
     )
     loaded = DtlsCertificate.load(cert_file, key_file)
     expected = c.fingerprint(hashes.SHA256()).hex(":").upper()
-    if shutil.which("openssl"):
+    if host_binary("openssl"):
         expected_by_openssl = _openssl_fingerprint(cert_file)
         assert expected_by_openssl == expected
     assert loaded.fingerprint == ("sha-256", expected)
@@ -590,7 +590,7 @@ def test_load_pem_and_fingerprint(tmp_path: Path, kind: str) -> None:
         DtlsCertificate.load(key_file, key_file)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl binary")
+@pytest.mark.skipif(host_binary("openssl") is None, reason="no openssl binary")
 def test_openssl_made_certificate(tmp_path: Path) -> None:
     cert_file, key_file = tmp_path / "c.pem", tmp_path / "k.pem"
     subprocess.run(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
 import socket
 import subprocess
 import time
@@ -21,8 +20,9 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.media.dtls import DtlsCertificate, DtlsEndpoint, certificate_digest
 from gateway.media.srtp import SUITES
+from tests.peers import host_binary
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl binary")
+pytestmark = pytest.mark.skipif(host_binary("openssl") is None, reason="no openssl binary")
 
 LABEL = "EXTRACTOR-dtls_srtp"
 SUITE_OF = {
