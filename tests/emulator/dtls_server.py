@@ -76,8 +76,12 @@ class DtlsIdentity:
         """A DTLS 1.2 context with this certificate (cipher and curve defaults of OpenSSL)."""
         ctx = SSL.Context(method)
         ctx.set_min_proto_version(DTLS1_2_VERSION)
-        ctx.use_certificate(crypto.X509.from_cryptography(self.cert))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(self.key))
+        try:  # pyOpenSSL >= 24.3 takes cryptography's objects (and deprecates its own)
+            ctx.use_certificate(self.cert)
+            ctx.use_privatekey(self.key)
+        except TypeError:
+            ctx.use_certificate(crypto.X509.from_cryptography(self.cert))
+            ctx.use_privatekey(crypto.PKey.from_cryptography_key(self.key))
         ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET)
         return ctx
 

@@ -54,6 +54,7 @@ class WebRtcFaults:
     plain_rtp: bool = False  # RTP without SRTP after the handshake
     early_rtp: bool = False  # one RTP packet after nomination, before DTLS
     other_source: bool = False  # media from a second socket (not the nominated address)
+    dtls: bool = True  # False: nominates, then never sends a ClientHello
     setup: str = "active"  # a=setup of the answer to Meta's actpass
     ice_lite: bool = False  # declares a=ice-lite
     profiles: str = "SRTP_AES128_CM_SHA1_80:SRTP_AEAD_AES_128_GCM"
@@ -159,11 +160,8 @@ class BusinessWebRtc(MediaEndpoint):
         self.checks_sent += 1
 
     def _dtls_client(self) -> SSL.Connection:
-        ctx = SSL.Context(SSL.DTLS_CLIENT_METHOD)
-        ctx.use_certificate(crypto.X509.from_cryptography(self.identity.cert))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(self.identity.key))
+        ctx = self.identity.context(SSL.DTLS_CLIENT_METHOD)
         ctx.set_tlsext_use_srtp(self.faults.profiles.encode())
-        ctx.set_options(SSL.OP_NO_QUERY_MTU)
 
         def verify(conn: SSL.Connection, cert: crypto.X509, err: int, depth: int, ok: int) -> bool:
             fp = cert.to_cryptography().fingerprint(hashes.SHA256()).hex(":").upper()
@@ -228,12 +226,13 @@ class BusinessWebRtc(MediaEndpoint):
         assert self._main is not None
         if f.early_rtp:
             self._main.sendto(build_rtp(111, 1, 0, self.ssrc, b"\xf8\xff\xfe"), self.nominated)
-        self.dtls = self._dtls_client()
-        self._handshake()
+        if f.dtls:
+            self.dtls = self._dtls_client()
+            self._handshake()
         last_consent = loop.time()
         while True:
             await asyncio.sleep(0.02)
-            if not self.ready.is_set():
+            if self.dtls is not None and not self.ready.is_set():
                 self.dtls.DTLSv1_handle_timeout()
                 self._flush()
             if loop.time() - last_consent >= f.consent_interval:

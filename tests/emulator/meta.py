@@ -24,6 +24,10 @@ them to Meta), and never send RTP before the gateway has sent a valid SRTP
 packet (Meta expects the business side to send first), dropping the call
 after ``media_timeout`` seconds without gateway media.
 
+WebRTC media mode (``media_mode="webrtc"``, section 7): ICE-lite and a DTLS-SRTP
+server instead of SDES, in :mod:`tests.emulator.webrtc`; the hooks here choose
+the endpoint, build and check the SDP, and turn its failures into BYE.
+
 Simplifications (documented, deliberate):
 
 - Role 1's Record-Route entries point back at the emulator's own listener, so
