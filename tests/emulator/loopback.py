@@ -26,6 +26,7 @@ from gateway.sip.auth import (
 )
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.uri import SipUri, parse_address
+from tests.emulator.loopback_webrtc import BusinessWebRtc, WebRtcFaults
 from tests.emulator.result import CallResult, SipRecord
 from tests.emulator.rtp import Codec, MediaEndpoint, MediaScript
 from tests.emulator.sdp import Crypto, build_meta_sdp, new_crypto, parse_sdp
@@ -47,11 +48,15 @@ UA = "loopback-business/1"
 class _Peer:
     """CallSink for one loopback call: logs, queues requests, answers BYE."""
 
-    def __init__(self, edge: SipEdge, script: MediaScript, role: str) -> None:
+    def __init__(
+        self, edge: SipEdge, script: MediaScript, role: str, webrtc: WebRtcFaults | None = None
+    ) -> None:
         self.edge = edge
         self.loop = asyncio.get_running_loop()
         self.result = CallResult(role=role)
         self.media = MediaEndpoint(self.result, script)
+        if webrtc is not None:  # ICE controlling + DTLS client toward Meta's lite server
+            self.media = BusinessWebRtc(self.result, script, webrtc)
         self.script = script
         self.requests: asyncio.Queue[tuple[SipConnection, Request]] = asyncio.Queue()
         self.bye = asyncio.Event()
@@ -121,6 +126,11 @@ class _Peer:
     async def talk(self, seconds: float) -> None:
         """Send first (as the business side must), for ``seconds`` or until BYE."""
         sender = None
+        if isinstance(self.media, BusinessWebRtc):  # media follows ICE and DTLS
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.media.ready.wait(), seconds)
+            if not self.media.ready.is_set():
+                return
         if self.script.send_media:
             sender = asyncio.ensure_future(self.media.send_loop(self.stop))
         with contextlib.suppress(TimeoutError):
@@ -166,7 +176,9 @@ class LoopbackUas:
         echo_record_route: bool = True,
         answer_delay: float = 0.0,
         never_answer: bool = False,
+        webrtc: WebRtcFaults | None = None,
     ) -> None:
+        self.webrtc = webrtc  # answer Meta's WebRTC offer (a=setup:active by default)
         self.password = password
         self.tls = tls or default_tls()
         self.script = script or MediaScript()
@@ -211,7 +223,7 @@ class LoopbackUas:
             with contextlib.suppress(ConnectionError):
                 conn.send_raw(render("SIP/2.0 403 Forbidden", response_lines(resp)))
             return
-        peer = _Peer(self.edge, self.script, "business-uas")
+        peer = _Peer(self.edge, self.script, "business-uas", self.webrtc)
         self.edge.calls[req.call_id] = peer
         peer.log("<-", req, raw)
         self.edge.spawn(self._answer(peer, conn, req))
@@ -220,7 +232,13 @@ class LoopbackUas:
         r = peer.result
         r.call_id = req.call_id
         await peer.media.open()
-        answer, tx, rx, codec, remote = _answer_sdp(req.body.decode(), peer.media)
+        if isinstance(peer.media, BusinessWebRtc) and self.webrtc is not None:
+            codec, mid = peer.media.learn(req.body.decode())
+            answer = peer.media.local_sdp(
+                setup=self.webrtc.setup, opus_pt=codec.pt, te_pt=codec.te_pt, mid=mid
+            )
+        else:
+            answer, tx, rx, codec, remote = _answer_sdp(req.body.decode(), peer.media)
         tag = new_tag()
         peer.reply(conn, req, 100)
         if self.never_answer or self.answer_delay > 0:
@@ -249,7 +267,10 @@ class LoopbackUas:
         )
         r.status = 200
         r.connected_at = peer.loop.time()
-        peer.media.configure(tx=tx, rx=rx, remote=remote, codec=codec)
+        if isinstance(peer.media, BusinessWebRtc):
+            peer.media.start(codec)
+        else:
+            peer.media.configure(tx=tx, rx=rx, remote=remote, codec=codec)
         await peer.talk(self.hangup_after if self.hangup_after is not None else 30.0)
         if not peer.bye.is_set():
             await self._bye(peer, req, tag)
@@ -289,8 +310,13 @@ class LoopbackUac:
     """A business-side UAC for MetaServer: INVITE like a correct gateway, media first."""
 
     def __init__(
-        self, *, tls: EmulatorTls | None = None, script: MediaScript | None = None
+        self,
+        *,
+        tls: EmulatorTls | None = None,
+        script: MediaScript | None = None,
+        webrtc: WebRtcFaults | None = None,
     ) -> None:
+        self.webrtc = webrtc  # offer WebRTC media (a=setup:actpass) instead of SDES
         self.tls = tls or default_tls()
         self.script = script or MediaScript()
         self.edge = SipEdge(self.tls, user_agent=UA)
@@ -318,7 +344,7 @@ class LoopbackUac:
         bye_after: float | None = None,
     ) -> CallResult:
         """One call; ``result.reason`` gets ``"re-INVITE <status>"`` when ``reinvite_after``."""
-        peer = _Peer(self.edge, self.script, "business-uac")
+        peer = _Peer(self.edge, self.script, "business-uac", self.webrtc)
         r = peer.result
         r.call_id = secrets.token_hex(12) + "@loopback"
         self.edge.calls[r.call_id] = peer
@@ -327,12 +353,15 @@ class LoopbackUac:
         r.tls_version = conn.tls_version
         await peer.media.open()
         offer_crypto = new_crypto(1, "AES_CM_128_HMAC_SHA1_80")
-        offer = build_meta_sdp(
-            address="127.0.0.1",
-            port=peer.media.port,
-            cryptos=[offer_crypto],
-            ssrc=peer.media.ssrc,
-        )
+        if isinstance(peer.media, BusinessWebRtc):
+            offer = peer.media.local_sdp(setup="actpass")
+        else:
+            offer = build_meta_sdp(
+                address="127.0.0.1",
+                port=peer.media.port,
+                cryptos=[offer_crypto],
+                ssrc=peer.media.ssrc,
+            )
         r.offer_sdp = offer
         ruri = f"sip:{to}@{ruri_host};transport=tls"
         from_value = f"<sip:{business_number}@{from_host}>;tag={new_tag()}"
@@ -397,12 +426,16 @@ class LoopbackUac:
         ack_lines = in_dialog("ACK", cseq, new_branch())
         self.edge.send(conn, render(f"ACK {contact.uri} SIP/2.0", ack_lines), peer)
         r.answer_sdp = resp.body.decode()
-        m = parse_sdp(r.answer_sdp).audio()
-        assert m is not None and m.connection is not None
-        te = next((pt for pt, rm in m.rtpmaps.items() if rm.encoding == "telephone-event"), None)
-        codec = Codec("opus", m.payload_types[0], 48000, te_pt=te)
-        remote = (m.connection, m.port)
-        peer.media.configure(tx=offer_crypto, rx=m.cryptos[0], remote=remote, codec=codec)
+        if isinstance(peer.media, BusinessWebRtc):
+            peer.media.start(peer.media.learn(r.answer_sdp)[0])
+        else:
+            m = parse_sdp(r.answer_sdp).audio()
+            assert m is not None and m.connection is not None
+            maps = m.rtpmaps
+            te = next((pt for pt, rm in maps.items() if rm.encoding == "telephone-event"), None)
+            codec = Codec("opus", m.payload_types[0], 48000, te_pt=te)
+            remote = (m.connection, m.port)
+            peer.media.configure(tx=offer_crypto, rx=m.cryptos[0], remote=remote, codec=codec)
 
         async def reinvite(delay: float) -> None:
             await asyncio.sleep(delay)

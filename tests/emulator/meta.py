@@ -24,6 +24,10 @@ them to Meta), and never send RTP before the gateway has sent a valid SRTP
 packet (Meta expects the business side to send first), dropping the call
 after ``media_timeout`` seconds without gateway media.
 
+WebRTC media mode (``media_mode="webrtc"``, section 7): ICE-lite and a DTLS-SRTP
+server instead of SDES, in :mod:`tests.emulator.webrtc`; the hooks here choose
+the endpoint, build and check the SDP, and turn its failures into BYE.
+
 Simplifications (documented, deliberate):
 
 - Role 1's Record-Route entries point back at the emulator's own listener, so
@@ -84,6 +88,7 @@ from tests.emulator.sipcore import (
     summary,
 )
 from tests.emulator.tlsutil import EmulatorTls, client_context, default_tls
+from tests.emulator.webrtc import WEBRTC_FAILED, WebRtcEndpoint
 
 __all__ = [
     "META_WARNINGS",
@@ -185,6 +190,9 @@ class _CallBase:
         self.result = result
         self.loop = asyncio.get_running_loop()
         self.media = MediaEndpoint(result, script)
+        if script.media_mode == "webrtc":  # ICE-lite + DTLS-SRTP (tests/emulator/webrtc.py)
+            self.media = WebRtcEndpoint(result, script)
+            self.media.on_failure = self.media_failed
         self.local_tag = new_tag()
         self.remote_tag: str | None = None
         self.local_party = ""  # From/To value for our side, with our tag
@@ -408,6 +416,12 @@ class _CallBase:
             self.edge.close_txn(branch, "BYE")
 
     # -- media -----------------------------------------------------------------
+    def media_failed(self, reason: str) -> None:
+        """WebRTC media broke one of Meta's rules (already a violation): fail, BYE."""
+        self.result.failure = self.result.failure or reason
+        self.abort_reason = WEBRTC_FAILED
+        self.abort.set()
+
     async def _wait(self, events: Sequence[asyncio.Event], timeout: float) -> None:
         end = self.loop.time() + timeout
         while not any(e.is_set() for e in events):
@@ -420,6 +434,9 @@ class _CallBase:
         """Gateway sends first; then talk; Meta's media-timeout drop; hang-up."""
         s, r, media = self.script, self.result, self.media
         stops = [media.first_rx, self.remote_bye, self.abort]
+        if isinstance(media, WebRtcEndpoint):  # ICE and DTLS first (their timers abort)
+            setup = [media.ready, self.remote_bye, self.abort]
+            await self._wait(setup, s.ice_timeout + s.dtls_timeout + 1.0)
         await self._wait(stops, s.first_packet_timeout)
         if media.first_rx_at is None:
             if self.remote_bye.is_set():
@@ -438,10 +455,12 @@ class _CallBase:
             await self.send_bye(RTP_TIMEOUT)
             return
         r.first_packet_delay = max(0.0, media.first_rx_at - t_answer)
-        if r.first_packet_delay > s.first_packet_max_delay:
+        since = "DTLS handshake" if media.ready_at is not None else "200 OK"
+        delay = media.first_rx_at - (media.ready_at or t_answer)
+        if delay > s.first_packet_max_delay:
             self.violation(
-                f"gateway's first SRTP packet came {r.first_packet_delay:.2f} s after the "
-                f"200 OK (Meta expects the business side to send first, at once; "
+                f"gateway's first SRTP packet came {delay:.2f} s after the {since} "
+                f"(Meta expects the business side to send first, at once; "
                 f"limit {s.first_packet_max_delay:g} s)"
             )
         sender = asyncio.ensure_future(media.send_loop(self.sender_stop)) if s.send_media else None
@@ -613,13 +632,13 @@ class _CallerCall(_CallBase):
         sdp_host, sdp_port = host, self.media.port
         if p.relay is not None:  # Meta's SDP names the relay in front of our socket
             sdp_host, sdp_port = p.relay.front((host, self.media.port))
-        offer = build_meta_sdp(
-            address=sdp_host,
-            port=sdp_port,
-            cryptos=self.offer,
-            ssrc=self.media.ssrc,
-            g711=[8, 0] if p.offer_g711 else None,
-        )
+        g711 = [8, 0] if p.offer_g711 else None
+        if isinstance(self.media, WebRtcEndpoint):
+            offer = self.media.local_sdp(setup="actpass", g711=g711)
+        else:
+            offer = build_meta_sdp(
+                address=sdp_host, port=sdp_port, cryptos=self.offer, ssrc=self.media.ssrc, g711=g711
+            )
         r.offer_sdp = offer
         try:
             ctx = client_context(o.gateway_ca_file)
@@ -891,28 +910,16 @@ class _CallerCall(_CallBase):
         if m is None:
             r.failure = r.failure or "gateway rejected the audio stream (no m=audio with a port)"
             return
-        if m.proto != "RTP/SAVP":
-            self.violation(f"answer m=audio proto {m.proto}; Meta's SDES offer is RTP/SAVP")
-        cryptos = m.cryptos
-        if len(cryptos) != 1:
-            self.violation(f"answer must have exactly one a=crypto line, has {len(cryptos)}")
-        offered = {c.tag: c for c in self.offer}
-        chosen = next((c for c in cryptos if c.tag in offered), None)
-        if chosen is None:
-            r.failure = r.failure or "answer has no a=crypto matching an offered tag"
-            self.violation("answer a=crypto tag matches none of Meta's offered tags")
+        webrtc = self.media if isinstance(self.media, WebRtcEndpoint) else None
+        keys = None
+        if webrtc is not None:
+            fatal = webrtc.accept(sdp, m, answer=True, offer_mid="0")
+            if fatal is not None:
+                self.violation(fatal)
+                r.failure = r.failure or fatal
+                return
+        elif (keys := self._sdes_keys(m)) is None:
             return
-        tx = offered[chosen.tag]
-        if chosen.suite != tx.suite:
-            self.violation(
-                f"answer a=crypto:{chosen.tag} suite {chosen.suite} differs from the "
-                f"offered {tx.suite}"
-            )
-            r.failure = r.failure or "crypto suite mismatch"
-            return
-        if chosen.key == tx.key:
-            self.violation("answer reuses Meta's SRTP key instead of its own")
-        r.suite = chosen.suite
         codec = self._codec_from(m)
         if codec is None:
             r.failure = r.failure or "no usable audio codec in the answer"
@@ -924,6 +931,11 @@ class _CallerCall(_CallBase):
         if m.connection is None or not _is_ip(m.connection):
             r.failure = r.failure or f"answer c= address {m.connection!r} unusable"
             return
+        if webrtc is not None:  # keys come from DTLS on the nominated pair
+            webrtc.start(codec, m.ssrcs)
+            return
+        assert keys is not None
+        tx, chosen = keys
         remote = (m.connection, m.port)
         relay = self.p.relay
         if relay is not None:  # we send to the relay, which sends on to the gateway
@@ -936,6 +948,33 @@ class _CallerCall(_CallBase):
             codec=codec,
             declared_remote_ssrcs=m.ssrcs,
         )
+
+    def _sdes_keys(self, m: Media) -> tuple[Crypto, Crypto] | None:
+        """SDES answer: (our offered Crypto, the gateway's); None when unusable (failure set)."""
+        r = self.result
+        if m.proto != "RTP/SAVP":
+            self.violation(f"answer m=audio proto {m.proto}; Meta's SDES offer is RTP/SAVP")
+        cryptos = m.cryptos
+        if len(cryptos) != 1:
+            self.violation(f"answer must have exactly one a=crypto line, has {len(cryptos)}")
+        offered = {c.tag: c for c in self.offer}
+        chosen = next((c for c in cryptos if c.tag in offered), None)
+        if chosen is None:
+            r.failure = r.failure or "answer has no a=crypto matching an offered tag"
+            self.violation("answer a=crypto tag matches none of Meta's offered tags")
+            return None
+        tx = offered[chosen.tag]
+        if chosen.suite != tx.suite:
+            self.violation(
+                f"answer a=crypto:{chosen.tag} suite {chosen.suite} differs from the "
+                f"offered {tx.suite}"
+            )
+            r.failure = r.failure or "crypto suite mismatch"
+            return None
+        if chosen.key == tx.key:
+            self.violation("answer reuses Meta's SRTP key instead of its own")
+        r.suite = chosen.suite
+        return tx, chosen
 
     def _codec_from(self, m: Media) -> Codec | None:
         maps = m.rtpmaps
@@ -1093,14 +1132,23 @@ class MetaCaller:
         opus_fec: bool = True,
         opus_loss_perc: int = 10,
         media_relay: MediaRelay | None = None,
+        media_mode: str = "sdes",
+        ice_timeout: float = 10.0,
+        dtls_timeout: float = 10.0,
+        dtls_profiles: Sequence[str] = ("SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM"),
     ) -> CallResult:
         """Place one call from WhatsApp user ``caller`` (+E.164 or BSUID); see CallResult.
 
         ``source_pcm`` (16-bit mono at ``encode_rate``) is sent instead of the tone;
         ``media_relay`` (tests/peers/impair.py) is put between our media and the gateway's.
+        ``media_mode="webrtc"``: Meta's WebRTC offer (ICE-lite, DTLS-SRTP; README.md).
         """
         if hangup not in ("emulator", "gateway"):
             raise ValueError("hangup must be 'emulator' or 'gateway'")
+        if media_mode not in ("sdes", "webrtc"):
+            raise ValueError("media_mode must be 'sdes' or 'webrtc'")
+        if media_mode == "webrtc" and media_relay is not None:
+            raise ValueError("media_relay works in SDES mode only")
         for s in suites:
             if s not in SUITES:
                 raise ValueError(f"unknown SRTP suite {s}")
@@ -1139,6 +1187,10 @@ class MetaCaller:
             source_pcm=source_pcm,
             opus_fec=opus_fec,
             opus_loss_perc=opus_loss_perc,
+            media_mode=media_mode,
+            ice_timeout=ice_timeout,
+            dtls_timeout=dtls_timeout,
+            dtls_profiles=tuple(dtls_profiles),
         )
         started_here = not self._started
         await self.start()
@@ -1179,7 +1231,7 @@ class UasBehaviour(MediaScript):
 
 @dataclass
 class _OfferChoice:
-    rx: Crypto
+    rx: Crypto | None  # None in WebRTC mode (keys come from DTLS)
     codec: Codec
     remote: tuple[str, int]
     ssrcs: list[int] = field(default_factory=list)
@@ -1364,18 +1416,32 @@ class _ServerCall(_CallBase):
         ]
         # Answer SDP (Meta mirrors the offer's payload type numbers).
         await self.media.open(self.edge.host)
-        tx = new_crypto(choice.rx.tag, choice.rx.suite)
-        answer = build_meta_sdp(
-            address=self.edge.host,
-            port=self.media.port,
-            cryptos=[tx],
-            ssrc=self.media.ssrc,
-            opus_pt=choice.codec.pt if choice.codec.name == "opus" else None,
-            te_pt=choice.codec.te_pt,
-            g711=choice.g711,
-        )
+        opus_pt = choice.codec.pt if choice.codec.name == "opus" else None
+        webrtc = self.media if isinstance(self.media, WebRtcEndpoint) else None
+        tx = None
+        if webrtc is not None:
+            mid = webrtc.remote_webrtc.mid if webrtc.remote_webrtc else None
+            answer = webrtc.local_sdp(
+                setup="passive",
+                opus_pt=opus_pt,
+                te_pt=choice.codec.te_pt,
+                g711=choice.g711,
+                mid=mid or "0",
+            )
+        else:
+            assert choice.rx is not None
+            tx = new_crypto(choice.rx.tag, choice.rx.suite)
+            answer = build_meta_sdp(
+                address=self.edge.host,
+                port=self.media.port,
+                cryptos=[tx],
+                ssrc=self.media.ssrc,
+                opus_pt=opus_pt,
+                te_pt=choice.codec.te_pt,
+                g711=choice.g711,
+            )
+            r.suite = choice.rx.suite
         r.answer_sdp = answer
-        r.suite = choice.rx.suite
         if b.ring:
             self.respond(conn, req, 180, record_route=rr, extra=dialog_headers)
         if b.never_answer:
@@ -1387,6 +1453,8 @@ class _ServerCall(_CallBase):
         await self._wait([self.cancelled, conn.closed], b.ring_seconds)
         if self.cancelled.is_set() or self.final_sent:
             return
+        if webrtc is not None:  # answer the gateway's checks from the 200 OK on
+            webrtc.start(choice.codec, choice.ssrcs)
         # 200 OK, retransmitted until the ACK (RFC 3261 13.3.1.4, also over TLS).
         resp = self.respond(
             conn, req, 200, record_route=rr, extra=dialog_headers, body=answer.encode()
@@ -1397,13 +1465,14 @@ class _ServerCall(_CallBase):
         r.status, r.reason = 200, "OK"
         t_answer = self.loop.time()
         r.connected_at = t_answer
-        self.media.configure(
-            tx=tx,
-            rx=choice.rx,
-            remote=choice.remote,
-            codec=choice.codec,
-            declared_remote_ssrcs=choice.ssrcs,
-        )
+        if tx is not None and choice.rx is not None:
+            self.media.configure(
+                tx=tx,
+                rx=choice.rx,
+                remote=choice.remote,
+                codec=choice.codec,
+                declared_remote_ssrcs=choice.ssrcs,
+            )
         server._answered(r.call_id)
         ack_task = self.edge.spawn(self._retransmit_200(conn, req, rr, dialog_headers, answer))
         try:
@@ -1507,11 +1576,16 @@ class _ServerCall(_CallBase):
         if m is None:
             self.violation("offer SDP has no usable m=audio")
             return None
-        if m.proto != "RTP/SAVP":
+        rx = None
+        if isinstance(self.media, WebRtcEndpoint):
+            fatal = self.media.accept(sdp, m, answer=False)
+            if fatal is not None:  # e.g. SDES offered to a number in DTLS mode
+                self.violation(fatal)
+                return None
+        elif m.proto != "RTP/SAVP":
             self.violation(f"offer m=audio proto {m.proto}: SDES mode needs RTP/SAVP")
             return None
-        rx = next((c for c in m.cryptos if c.suite in b.accept_suites), None)
-        if rx is None:
+        elif (rx := next((c for c in m.cryptos if c.suite in b.accept_suites), None)) is None:
             self.violation(f"offer has no a=crypto with {', '.join(b.accept_suites)}")
             return None
         if m.connection is None or not _is_ip(m.connection):

@@ -74,6 +74,17 @@ class CallResult:
     bye_headers: dict[str, str] = field(default_factory=dict)  # lower-case name -> value
     bye_reason: str | None = None
     tls_version: str | None = None
+    # WebRTC media mode (docs/whatsapp-sip.md 7; tests/emulator/webrtc.py). ``failure``
+    # says why WebRTC media failed (ICE, DTLS, fingerprint, unencrypted media).
+    media_mode: str = "sdes"  # "webrtc": ICE-lite + DTLS-SRTP
+    ice_checks: int = 0  # STUN Binding requests received from the gateway
+    ice_rejected: list[str] = field(default_factory=list)  # why each rejected check was
+    use_candidate_seen: bool = False  # a valid check with USE-CANDIDATE was answered
+    ice_nominated: tuple[str, int] | None = None  # the gateway's address of the nominated pair
+    ice_last_consent_at: float | None = None  # loop.time() of the last valid check after it
+    dtls_handshake_ms: float | None = None  # first ClientHello -> handshake done
+    dtls_profile: str | None = None  # "SRTP_AES128_CM_SHA1_80" | "SRTP_AEAD_AES_128_GCM"
+    fingerprint_ok: bool | None = None  # gateway's certificate vs its SDP a=fingerprint
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -103,6 +114,16 @@ class CallResult:
             f"  rtp sent={self.packets_sent} received={self.packets_received} "
             f"lost={self.packets_lost} auth_failures={self.srtp_auth_failures} "
             f"dtmf={self.dtmf_received!r}",
+            *(
+                [
+                    f"  webrtc: checks={self.ice_checks} rejected={len(self.ice_rejected)} "
+                    f"use_candidate={self.use_candidate_seen} nominated={self.ice_nominated} "
+                    f"dtls={self.dtls_profile} {self.dtls_handshake_ms} ms "
+                    f"fingerprint_ok={self.fingerprint_ok}"
+                ]
+                if self.media_mode == "webrtc"
+                else []
+            ),
             *(f"  VIOLATION: {v}" for v in self.violations),
         ]
         return "\n".join(lines)

@@ -56,6 +56,13 @@ class MediaScript:
     opus_loss_perc: int = 10
     # Fault injection for the emulator's self-tests (a broken business side):
     dtmf_misclock: bool = False  # event timestamps/durations counted at 48000 Hz
+    # Meta's media mode for the number (docs/whatsapp-sip.md 6 and 7): "sdes" (SDES-SRTP)
+    # or "webrtc" (ICE-lite + DTLS-SRTP, tests/emulator/webrtc.py).
+    media_mode: str = "sdes"
+    ice_timeout: float = 10.0  # webrtc: no valid check with USE-CANDIDATE by then: call failed
+    dtls_timeout: float = 10.0  # webrtc: handshake not done this long after nomination: failed
+    # webrtc: use_srtp profiles Meta accepts, in its order of preference.
+    dtls_profiles: tuple[str, ...] = ("SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM")
 
 
 @dataclass
@@ -258,6 +265,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self.declared_remote_ssrcs: list[int] = []
         self.first_rx = asyncio.Event()
         self.first_rx_at: float | None = None
+        self.ready_at: float | None = None  # webrtc: when DTLS keyed SRTP (None: at the answer)
         self.last_rx_at: float | None = None
         self._tx: pylibsrtp.Session | None = None
         self._rx: pylibsrtp.Session | None = None

@@ -14,6 +14,7 @@ import binascii
 import ipaddress
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pylibsrtp import Policy
@@ -320,7 +321,7 @@ def parse_sdp(text: str) -> Sdp:
 
 
 def _check_media(m: Media, problems: list[str]) -> None:
-    if m.proto.startswith("RTP/"):
+    if m.proto.startswith(("RTP/", "UDP/TLS/RTP/")):
         for f in m.fmts:
             if not f.isdigit() or int(f) > 127:
                 problems.append(f"m={m.media}: bad RTP payload type {f!r}")
@@ -368,11 +369,19 @@ def build_meta_sdp(
     te_pt: int | None = 126,
     g711: list[int] | None = None,
     te_clock: int = 8000,
+    proto: str = "RTP/SAVP",
+    mid: str = "audio",
+    session_attrs: Sequence[str] = (),
+    media_attrs: Sequence[str] = (),
 ) -> str:
     """Meta's SDP (section 6): RTP/SAVP, rtcp-mux, SDES, opus/48000/2, telephone-event/8000.
 
     Used for offers (user-initiated calls) and answers (business-initiated
     calls: pass the offer's payload type numbers and the chosen codecs only).
+    WebRTC mode (section 7, :mod:`tests.emulator.webrtc_sdp`) passes
+    ``proto="UDP/TLS/RTP/SAVPF"``, no ``cryptos``, ``mid="0"`` and its ICE/DTLS
+    lines as ``session_attrs`` (after t=) and ``media_attrs`` (after a=mid);
+    then ``a=rtcp-fb:<opus> transport-cc`` follows the Opus fmtp.
     """
     pts: list[int] = []
     if opus_pt is not None:
@@ -388,18 +397,22 @@ def build_meta_sdp(
         f"o=- {sess_id} 2 IN IP4 {address}",
         "s=-",
         "t=0 0",
-        "a=group:BUNDLE audio",
+        *session_attrs,
+        f"a=group:BUNDLE {mid}",
         f"a=msid-semantic: WMS {stream}",
-        f"m=audio {port} RTP/SAVP {' '.join(str(p) for p in pts)}",
+        f"m=audio {port} {proto} {' '.join(str(p) for p in pts)}",
         f"c=IN IP4 {address}",
         "a=rtcp:9 IN IP4 0.0.0.0",
         "a=rtcp-mux",
         "a=sendrecv",
-        "a=mid:audio",
+        f"a=mid:{mid}",
+        *media_attrs,
     ]
     lines += [c.line() for c in cryptos]
     if opus_pt is not None:
         lines += [f"a=rtpmap:{opus_pt} opus/48000/2", f"a=fmtp:{opus_pt} {OPUS_FMTP}"]
+        if proto.endswith("SAVPF"):
+            lines.append(f"a=rtcp-fb:{opus_pt} transport-cc")
     if te_pt is not None:
         lines.append(f"a=rtpmap:{te_pt} telephone-event/{te_clock}")
     for pt in g711 or []:
