@@ -1136,6 +1136,7 @@ class MetaCaller:
         ice_timeout: float = 10.0,
         dtls_timeout: float = 10.0,
         dtls_profiles: Sequence[str] = ("SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM"),
+        webrtc_fault: str = "",
     ) -> CallResult:
         """Place one call from WhatsApp user ``caller`` (+E.164 or BSUID); see CallResult.
 
@@ -1191,6 +1192,7 @@ class MetaCaller:
             ice_timeout=ice_timeout,
             dtls_timeout=dtls_timeout,
             dtls_profiles=tuple(dtls_profiles),
+            webrtc_fault=webrtc_fault,
         )
         started_here = not self._started
         await self.start()

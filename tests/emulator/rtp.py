@@ -60,6 +60,10 @@ class MediaScript:
     # or "webrtc" (ICE-lite + DTLS-SRTP, tests/emulator/webrtc.py).
     media_mode: str = "sdes"
     ice_timeout: float = 10.0  # webrtc: no valid check with USE-CANDIDATE by then: call failed
+    # webrtc, Meta misbehaving (for the gateway's fault tests): "wrong_fingerprint" (the SDP
+    # names another certificate), "ice_silent" (checks never answered), "dtls_silent"
+    # (ClientHellos never answered); "" behaves.
+    webrtc_fault: str = ""
     dtls_timeout: float = 10.0  # webrtc: handshake not done this long after nomination: failed
     # webrtc: use_srtp profiles Meta accepts, in its order of preference.
     dtls_profiles: tuple[str, ...] = ("SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM")

@@ -233,9 +233,10 @@ class WebRtcEndpoint(MediaEndpoint):
         mid: str = "0",
     ) -> str:
         """Meta's WebRTC offer (``setup="actpass"``) or answer (``"passive"``)."""
-        local = LocalWebRtc(
-            self.ufrag, self.pwd, self.identity.fingerprint, setup, tuple(self.candidates)
-        )
+        fingerprint = self.identity.fingerprint
+        if self.script.webrtc_fault == "wrong_fingerprint":
+            fingerprint = DtlsIdentity.generate().fingerprint  # not the certificate we use
+        local = LocalWebRtc(self.ufrag, self.pwd, fingerprint, setup, tuple(self.candidates))
         return build_meta_sdp(
             address=self.host,
             port=self.port,
@@ -311,6 +312,8 @@ class WebRtcEndpoint(MediaEndpoint):
             )
 
     def _stun(self, data: bytes, addr: Address, transport: asyncio.DatagramTransport) -> None:
+        if self.script.webrtc_fault == "ice_silent":
+            return
         now = asyncio.get_running_loop().time()
         response, nominated = self.ice.handle(data, addr, now)
         if nominated:
@@ -329,6 +332,8 @@ class WebRtcEndpoint(MediaEndpoint):
     def _dtls(self, data: bytes, addr: Address) -> None:
         r, dtls, nominated = self.result, self.dtls, self._nominated
         assert dtls is not None
+        if self.script.webrtc_fault == "dtls_silent":
+            return
         if nominated is None:
             r.violation(
                 "DTLS from the gateway before ICE nominated a pair (no successful check with "
