@@ -1,6 +1,7 @@
 """The peer harness itself, against real peers and WITHOUT the gateway:
 baresip 1.0 (WhatsApp-like: SIP/TLS + SDES-SRTP + Opus, or a plain SIP/UDP
-PCMU phone) talking straight to Asterisk 22 with config/asterisk.
+PCMU phone) talking straight to Asterisk 22 with config/asterisk, and two
+WebRTC-mode baresips (DTLS-SRTP + ICE) calling each other.
 
 Needs the Asterisk chroot (`make asterisk-chroot`, part of `make test`),
 baresip (apt baresip-core) and SIPp (apt sip-tester); WAGW_ALLOW_SKIP_PEERS=1
@@ -10,6 +11,7 @@ baresip (apt baresip-core) and SIPp (apt sip-tester); WAGW_ALLOW_SKIP_PEERS=1
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.sdp import MediaDescription, SessionDescription, parse_sdp
 from tests.peers import free_port, require_binary
 from tests.peers.asterisk import AsteriskPbx
 from tests.peers.audio import assert_tone
-from tests.peers.baresip import OPUS, PCMU, Baresip
+from tests.peers.baresip import OPUS, PCMU, Baresip, TracedSip, host_ice_addresses
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +154,85 @@ def test_asterisk_records_what_the_phone_sends(tmp_path: Path, pids: list[int]) 
         wav = pbx.wait_recording(timeout=15, copy_to=tmp_path / "asterisk-rec.wav")
         phone.wait_event("CALL_CLOSED", timeout=10)
     assert_tone(wav, 440, tolerance=0.02, min_dbfs=-30, skip_seconds=0.5)
+
+
+# ------------------------------------------------------ WebRTC-mode baresip --
+def _sdp_of(messages: list[TracedSip], first_line: str) -> SessionDescription:
+    """The SDP of the first traced message whose first line starts so."""
+    for msg in messages:
+        if msg.first_line.startswith(first_line) and msg.body:
+            return parse_sdp(msg.body)
+    raise AssertionError(f"no {first_line!r} with a body in {[m.first_line for m in messages]}")
+
+
+def _attr(sdp: SessionDescription, m: MediaDescription, name: str) -> str | None:
+    """A media-level attribute, else the session-level one (baresip puts the
+    ICE credentials, setup and fingerprint at session level)."""
+    value = m.attribute(name)
+    return value if value is not None else sdp.attribute(name)
+
+
+def test_dtls_ice_baresips_call_each_other(tmp_path: Path, pids: list[int]) -> None:
+    """Two WebRTC-mode baresips (SIP/TLS, UDP/TLS/RTP/SAVPF, ICE host
+    candidates, rtcp-mux, Opus) call each other: the offer carries what a
+    WebRTC answerer needs (ice-ufrag/pwd, a host candidate, a SHA-256
+    fingerprint, setup:actpass, rtcp-mux; no ice-lite, no a=crypto), ICE
+    completes, the offerer answered with setup:active is the DTLS server,
+    the SRTP keys come from DTLS and each side hears the other's tone."""
+    with (
+        Baresip(tmp_path / "callee", user="biz", tls=True, media="dtls", audio=880.0) as callee,
+        Baresip(
+            tmp_path / "caller", user="wa-test", tls=True, media="dtls", audio=440.0, sip_trace=True
+        ) as caller,
+    ):
+        _started(pids, callee, caller)
+        caller.dial(callee.uri)
+        for phone in (caller, callee):
+            phone.wait_event("CALL_ESTABLISHED", timeout=10)
+            # MENC_EVENT_SECURE: DTLS done, fingerprint verified, SRTP installed
+            secure = phone.wait_event("CALL_MENC", timeout=10)
+            assert str(secure.get("param", "")).endswith("audio,RTP"), secure
+        time.sleep(CALL_SECONDS)
+        caller.hangup()
+        caller.wait_event("CALL_CLOSED", timeout=10)
+        callee.wait_event("CALL_CLOSED", timeout=10)
+        heard_by_caller = caller.recordings("dec")[-1]
+        heard_by_callee = callee.recordings("dec")[-1]
+        traced = caller.traced_sip()
+        caller_log = caller.log_path.read_text()
+        callee_log = callee.log_path.read_text()
+
+    offer, answer = _sdp_of(traced, "INVITE "), _sdp_of(traced, "SIP/2.0 200")
+    m = offer.media[0]
+    assert (m.media, m.proto) == ("audio", "UDP/TLS/RTP/SAVPF"), m
+    assert any(r.is_("opus", 48000) for r in m.rtpmaps().values()), m
+    assert m.has_attribute("rtcp-mux")
+    assert not m.has_attribute("crypto")
+    assert not (offer.has_attribute("ice-lite") or m.has_attribute("ice-lite"))
+    assert len(_attr(offer, m, "ice-ufrag") or "") >= 4
+    assert len(_attr(offer, m, "ice-pwd") or "") >= 22
+    assert _attr(offer, m, "setup") == "actpass"
+    assert re.fullmatch(
+        r"SHA-256 (?:[0-9A-F]{2}:){31}[0-9A-F]{2}", _attr(offer, m, "fingerprint") or ""
+    )
+    candidates = [str(v).split() for v in m.attribute_values("candidate")]
+    assert candidates, m
+    for _foundation, component, transport, _prio, address, port, typ, kind in candidates:
+        assert (component, transport, typ, kind) == ("1", "UDP", "typ", "host")
+        assert address in host_ice_addresses() and int(port) == m.port
+    assert m.connection is not None and m.connection.address == candidates[0][4]
+    a = answer.media[0]
+    assert a.proto == "UDP/TLS/RTP/SAVPF" and a.has_attribute("rtcp-mux")
+    assert _attr(answer, a, "setup") == "active"
+
+    for log in (caller_log, callee_log):
+        assert "ice: audio: connectivity check is complete" in log
+        assert "dtls_srtp: verified SHA-256 fingerprint OK" in log
+        assert "DTLS-SRTP complete (audio/RTP) Profile=AES_CM_128_HMAC_SHA1_80" in log
+    assert "dtls_srtp: media=audio -- start DTLS server" in caller_log  # actpass + active
+    assert "dtls_srtp: media=audio -- start DTLS client" in callee_log
+    assert_tone(heard_by_callee, 440, tolerance=0.02, min_dbfs=-30, skip_seconds=1.5)
+    assert_tone(heard_by_caller, 880, tolerance=0.02, min_dbfs=-30, skip_seconds=1.5)
 
 
 # ------------------------------------------------- operator example routing --

@@ -10,6 +10,22 @@
 
     Baresip(dir, user="phone")   # plain SIP/UDP + PCMU: a PBX-side phone
 
+    Baresip(dir, user="wa", tls=True, media="dtls")  # WebRTC media, as Meta offers it
+
+media="dtls" turns the account into a WebRTC-mode peer: mediaenc=dtls_srtp
+(m= proto UDP/TLS/RTP/SAVPF; baresip 1.0 has no separate dtls_srtpf) and
+medianat=ice (a full ICE agent, host candidates only: no stunserver, so no
+STUN/TURN traffic), rtcp_mux on, and `-4` (IPv4 candidates only). The
+dtls_srtp module makes its own certificate when it loads (RSA 2048,
+self-signed "dtls@baresip"; no config key) and signs a=fingerprint with
+"SHA-256". Its ice module never offers 127.0.0.1 (it skips loopback and
+link-local interface addresses): the host candidates are this machine's
+other IPv4 addresses (host_ice_addresses()), which the kernel delivers over
+lo, so the media still never leaves the machine; without one a DTLS-mode
+test fails (skips under WAGW_ALLOW_SKIP_PEERS=1). sip_trace=True (`-s`)
+logs every SIP message sent and received; traced_sip() returns them, e.g.
+to read the SDP offer.
+
 The config folder is written like ../peers/baresip/mkcfg.sh does: sip_listen
 on a free port P (UDP/TCP on P, TLS on P+1), ctrl_tcp on another free port,
 the audio source an `aufile` WAV (made here: a tone, or silence), what is
@@ -28,14 +44,17 @@ aufile source ends the call ends (the generated source lasts `source_seconds`);
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import re
 import socket
+import struct
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tests.peers import (
     LOOPBACK,
@@ -44,6 +63,7 @@ from tests.peers import (
     release_ports,
     require_binary,
     self_signed_cert,
+    skip_allowed,
     start_process,
     stop_process,
 )
@@ -53,6 +73,13 @@ MODULE_PATH = "/usr/lib/baresip/modules"
 OPUS = "opus/48000/1"
 PCMU = "PCMU/8000/1"
 PCMA = "PCMA/8000/1"
+MEDIA_MODES = ("sdes", "dtls")
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCGIFADDR = 0x8915
+_IFF_UP = 0x1
+# what `-s` writes per message: ESC[36;1m#, "<transport> <src> -> <dst>", the message, ESC[;m
+_TRACE = re.compile(r"\x1b\[36;1m#\r?\n(\w+) (\S+) -> (\S+)\r?\n(.*?)\x1b\[;m", re.DOTALL)
 
 
 class BaresipError(RuntimeError):
@@ -61,6 +88,57 @@ class BaresipError(RuntimeError):
 
 def _netstring(payload: bytes) -> bytes:
     return str(len(payload)).encode() + b":" + payload + b","
+
+
+class TracedSip(NamedTuple):
+    """One SIP message from baresip's `-s` trace (sent or received)."""
+
+    transport: str  # "UDP" | "TCP" | "TLS"
+    source: str  # "address:port"
+    destination: str
+    text: str  # the whole message, CRLF line ends
+
+    @property
+    def first_line(self) -> str:
+        return self.text.split("\r\n", 1)[0]
+
+    @property
+    def body(self) -> str:
+        """The message body (the SDP), "" when there is none."""
+        return self.text.partition("\r\n\r\n")[2]
+
+
+def host_ice_addresses() -> list[str]:
+    """The IPv4 addresses baresip 1.0's ice module makes host candidates of:
+    those of every interface that is up, except 127.0.0.1 and 169.254/16
+    (its if_handler skips loopback and link-local). One per interface (the
+    primary, SIOCGIFADDR), in interface order."""
+    found: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            ifreq = struct.pack("256s", name.encode()[:15])
+            try:
+                flags = struct.unpack_from("H", fcntl.ioctl(sock, _SIOCGIFFLAGS, ifreq), 16)[0]
+                addr = socket.inet_ntoa(fcntl.ioctl(sock, _SIOCGIFADDR, ifreq)[20:24])
+            except OSError:  # no IPv4 address on this interface
+                continue
+            if flags & _IFF_UP and addr != LOOPBACK and not addr.startswith("169.254."):
+                found.append(addr)
+    return found
+
+
+def _require_ice_address() -> None:
+    if host_ice_addresses():
+        return
+    import pytest
+
+    msg = (
+        "baresip's ice module offers no candidate for 127.0.0.1 and this host has no "
+        "other IPv4 address: DTLS/ICE mode needs one (its traffic stays on lo)"
+    )
+    if skip_allowed():
+        pytest.skip(msg)
+    pytest.fail(msg)
 
 
 class Baresip(PeerProcess):
@@ -82,6 +160,8 @@ class Baresip(PeerProcess):
         rtp_ports: tuple[int, int] | None = None,
         extra_account_params: str = "",
         extra_config: str = "",
+        media: str = "sdes",
+        sip_trace: bool = False,
         max_lifetime: int = 900,
         binary: str = "baresip",
     ) -> None:
@@ -90,12 +170,22 @@ class Baresip(PeerProcess):
         calls over SIP/TLS. srtp: mediaenc=srtp-mand (default: same as tls).
         codec: the only audio codec offered (default Opus for tls, else PCMU).
         audio: what to send, a 48 kHz mono WAV path, a frequency in Hz for a
-        generated tone, or None for silence. max_lifetime: baresip quits by
-        itself after this many seconds (-t), in case the test runner dies."""
+        generated tone, or None for silence. media: "sdes" (the SRTP of
+        `srtp`, or none) or "dtls" (DTLS-SRTP + ICE + rtcp-mux, see the
+        module docstring; `srtp` must then be unset or False). sip_trace:
+        log every SIP message (`-s`, read back with traced_sip()).
+        max_lifetime: baresip quits by itself after this many seconds (-t),
+        in case the test runner dies."""
+        if media not in MEDIA_MODES:
+            raise ValueError(f"media must be one of {MEDIA_MODES}, not {media!r}")
+        if media == "dtls" and srtp:
+            raise ValueError("media='dtls' replaces SDES-SRTP: leave srtp unset")
         self.dir = Path(workdir)
         self.user = user
         self.tls = tls
-        self.srtp = tls if srtp is None else srtp
+        self.media = media
+        self.sip_trace = sip_trace
+        self.srtp = False if media == "dtls" else (tls if srtp is None else srtp)
         self.codec = codec or (OPUS if tls else PCMU)
         self.audio = audio
         self.source_seconds = source_seconds
@@ -150,6 +240,8 @@ class Baresip(PeerProcess):
         params = ["regint=0", f"answermode={self.answermode}"]
         if self.srtp:
             params.append("mediaenc=srtp-mand")
+        if self.media == "dtls":
+            params += ["mediaenc=dtls_srtp", "medianat=ice"]
         params.append(f"audio_codecs={self.codec}")
         line = aor + ";" + ";".join(params)
         if self.extra_account_params:
@@ -168,6 +260,10 @@ class Baresip(PeerProcess):
             source = Path(self.audio)
         else:
             source = tone_wav(self.dir / "source.wav", self.audio or 0.0, self.source_seconds)
+        webrtc = ""
+        if self.media == "dtls":
+            # menc/mnat modules register before account.so (a module_tmp) reads the accounts
+            webrtc = "module\t\t\tice.so\nmodule\t\t\tdtls_srtp.so\nrtcp_mux\t\tyes\n"
         config = f"""\
 poll_method\t\tepoll
 sip_listen\t\t{LOOPBACK}:{self.sip_port}
@@ -193,7 +289,7 @@ module\t\t\tsrtp.so
 module\t\t\tsndfile.so
 module\t\t\talsa.so
 module\t\t\taufile.so
-module_tmp\t\tuuid.so
+{webrtc}module_tmp\t\tuuid.so
 module_tmp\t\taccount.so
 module_app\t\tmenu.so
 module_app\t\tctrl_tcp.so
@@ -212,10 +308,14 @@ statmode_default\toff
     # --------------------------------------------------------- lifecycle --
     def start(self, *, timeout: float = 10.0) -> Baresip:
         binary = require_binary(self.binary, "baresip-core")
+        args = [binary, "-f", str(self.dir), "-t", str(self.max_lifetime)]
+        if self.media == "dtls":
+            _require_ice_address()
+            args.append("-4")  # IPv4 host candidates only (its RTP socket is IPv4)
+        if self.sip_trace:
+            args.append("-s")
         self.write_config()
-        self.proc = start_process(
-            [binary, "-f", str(self.dir), "-t", str(self.max_lifetime)], self.log_path
-        )
+        self.proc = start_process(args, self.log_path)
         deadline = time.monotonic() + timeout
         while self._sock is None:
             if self.proc.poll() is not None:
@@ -407,6 +507,15 @@ statmode_default\toff
         files = list(self.rec_dir.glob(f"dump-*-{direction}.wav"))
         return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
 
+    # ------------------------------------------------------------- SIP trace --
+    def traced_sip(self) -> list[TracedSip]:
+        """The SIP messages baresip sent and received so far, in order
+        (needs sip_trace=True)."""
+        if not self.sip_trace:
+            raise BaresipError("traced_sip() needs Baresip(..., sip_trace=True)")
+        text = self.log_path.read_bytes().decode("utf-8", "replace")  # keeps the CRLFs
+        return [TracedSip(*m.groups()) for m in _TRACE.finditer(text)]
+
     def _tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -414,4 +523,13 @@ statmode_default\toff
             return f"({self.log_path} missing)"
 
 
-__all__ = ["OPUS", "PCMA", "PCMU", "Baresip", "BaresipError"]
+__all__ = [
+    "MEDIA_MODES",
+    "OPUS",
+    "PCMA",
+    "PCMU",
+    "Baresip",
+    "BaresipError",
+    "TracedSip",
+    "host_ice_addresses",
+]
