@@ -579,6 +579,7 @@ def _link_fields(link: WebRtcLink) -> dict[str, object]:
         "suite": stats.srtp_suite,
         "checks_sent": stats.checks_sent,
         "controlling": stats.controlling,
+        "role_conflicts": stats.role_conflicts,
         "failure": stats.failure,
     }
 
