@@ -384,15 +384,20 @@ def _sipp_done(proc: subprocess.Popen[str], tmp_path: Path) -> None:
     assert proc.returncode == 0, out[-2000:] + trace[-4000:]
 
 
-def test_pbx_hold_is_answered_locally_and_meta_keeps_getting_media(tmp_path: Path) -> None:
+@pytest.mark.parametrize("media_mode", ["sdes", "webrtc"])
+def test_pbx_hold_is_answered_locally_and_meta_keeps_getting_media(
+    tmp_path: Path, media_mode: str
+) -> None:
     """re-INVITE sendonly from the PBX: 200 recvonly from the gateway, nothing toward Meta
     (the emulator answers a re-INVITE with 500 and records a violation), and Opus keeps
-    flowing to Meta while the PBX sends nothing."""
+    flowing to Meta while the PBX sends nothing; in SDES and in WebRTC (DTLS) mode."""
     with sipp_pbx(tmp_path, HOLD_SCENARIO) as (port, proc):
         gw = _gateway(tmp_path, f"127.0.0.1:{port}")
         try:
             gw.start()
-            result = meta_call(gw, hangup="gateway", talk_seconds=20.0, send_media=True)
+            result = meta_call(
+                gw, hangup="gateway", talk_seconds=20.0, send_media=True, media_mode=media_mode
+            )
         finally:
             gw.stop()
         _sipp_done(proc, tmp_path)
