@@ -231,7 +231,8 @@ class Bridge:
             kind = demux(data[0])
             if kind in (STUN, DTLS):
                 now = self._time()
-                link.receive(kind, data, (addr[0], addr[1]), now)
+                if not link.receive(kind, data, (addr[0], addr[1]), now):
+                    wa.rx_foreign += 1  # not ICE's, or DTLS not from the nominated pair
                 self._on_link(now)
             else:
                 wa.rx_bad += 1

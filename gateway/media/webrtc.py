@@ -100,19 +100,20 @@ class WebRtcLink:
         self._collect()
 
     # -- packets -------------------------------------------------------------
-    def receive(self, kind: int, data: bytes, addr: Address, now: float) -> None:
-        """A STUN or DTLS datagram from ``addr`` (the bridge has demultiplexed it)."""
+    def receive(self, kind: int, data: bytes, addr: Address, now: float) -> bool:
+        """A STUN or DTLS datagram from ``addr`` (the bridge has demultiplexed it); False
+        when it was not the link's (the bridge counts it as foreign)."""
         if self.state in ("failed", "closed"):
-            return
+            return False
         if kind == STUN:
-            self.ice.receive(data, addr, now)
-        elif kind == DTLS:
-            # DTLS only over a pair ICE has validated: the nominated one, or (a DTLS
-            # client peer that nominated before we saw it) the address its checks came from.
-            if self.selected is None or addr != self.selected:
-                return
-            self.dtls.receive(data, now)
+            taken = self.ice.receive(data, addr, now)
+        else:
+            # DTLS only over the pair ICE nominated: anything else never reaches OpenSSL.
+            taken = self.selected is not None and addr == self.selected
+            if taken:
+                self.dtls.receive(data, now)
         self._advance(now)
+        return taken
 
     def tick(self, now: float) -> None:
         """The media clock: ICE and DTLS retransmissions, the overall deadline."""
