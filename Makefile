@@ -67,7 +67,8 @@ test: deps apt-deps asterisk-chroot lint typecheck
 
 ## bench: N concurrent transcoded calls through the daemon (one core); writes docs/benchmarks.md
 ## (make bench CALLS=10 SECONDS=5 for a smoke run; BENCH_ARGS=--profile samples with py-spy;
-## BENCH_ARGS="--instances 2 --compare": two instances behind Kamailio against one, issue 7)
+## BENCH_ARGS="--instances 2 --compare": two instances behind Kamailio against one, issue 7;
+## BENCH_ARGS="--srtp dtls": the WhatsApp side in Meta's WebRTC media mode, ICE + DTLS-SRTP, issue 14)
 CALLS = 200
 SECONDS = 20
 BENCH_ARGS ?=

@@ -76,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(and its autogroup), realtime = SCHED_FIFO (root); default normal",
     )
     ap.add_argument(
+        "--srtp",
+        choices=("sdes", "dtls"),
+        default="sdes",
+        help="how the WhatsApp side keys SRTP: sdes (a=crypto, the default) or dtls (Meta's "
+        "WebRTC media: ICE-lite + DTLS-SRTP; the number's srtp set to match)",
+    )
+    ap.add_argument(
         "--no-meta-rtcp",
         action="store_true",
         help="the WhatsApp side sends no RTCP receiver reports (the gateway then keeps "
@@ -145,6 +152,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.calls, args.seconds = 10, 5.0
     if args.calls < 1 or args.seconds <= 0 or args.rate <= 0 or args.instances < 1:
         ap.error("--calls, --seconds, --rate and --instances must be positive")
+    if args.srtp == "dtls" and (
+        args.relay
+        or args.loss
+        or args.burst
+        or args.jitter
+        or args.reorder
+        or args.duplicate
+        or args.impair_both
+    ):
+        ap.error("--srtp dtls runs without the impairment relay")
     args.front = args.front or ("direct" if args.instances == 1 else "kamailio")
     if args.front == "direct" and args.instances > 1:
         ap.error("several instances need --front kamailio")
@@ -193,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         duplicate=args.duplicate,
         impair_both=args.impair_both,
         impair_seed=args.impair_seed,
+        srtp=args.srtp,
     )
     if impair.wanted(params) and args.front != "direct":
         print("bench: the impairment relay runs with one direct instance only", file=sys.stderr)
@@ -200,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.front != "direct":
         return _scale_out(args, params)
     print(
-        f"bench: {params.calls} calls, ramp {params.rate:g}/s, warm-up {params.warmup:g} s, "
-        f"window {params.seconds:g} s ...",
+        f"bench: {params.calls} calls ({params.srtp.upper()}), ramp {params.rate:g}/s, "
+        f"warm-up {params.warmup:g} s, window {params.seconds:g} s ...",
         file=sys.stderr,
         flush=True,
     )

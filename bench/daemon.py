@@ -213,6 +213,7 @@ class Daemon:
     overrides: dict[str, Any] = field(default_factory=dict)
     proxy: ProxySide | None = None  # behind a SIP proxy instead of its own TLS listener
     name: str = "daemon"
+    srtp: str = "sdes"  # the number's key exchange: what the load generator's offers use
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -277,6 +278,7 @@ class Daemon:
                     {
                         "number": BUSINESS_NUMBER,
                         "sip_password_file": str(pw.relative_to(self.workdir)),
+                        "srtp": self.srtp,
                     }
                 ],
             },

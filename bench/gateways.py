@@ -50,6 +50,7 @@ class Gateways:
         source: Path | None,
         gc_mode: str,
         overrides: dict[str, Any],
+        srtp: str = "sdes",
     ) -> Gateways:
         if front == "direct" and instances != 1:
             raise ValueError("several instances need a front (kamailio)")
@@ -79,6 +80,7 @@ class Gateways:
                     gc_mode=gc_mode,
                     proxy=proxy,
                     name=name,
+                    srtp=srtp,
                 )
             )
         if gw.front is not None and proxy is not None:

@@ -5,8 +5,10 @@ own core):
 
 * :class:`MetaLink`, one TLS connection to the gateway (no ALPN, the dev
   certificate not verified) carrying every call's signalling as Meta does:
-  INVITE shaped like docs/whatsapp-sip.md section 3 with a real SDES key, the 407
-  answered with :func:`gateway.sip.auth.answer_challenge`, ACK, later BYE.
+  INVITE shaped like docs/whatsapp-sip.md section 3 with a real SDES key (or, with
+  ``--srtp dtls``, WebRTC media as in section 7: :mod:`bench.webrtc` answers the
+  gateway's ICE checks and is the DTLS server, whose keys then drive the same SRTP), the
+  407 answered with :func:`gateway.sip.auth.answer_challenge`, ACK, later BYE.
   Through a proxy (Kamailio in front of several instances) the same
   connection goes to the proxy; the proxy's Record-Route entries above Meta's
   own in the 2xx make the route set of the ACK and BYE, whose Request-URI is
@@ -44,6 +46,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bench.webrtc import OPUS_PT, MetaWebRtc, meta_offer
 from gateway.media.rtcp import ReportBlock, RtcpReceiverReport, RtcpSdes, SdesChunk
 from gateway.media.srtp import SrtpContext, SrtpError, decode_inline, encode_inline
 from gateway.media.srtp import new_key_material as srtp_key
@@ -53,7 +56,6 @@ from gateway.sip.message import Request, Response, SipParseError, make_response,
 from tests.peers.impair import ImpairmentRelay
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"
-OPUS_PT = 111
 PCMU_PT = 0
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not export it
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -64,10 +66,6 @@ SLOT_SECONDS = 0.001
 META_HOST = "wa.meta.vc"
 META_ALLOW = "INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS"
 META_UA = "Facebook SipGateway"
-OPUS_FMTP = (
-    "maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;"
-    "sprop-maxcapturerate=16000;useinbandfec=1"
-)
 RR_EVERY = 250  # packets (5 s) between Meta's RTCP receiver reports, as RFC 3550 6.2
 _HDR = struct.Struct("!BBHII")
 _TS = struct.Struct("=qq")
@@ -137,7 +135,12 @@ class Call:
     """One benchmark call: signalling state, both media sockets, both directions."""
 
     def __init__(
-        self, index: int, silence: bytes, keep_audio: bool, meta_rtcp: bool = True
+        self,
+        index: int,
+        silence: bytes,
+        keep_audio: bool,
+        meta_rtcp: bool = True,
+        webrtc: MetaWebRtc | None = None,
     ) -> None:
         self.index = index
         self.wacid = "wacid." + base64.b64encode(b"\x1c\x18\x0b" + secrets.token_bytes(27)).decode()
@@ -148,7 +151,11 @@ class Call:
         self.meta_sock = _media_socket()
         self.pbx_sock = _media_socket()
         self.meta_key = srtp_key(SUITE)
+        # SDES: keyed from the SDP at once; WebRTC mode (--srtp dtls): by the DTLS handshake
         self.srtp: SrtpContext | None = None
+        self.webrtc = webrtc
+        self.keyed: asyncio.Future[None] | None = None  # WebRTC mode: keys, or a failure
+        self._dtls_timer: asyncio.TimerHandle | None = None
         self.gw_wa_addr: tuple[str, int] | None = None
         # The impairment relay (bench/impair.py) Meta's SDP declares instead of
         # meta_sock: Meta's media then goes to the relay, which passes it on.
@@ -176,6 +183,7 @@ class Call:
         self.challenged_at: float | None = None  # 407 received
         self.pbx_invite_at: float | None = None  # the gateway's INVITE reached the PBX stub
         self.answered_at: float | None = None
+        self.first_media_at: float | None = None  # first SRTP from the gateway decrypted
         self.failure: str | None = None
         self.to_header = ""
         self.remote_target = ""
@@ -191,10 +199,12 @@ class Call:
 
     # -- media out (called by the pacer) -----------------------------------
     def send_meta(self) -> None:
+        srtp = self.srtp
+        if srtp is None:  # WebRTC mode, before the handshake
+            return
         k = self.m_k
         self.m_k = k + 1
-        srtp = self.srtp
-        assert srtp is not None and self.gw_wa_addr is not None
+        assert self.gw_wa_addr is not None
         hdr = _HDR.pack(
             0x80,
             OPUS_PT | (0x80 if k == 0 else 0),
@@ -273,14 +283,21 @@ class Call:
         self.poll()
         while True:
             try:
-                data, anc, _, _ = sock.recvmsg(2048, ANC_SIZE)
+                data, anc, _, addr = sock.recvmsg(2048, ANC_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 d.rx_bad += 1
                 return
             t = _arrival_ns(anc)
-            if len(data) < 12 or srtp is None:
+            if len(data) < 12:
+                d.rx_bad += 1
+                continue
+            if data[0] < 128:  # RFC 7983: STUN (0-3) or DTLS (20-63), never SRTP
+                self.control(data, addr)
+                srtp = self.srtp  # the handshake may have just keyed it
+                continue
+            if srtp is None:
                 d.rx_bad += 1
                 continue
             if 200 <= data[1] <= 204:
@@ -296,6 +313,7 @@ class Call:
                 continue
             if self.gw_ssrc is None:
                 self.gw_ssrc = int.from_bytes(plain[8:12], "big")
+                self.first_media_at = time.monotonic()  # the event loop's clock
             payload = plain[_payload_offset(plain) :]
             kind = 1 if payload == self.silence else 0
             d.rx_seq.append((plain[2] << 8) | plain[3])
@@ -305,6 +323,48 @@ class Call:
                 d.audio_rx += 1
                 if d.keep is not None:
                     d.keep.append(payload)
+
+    def control(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A STUN or DTLS datagram on the WhatsApp socket: WebRTC mode's ICE-lite and
+        DTLS server (bench/webrtc.py); in SDES mode a bad packet."""
+        w = self.webrtc
+        if w is None:
+            self.p2m.rx_bad += 1
+            return
+        now = time.monotonic()
+        self._send_control(w.receive(data, (str(addr[0]), int(addr[1])), now))
+        self._after_dtls(now)
+
+    def _send_control(self, out: list[tuple[bytes, tuple[str, int]]]) -> None:
+        for packet, to in out:
+            with contextlib.suppress(OSError):
+                self.meta_sock.sendto(packet, to)
+
+    def _after_dtls(self, now: float) -> None:
+        """Keys in use once the handshake is done; otherwise its timer re-armed."""
+        w = self.webrtc
+        assert w is not None
+        if self._dtls_timer is not None:
+            self._dtls_timer.cancel()
+            self._dtls_timer = None
+        keys = w.keys
+        if keys is not None and self.srtp is None:
+            self.gw_wa_addr = w.nominated  # the pair ICE nominated: SRTP goes there
+            self.srtp = SrtpContext(*keys)
+        if self.keyed is not None and not self.keyed.done() and (keys or w.failure):
+            self.keyed.set_result(None)
+        due = w.next_timeout()
+        if due is not None and self.keyed is not None and not self.keyed.done():
+            loop = asyncio.get_running_loop()
+            self._dtls_timer = loop.call_at(loop.time() + max(0.0, due - now), self._dtls_due)
+
+    def _dtls_due(self) -> None:
+        w = self.webrtc
+        assert w is not None
+        self._dtls_timer = None
+        now = time.monotonic()
+        self._send_control(w.handle_timeout(now))
+        self._after_dtls(now)
 
     def pbx_readable(self) -> None:
         """What the gateway sends toward the PBX: RTP/PCMU (+ RTCP)."""
@@ -336,6 +396,8 @@ class Call:
                 d.keep.append(data[_payload_offset(data) :])
 
     def close(self) -> None:
+        if self._dtls_timer is not None:
+            self._dtls_timer.cancel()
         self.meta_sock.close()
         self.pbx_sock.close()
 
@@ -506,28 +568,10 @@ class MetaCaller:
         port = call.meta_sock.getsockname()[1]
         if call.relay is not None:  # Meta's SDP names the relay (both on 127.0.0.1)
             port = call.relay.front(("127.0.0.1", port))[1]
-        sess = secrets.randbelow(2**62) + 1
-        lines = [
-            "v=0",
-            f"o=- {sess} 2 IN IP4 127.0.0.1",
-            "s=-",
-            "t=0 0",
-            "a=group:BUNDLE audio",
-            f"m=audio {port} RTP/SAVP {OPUS_PT} 126",
-            "c=IN IP4 127.0.0.1",
-            "a=rtcp:9 IN IP4 0.0.0.0",
-            "a=rtcp-mux",
-            "a=sendrecv",
-            "a=mid:audio",
-            f"a=crypto:1 {SUITE} {encode_inline(call.meta_key, SUITE)}",
-            f"a=rtpmap:{OPUS_PT} opus/48000/2",
-            f"a=fmtp:{OPUS_PT} {OPUS_FMTP}",
-            "a=rtpmap:126 telephone-event/8000",
-            "a=ptime:20",
-            "a=maxptime:20",
-            f"a=ssrc:{call.m_ssrc} cname:WhatsAppAudioStream1",
-        ]
-        return ("\r\n".join(lines) + "\r\n").encode()
+        if call.webrtc is not None:
+            return meta_offer(port, call.m_ssrc, ice=call.webrtc.ice_params())
+        crypto = f"{SUITE} {encode_inline(call.meta_key, SUITE)}"
+        return meta_offer(port, call.m_ssrc, crypto=crypto)
 
     def _record_route(self) -> list[str]:
         """Meta's own Record-Route entries (two hops of its edge) in its INVITEs."""
@@ -657,11 +701,14 @@ class MetaCaller:
         call.route = route or []
         call.ack = self._in_dialog(call, "ACK", call.cseq, [])
         self.link.send(call.ack)
-        body = resp.body.decode("utf-8", "replace")
-        c, m, crypto = _C_RE.search(body), _M_RE.search(body), _CRYPTO_RE.search(body)
         if route is None:
             call.failure = "2xx Record-Route does not end with Meta's own entries unchanged"
             return
+        if call.webrtc is not None:
+            await self._webrtc_media(call, resp, on_answer, timeout)
+            return
+        body = resp.body.decode("utf-8", "replace")
+        c, m, crypto = _C_RE.search(body), _M_RE.search(body), _CRYPTO_RE.search(body)
         if c is None or m is None or crypto is None or crypto.group(1) != SUITE:
             call.failure = "2xx SDP without address, port or a usable a=crypto"
             return
@@ -674,6 +721,33 @@ class MetaCaller:
             call.failure = "answered without the PBX leg (no INVITE reached the PBX stub)"
             return
         on_answer(call)
+
+    async def _webrtc_media(
+        self, call: Call, resp: Response, on_answer: Callable[[Call], None], timeout: float
+    ) -> None:
+        """WebRTC mode after the 2xx: the gateway's checks answered, then the DTLS handshake;
+        the PBX streams from the answer on, Meta's side once keyed (``Call.send_meta``)."""
+        w = call.webrtc
+        assert w is not None
+        loop = asyncio.get_running_loop()
+        try:
+            call.gw_wa_addr = w.accept_answer(resp.body, loop.time())
+        except ValueError as exc:
+            call.failure = str(exc)
+            return
+        if call.gw_pbx_addr is None:
+            call.failure = "answered without the PBX leg (no INVITE reached the PBX stub)"
+            return
+        call.keyed = loop.create_future()
+        on_answer(call)  # the sockets read from here: the gateway's checks are answered
+        try:
+            await asyncio.wait_for(asyncio.shield(call.keyed), timeout)
+        except TimeoutError:
+            nominated = "ICE nominated" if w.nominated else "no check with USE-CANDIDATE"
+            call.failure = f"no DTLS keys in {timeout:g} s after the 2xx ({nominated})"
+            return
+        if w.failure is not None:
+            call.failure = w.failure
 
     async def hangup(self, call: Call, timeout: float = 10.0) -> None:
         if call.answered_at is None or call.gateway_bye:

@@ -12,7 +12,6 @@ import re
 import subprocess
 from pathlib import Path
 
-from bench.impair import SECTION as IMPAIR_SECTION
 from bench.impair import args as impair_args
 from bench.result import Params, Result
 from bench.run import git_describe, summary_numbers
@@ -28,6 +27,8 @@ HISTORY_HEADER = (
 HISTORY_RULE = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 SCALE_OUT = "## Scale-out"  # sections written by bench.scaleout, kept as they are here
 _HISTORY_ROW_RE = re.compile(r"^\| \d{4}-\d{2}-\d{2} ")
+# The sections write_markdown writes itself (the rest of the file is kept as it is)
+_WRITTEN_HERE = ("## Latest run", "## Where the daemon's time goes", "## History")
 
 
 def machine() -> dict[str, str]:
@@ -79,6 +80,16 @@ def _ms(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.2f}"
+
+
+def _key_exchange(r: Result) -> str:
+    if r.params.srtp == "dtls":
+        return "WebRTC media: ICE-lite and the DTLS-SRTP handshake included"
+    return "SDES keys from the SDP"
+
+
+def _no_media(r: Result) -> str:
+    return f"; {r.no_first_media} calls had none by the window" if r.no_first_media else ""
 
 
 def verdict(r: Result) -> tuple[bool, list[str]]:
@@ -189,6 +200,8 @@ def command_args(p: Params) -> str:
         args += " --compare"
     if not p.generator_below:
         args += " --generator-same-priority"
+    if p.srtp != "sdes":
+        args += f" --srtp {p.srtp}"
     return args + impair_args(p)
 
 
@@ -239,6 +252,19 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         + " |",
         f"| call setup time p50 / p99 (INVITE to 200, 407 round included) | "
         f"{_ms(nums['setup_p50'])} / {_ms(nums['setup_p99'])} ms |",
+        f"| call setup to media p50 / p99 (INVITE to the first SRTP from the gateway "
+        f"decrypted; {_key_exchange(r)}) | {_ms(nums['media_p50'])} / {_ms(nums['media_p99'])} "
+        f"ms{_no_media(r)} |",
+        *(
+            [
+                f"| DTLS handshake at the WhatsApp side p50 / p99 (first ClientHello to keys) "
+                f"| {_ms(nums['handshake_p50'])} / {_ms(nums['handshake_p99'])} ms |",
+                f"| the gateway's ICE checks answered / dropped (consent included) "
+                f"| {r.stun_answered} / {r.stun_dropped} |",
+            ]
+            if r.params.srtp == "dtls"
+            else []
+        ),
         *[
             f"| setup phase {name} p50 / p99 | {_ms(percentile(v, 50))} / "
             f"{_ms(percentile(v, 99))} ms |"
@@ -408,6 +434,11 @@ daemon and the generator) emulates a dedicated core; the kernel's real-time
 throttling then still caps the daemon at 95 % of its core. `--ref HEAD` runs
 the daemon from `gateway/` as committed rather than from a working tree that
 may be in the middle of an edit. `--profile` samples the daemon with py-spy.
+`--srtp dtls`: the WhatsApp side offers Meta's WebRTC media instead of SDES
+(ICE-lite, the DTLS server with one certificate for all calls, then the same
+SRTP; bench/webrtc.py) and the number's `srtp` is set to match; call setup to
+media (INVITE to the first SRTP from the gateway decrypted) then includes ICE
+and the handshake. Both modes side by side: "WebRTC mode (DTLS-SRTP) vs SDES".
 
 What one call costs, where the rest of the time goes and what reaching the
 target would take: docs/decisions.md, "Media CPU: 200 transcoded calls on one
@@ -432,8 +463,10 @@ def write_markdown(path: Path, r: Result) -> None:
                 rows.append(line)
             if section.startswith("## Where the daemon's time goes"):
                 kept.append(line)
-            if section.startswith((SCALE_OUT, IMPAIR_SECTION)):
-                scale_out.append(line)  # kept as written (bench.scaleout, bench.impair)
+            if section and not section.startswith(_WRITTEN_HERE):
+                # kept as written: bench.scaleout's and bench.impair's sections, and
+                # those written by hand
+                scale_out.append(line)
         if not profile and kept:
             profile = "\n".join(kept).rstrip() + "\n"
     rows.append(history_row(r, commit))

@@ -41,6 +41,9 @@ class Params:
     duplicate: float = 0.0  # % sent twice
     impair_both: bool = False  # gateway -> Meta too
     impair_seed: int = 1
+    # How the WhatsApp side keys SRTP (issue 14): "sdes" (a=crypto) or "dtls" (WebRTC
+    # media: ICE-lite + DTLS-SRTP, bench/webrtc.py); the number's srtp in the config matches
+    srtp: str = "sdes"
 
 
 @dataclass
@@ -102,6 +105,13 @@ class Result:
     failures: dict[str, int] = field(default_factory=dict)
     setup_ms: list[float] = field(default_factory=list)
     setup_phases_ms: dict[str, list[float]] = field(default_factory=dict)
+    # INVITE -> the first SRTP packet from the gateway decrypted (both modes), and the DTLS
+    # handshake at the WhatsApp side (first ClientHello to keys; --srtp dtls)
+    media_setup_ms: list[float] = field(default_factory=list)
+    handshake_ms: list[float] = field(default_factory=list)
+    no_first_media: int = 0  # calls up without any SRTP from the gateway by the window
+    stun_answered: int = 0  # the gateway's ICE checks (incl. consent) answered, to the window's end
+    stun_dropped: int = 0  # STUN not answered (bad credentials, integrity, no FINGERPRINT)
     pbx_invite_retransmissions: int = 0
     meta_reports_sent: int = 0  # SRTCP receiver reports from the WhatsApp side, whole run
     ramp_seconds: float = 0.0

@@ -37,6 +37,8 @@ from bench.placement import Placement, pin_self, place
 from bench.profile import PySpy
 from bench.result import FrontResult, InstanceResult, Params, Result
 from bench.stats import percentile
+from bench.webrtc import MetaWebRtc
+from gateway.media.dtls import DtlsCertificate
 
 SETTLED_MS = 20.0  # the warm-up ends once forwarded packets are this fresh for 1 s
 
@@ -66,6 +68,7 @@ def _build(
         source=source,
         gc_mode=p.daemon_gc,
         overrides=overrides,
+        srtp=p.srtp,
     )
 
 
@@ -91,6 +94,36 @@ def _count_calls(calls: list[Call], gw: Gateways, result: Result) -> None:
             result.calls_failed += 1
             why = call.failure or "unknown"
             result.failures[why] = result.failures.get(why, 0) + 1
+
+
+def _count_media_setup(calls: list[Call], result: Result) -> None:
+    """INVITE -> first SRTP from the gateway decrypted, and its phases after the 2xx (in
+    WebRTC mode: ICE, the DTLS handshake, the first media). Taken after the warm-up, when
+    every call that works has had its first media."""
+    phases = result.setup_phases_ms
+    for call in calls:
+        if call.failure is not None or call.answered_at is None:
+            continue
+        w = call.webrtc
+        if call.first_media_at is None:
+            result.no_first_media += 1
+            continue
+        result.media_setup_ms.append(1000 * (call.first_media_at - call.invite_at))
+        if w is None:
+            steps = [("200 to WhatsApp -> first SRTP from the gateway", call.answered_at)]
+        else:
+            if w.dtls is not None and w.dtls.handshake_seconds is not None:
+                result.handshake_ms.append(1000 * w.dtls.handshake_seconds)
+            if w.nominated_at is None or w.keyed_at is None:
+                continue
+            steps = [
+                ("200 to WhatsApp -> ICE nominated (USE-CANDIDATE answered)", call.answered_at),
+                ("ICE nominated -> DTLS keys (ClientHello wait + handshake)", w.nominated_at),
+                ("DTLS keys -> first SRTP from the gateway", w.keyed_at),
+            ]
+        ends = [t for _, t in steps[1:]] + [call.first_media_at]
+        for (name, a), b in zip(steps, ends, strict=True):
+            phases.setdefault(name, []).append(1000 * (b - a))
 
 
 async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -> None:
@@ -133,13 +166,16 @@ async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -
             pacer.add(call.index % SLOTS, call.send_meta)
             pacer.add((call.index + SLOTS // 2) % SLOTS, call.send_pbx)
 
+        # WebRTC mode: one certificate for every call of the WhatsApp side, as Meta's edge
+        certificate = DtlsCertificate.generate() if p.srtp == "dtls" else None
         pacer.start()
         cpu_before_ramp = gw.cpu()
         front0 = gw.front.cpu() if gw.front is not None else None
         t_ramp = loop.time()
         tasks: list[asyncio.Task[None]] = []
         for i in range(p.calls):
-            call = Call(i, silence, keep_audio=(i == 0), meta_rtcp=p.meta_rtcp)
+            webrtc = MetaWebRtc(certificate) if certificate is not None else None
+            call = Call(i, silence, keep_audio=(i == 0), meta_rtcp=p.meta_rtcp, webrtc=webrtc)
             if relays is not None:
                 call.relay = relays.relay(*impair.both_ways(p, i))
             calls.append(call)
@@ -191,6 +227,7 @@ async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -
                 + ("" if p.front == "direct" else ", or the load generator is short of CPU")
             )
         result.settle_seconds = loop.time() - t_settle
+        _count_media_setup(calls, result)
         # -- the measurement window ------------------------------------------
         if p.profile:
             spy_core = min(placement.others) if result.pinned and placement.others else None
@@ -256,6 +293,10 @@ async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -
         result.drain_seconds = await _drain(calls)
         result.socket_drops = read_socket_drops(our_ports) - drops0
         result.meta_reports_sent = sum(call.rr_sent for call in calls)
+        for call in calls:
+            if call.webrtc is not None:
+                result.stun_answered += call.webrtc.stun_answered
+                result.stun_dropped += call.webrtc.stun_dropped
         for call in calls:
             if call.answered_at is not None and call.failure is None:
                 result.m2p.add(call.m2p, w0, w1, call.index)
@@ -476,6 +517,10 @@ def summary_numbers(r: Result) -> dict[str, Any]:
     return {
         "setup_p50": percentile(r.setup_ms, 50),
         "setup_p99": percentile(r.setup_ms, 99),
+        "media_p50": percentile(r.media_setup_ms, 50),
+        "media_p99": percentile(r.media_setup_ms, 99),
+        "handshake_p50": percentile(r.handshake_ms, 50),
+        "handshake_p99": percentile(r.handshake_ms, 99),
         "m2p": r.m2p.latency(),
         "p2m": r.p2m.latency(),
     }
