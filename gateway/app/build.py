@@ -94,6 +94,7 @@ def build(
     secret = cfg.cluster.read_nonce_secret() or secrets.token_bytes(32)
     digest = DigestServer(secret, cfg.whatsapp.hostname, algorithms=("MD5",))
     bridges = BridgeFactory(loop, ports, media_clock, media_settings(cfg.media), frame_times)
+    log.info("media_engine", engine=bridges.engine, configured=cfg.media.engine)
     throttle = build_throttle(cfg, digest.nonce_ttl)
     calls = CallManager(
         cfg,
@@ -116,7 +117,7 @@ def build(
         on_change=lambda: runtime.changed(),
     )
     meta_health = MetaHealthPoller(cfg)  # Meta's health_status (meta_api.poll_health)
-    metrics = Metrics()
+    metrics = Metrics(media_engine=bridges.engine)
     view: RuntimeView  # bound with the runtime
     http = HttpServer(
         metrics,

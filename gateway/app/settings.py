@@ -20,6 +20,7 @@ def media_settings(media: MediaConfig) -> MediaSettings:
         opus_complexity=media.opus_complexity,
         latch=media.latch,
         latch_window=media.latch_window,
+        engine=media.engine,
     )
 
 

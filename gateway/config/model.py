@@ -279,6 +279,11 @@ class MediaConfig(FrozenModel):
     # address:port only, never learned. Either way nothing moves the latch mid-call.
     latch: Literal["strict", "sdp"] = "strict"
     latch_window: Annotated[float, Field(gt=0, le=60)] = 10.0
+    # The per-packet engine (docs/decisions.md, "Native media engine"): "native" runs the
+    # steady state of each call in C (the optional extension gateway.media._native),
+    # "python" the pure-Python reference; "auto": native when the extension is built.
+    # Without it, native is the Python engine and one warning line, never a failed start.
+    engine: Literal["auto", "native", "python"] = "auto"
 
     @model_validator(mode="after")
     def _advertise(self) -> MediaConfig:

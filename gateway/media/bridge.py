@@ -173,6 +173,12 @@ class Bridge:
         except SrtpAuthError:
             wa.rx_auth_failures += 1
             return
+        self._whatsapp_rtp(plain, now)
+
+    def _whatsapp_rtp(self, plain: bytes, now: float) -> None:
+        """An authentic RTP packet from Meta, decrypted (the native engine hands over
+        here what it decrypted but does not take itself)."""
+        wa = self.wa
         if len(plain) > 12 and plain[0] == 0x80:
             # Fast path, the steady state: plain audio, in sequence, transcoded. The
             # same steps as below without an RtpPacket, a release list or a re-frame.
@@ -502,6 +508,11 @@ class BridgeFactory:
         self._settings = settings
         # Per-packet processing time by the leg a packet arrives on (metrics).
         self._frame_times = frame_times or {}
+        from gateway.media import native  # it builds on this module
+
+        #: The engine the bridges run: "native" or "python" (media.engine resolved).
+        self.engine = native.resolve_engine(settings.engine)
+        self._bridge: type[Bridge] = native.NativeBridge if self.engine == "native" else Bridge
 
     def __call__(self, key: str, on_no_media: Callable[[str], None]) -> Bridge:
         """A bridge with both ports bound; raises PortsExhausted when the range is full."""
@@ -513,7 +524,7 @@ class BridgeFactory:
             raise
         wa_sock.timing = self._frame_times.get("whatsapp")
         pbx_sock.timing = self._frame_times.get("pbx")
-        return Bridge(
+        return self._bridge(
             key,
             wa_sock,
             pbx_sock,

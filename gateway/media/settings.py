@@ -17,7 +17,8 @@ __all__ = ["MediaSettings"]
 
 @dataclass(frozen=True, slots=True)
 class MediaSettings:
-    """Per-bridge settings: the no-media timeout, the Opus complexity, the latching rule."""
+    """Per-bridge settings: the no-media timeout, the Opus complexity, the latching rule,
+    the engine."""
 
     # End the call after this many seconds without media from a leg.
     no_media_timeout: float = 30.0
@@ -27,3 +28,5 @@ class MediaSettings:
     # "sdp": the SDP's address:port only, never learned.
     latch: Literal["strict", "sdp"] = "strict"
     latch_window: float = DEFAULT_LATCH_WINDOW
+    # "auto" | "native" | "python" (gateway.media.native.resolve_engine).
+    engine: Literal["auto", "native", "python"] = "auto"

@@ -1,0 +1,21 @@
+"""The bridge tests run against both media engines (issue 12): the Python reference
+and the native one (skipped, and said so, where the extension is not built)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.media.native import load_native, native_error
+from tests.unit.media import bridge_fakes
+
+
+@pytest.fixture(params=["python", "native"])
+def media_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The engine of the test's bridges: Rig's default and BridgeFactory's setting."""
+    engine: str = request.param
+    if engine == "native" and load_native() is None:
+        pytest.skip(f"native media engine not built: {native_error()}")
+    monkeypatch.setattr(bridge_fakes, "ENGINE", engine)
+    yield engine
