@@ -22,7 +22,6 @@ from gateway.media.rtcp import ReceiveStats, build_report
 from gateway.media.rtp import RtpSender
 from gateway.sdp.negotiate import SrtpParams
 from tests.unit.media.bridge_fakes import (
-    FRAME,
     META_ADDR,
     META_IP,
     PBX_ADDR,
@@ -125,10 +124,11 @@ def _recording() -> list[Step]:
     both(5)
     # RTCP both ways: Meta's (SRTCP) receiver report, the PBX's sender report.
     meta_rx, pbx_rx = ReceiveStats(48000), ReceiveStats(8000)
-    steps += [("meta", meta.rtcp(build_report(None, meta_rx, 5.0, "meta", ssrc=meta.sender.ssrc)), META_ADDR)]
+    meta_rr = build_report(None, meta_rx, 5.0, "meta", ssrc=meta.sender.ssrc)
+    steps += [("meta", meta.rtcp(meta_rr), META_ADDR)]
     steps += [("pbx", build_report(pbx.sender, pbx_rx, 5.0, "pbx"), (PBX_IP, PBX_ADDR[1] + 1))]
     # A forged SRTCP tag.
-    rr = meta.rtcp(build_report(None, meta_rx, 5.0, "meta", ssrc=meta.sender.ssrc))
+    rr = meta.rtcp(meta_rr)
     steps += [("meta", rr[:-1] + bytes([rr[-1] ^ 1]), META_ADDR), ("tick", 1)]
     both(5)
     # The PBX sends 30 ms packets for a while (re-framed to 20 ms), then 20 ms again.
