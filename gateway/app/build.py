@@ -26,6 +26,7 @@ from gateway.b2bua.probe import PbxProber
 from gateway.config import Config
 from gateway.logging import get_logger
 from gateway.media.bridge import BridgeFactory
+from gateway.media.native import srtp_library
 from gateway.metaapi.health import MetaHealthCollector, MetaHealthPoller
 from gateway.ops.admission import OverloadControls, build_throttle
 from gateway.ops.http import HttpServer
@@ -94,7 +95,8 @@ def build(
     secret = cfg.cluster.read_nonce_secret() or secrets.token_bytes(32)
     digest = DigestServer(secret, cfg.whatsapp.hostname, algorithms=("MD5",))
     bridges = BridgeFactory(loop, ports, media_clock, media_settings(cfg.media), frame_times)
-    log.info("media_engine", engine=bridges.engine, configured=cfg.media.engine)
+    srtp = srtp_library() if bridges.engine == "native" else "pylibsrtp"
+    log.info("media_engine", engine=bridges.engine, configured=cfg.media.engine, srtp=srtp)
     throttle = build_throttle(cfg, digest.nonce_ttl)
     calls = CallManager(
         cfg,

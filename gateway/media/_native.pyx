@@ -110,6 +110,28 @@ cdef extern from "<srtp2/srtp.h>":
         srtp_crypto_policy_t *policy, srtp_profile_t profile)
     srtp_err_status_t srtp_crypto_policy_set_from_profile_for_rtcp(
         srtp_crypto_policy_t *policy, srtp_profile_t profile)
+    const char *srtp_get_version_string()
+
+# One libsrtp's entry points. Two builds of libsrtp 2 can be in the process: the
+# system's (Debian's libsrtp2, linked; Debian builds it with NSS) and the one
+# pylibsrtp ships (with OpenSSL), whose public C functions its cffi module exposes.
+# A session is used and freed only through the table that made it.
+ctypedef srtp_err_status_t (*create_f)(srtp_t *, const srtp_policy_t *)
+ctypedef srtp_err_status_t (*dealloc_f)(srtp_t)
+ctypedef srtp_err_status_t (*process_f)(srtp_t, void *, int *)
+ctypedef srtp_err_status_t (*profile_f)(srtp_crypto_policy_t *, srtp_profile_t)
+ctypedef const char *(*version_f)()
+
+ctypedef struct SrtpApi:
+    create_f create
+    dealloc_f dealloc
+    process_f protect
+    process_f unprotect
+    process_f protect_rtcp
+    process_f unprotect_rtcp
+    profile_f for_rtp
+    profile_f for_rtcp
+    version_f version
 
 cdef extern from "<opus/opus.h>":
     ctypedef struct OpusEncoder:
@@ -163,6 +185,92 @@ cdef str _error_text(int status):
 if srtp_init() != srtp_err_status_ok:
     raise ImportError("libsrtp2 failed to initialise")
 
+cdef SrtpApi SYSTEM_SRTP
+SYSTEM_SRTP.create = srtp_create
+SYSTEM_SRTP.dealloc = srtp_dealloc
+SYSTEM_SRTP.protect = srtp_protect
+SYSTEM_SRTP.unprotect = srtp_unprotect
+SYSTEM_SRTP.protect_rtcp = srtp_protect_rtcp
+SYSTEM_SRTP.unprotect_rtcp = srtp_unprotect_rtcp
+SYSTEM_SRTP.for_rtp = srtp_crypto_policy_set_from_profile_for_rtp
+SYSTEM_SRTP.for_rtcp = srtp_crypto_policy_set_from_profile_for_rtcp
+SYSTEM_SRTP.version = srtp_get_version_string
+cdef SrtpApi BUNDLED_SRTP
+cdef SrtpApi *SRTP_API = &SYSTEM_SRTP
+cdef str SRTP_BACKEND = "system"
+
+
+def _bundled_srtp():
+    """pylibsrtp's libsrtp entry points, if its build has our srtp_policy_t layout."""
+    from pylibsrtp._binding import ffi, lib  # imported: pylibsrtp has run srtp_init
+
+    if ffi.sizeof("srtp_policy_t") != sizeof(srtp_policy_t):
+        return None
+    cdef srtp_policy_t probe
+    offsets = {
+        "ssrc": <size_t>&probe.ssrc - <size_t>&probe,
+        "rtp": <size_t>&probe.rtp - <size_t>&probe,
+        "rtcp": <size_t>&probe.rtcp - <size_t>&probe,
+        "key": <size_t>&probe.key - <size_t>&probe,
+        "window_size": <size_t>&probe.window_size - <size_t>&probe,
+        "allow_repeat_tx": <size_t>&probe.allow_repeat_tx - <size_t>&probe,
+    }
+    for field, offset in offsets.items():
+        if ffi.offsetof("srtp_policy_t", field) != offset:
+            return None
+    if ffi.sizeof("srtp_crypto_policy_t") != sizeof(srtp_crypto_policy_t):
+        return None
+    names = (
+        "srtp_create", "srtp_dealloc", "srtp_protect", "srtp_unprotect", "srtp_protect_rtcp",
+        "srtp_unprotect_rtcp", "srtp_crypto_policy_set_from_profile_for_rtp",
+        "srtp_crypto_policy_set_from_profile_for_rtcp",
+    )
+    return [int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in names]
+
+
+def use_srtp(str backend):
+    """Which libsrtp new sessions run on: "pylibsrtp" (the build pylibsrtp ships, the one
+    the Python engine uses), "system" (the linked libsrtp2), or "auto" (pylibsrtp's when
+    its layout matches, else the system's). Returns the backend in force and its version."""
+    global SRTP_API, SRTP_BACKEND
+    if backend not in ("auto", "pylibsrtp", "system"):
+        raise ValueError(f"unknown SRTP backend {backend!r}")
+    if backend == "system":
+        SRTP_API, SRTP_BACKEND = &SYSTEM_SRTP, "system"
+    else:
+        try:
+            found = _bundled_srtp()
+        except (ImportError, AttributeError, KeyError, TypeError):
+            found = None
+        if found is None:
+            if backend == "pylibsrtp":
+                raise ValueError("pylibsrtp's libsrtp has another layout or entry points")
+            SRTP_API, SRTP_BACKEND = &SYSTEM_SRTP, "system"
+        else:
+            BUNDLED_SRTP.create = <create_f><size_t>found[0]
+            BUNDLED_SRTP.dealloc = <dealloc_f><size_t>found[1]
+            BUNDLED_SRTP.protect = <process_f><size_t>found[2]
+            BUNDLED_SRTP.unprotect = <process_f><size_t>found[3]
+            BUNDLED_SRTP.protect_rtcp = <process_f><size_t>found[4]
+            BUNDLED_SRTP.unprotect_rtcp = <process_f><size_t>found[5]
+            BUNDLED_SRTP.for_rtp = <profile_f><size_t>found[6]
+            BUNDLED_SRTP.for_rtcp = <profile_f><size_t>found[7]
+            BUNDLED_SRTP.version = NULL  # not among what pylibsrtp exposes
+            SRTP_API, SRTP_BACKEND = &BUNDLED_SRTP, "pylibsrtp"
+    return srtp_backend()
+
+
+def srtp_backend():
+    """(backend, libsrtp version) of the sessions made now."""
+    if SRTP_API.version is NULL:
+        import pylibsrtp
+
+        return SRTP_BACKEND, f"pylibsrtp {pylibsrtp.__version__}"
+    return SRTP_BACKEND, SRTP_API.version().decode("ascii", "replace")
+
+
+use_srtp("auto")
+
 
 # --------------------------------------------------------------------------- G.711
 # Tables made by audioop itself: bit for bit what the Python engine computes.
@@ -206,6 +314,8 @@ cdef class Srtp:
 
     cdef srtp_t _tx
     cdef srtp_t _rx
+    cdef SrtpApi *api  # the libsrtp that made the sessions
+    cdef readonly str backend
     cdef unsigned char _buf[BUFFER]
     cdef readonly str suite
     cdef public long auth_failures
@@ -214,6 +324,8 @@ cdef class Srtp:
     def __cinit__(self):
         self._tx = NULL
         self._rx = NULL
+        self.api = SRTP_API
+        self.backend = SRTP_BACKEND
 
     def __init__(self, str suite, bytes local_material, bytes remote_material):
         info = _suite(suite)
@@ -229,22 +341,22 @@ cdef class Srtp:
         cdef srtp_policy_t policy
         cdef srtp_t session = NULL
         memset(&policy, 0, sizeof(policy))
-        if srtp_crypto_policy_set_from_profile_for_rtp(&policy.rtp, profile) != srtp_err_status_ok:
+        if self.api.for_rtp(&policy.rtp, profile) != srtp_err_status_ok:
             raise SrtpError(f"SRTP profile {profile} unsupported")
-        if srtp_crypto_policy_set_from_profile_for_rtcp(&policy.rtcp, profile) != srtp_err_status_ok:
+        if self.api.for_rtcp(&policy.rtcp, profile) != srtp_err_status_ok:
             raise SrtpError(f"SRTCP profile {profile} unsupported")
         policy.ssrc.type = kind
         policy.key = <unsigned char *>PyBytes_AS_STRING(key)  # copied by srtp_create
-        cdef int status = srtp_create(&session, &policy)
+        cdef int status = self.api.create(&session, &policy)
         if status != srtp_err_status_ok:
             raise SrtpError(f"SRTP session failed: {_error_text(status)}")
         return session
 
     def __dealloc__(self):
         if self._tx is not NULL:
-            srtp_dealloc(self._tx)
+            self.api.dealloc(self._tx)
         if self._rx is not NULL:
-            srtp_dealloc(self._rx)
+            self.api.dealloc(self._rx)
 
     cdef bytes _run(self, object data, int which, int trailer, bint inbound):
         if type(data) is not bytes:
@@ -256,13 +368,13 @@ cdef class Srtp:
         cdef int length = <int>n
         cdef int status
         if which == 0:
-            status = srtp_protect(self._tx, self._buf, &length)
+            status = self.api.protect(self._tx, self._buf, &length)
         elif which == 1:
-            status = srtp_protect_rtcp(self._tx, self._buf, &length)
+            status = self.api.protect_rtcp(self._tx, self._buf, &length)
         elif which == 2:
-            status = srtp_unprotect(self._rx, self._buf, &length)
+            status = self.api.unprotect(self._rx, self._buf, &length)
         else:
-            status = srtp_unprotect_rtcp(self._rx, self._buf, &length)
+            status = self.api.unprotect_rtcp(self._rx, self._buf, &length)
         if status != srtp_err_status_ok:
             raise _Failure(status)
         return PyBytes_FromStringAndSize(<char *>self._buf, length)
@@ -302,7 +414,7 @@ cdef class Srtp:
             self.auth_failures += 1
 
     def __repr__(self):
-        return f"Srtp(suite={self.suite!r})"  # never the keys
+        return f"Srtp(suite={self.suite!r}, backend={self.backend!r})"  # never the keys
 
 
 class _Failure(Exception):
@@ -576,7 +688,7 @@ cdef class Fast:
         # authenticate, handed over untouched: libsrtp changes nothing on a failure).
         memcpy(self.work, d, n)
         cdef int length = <int>n
-        if srtp_unprotect((<Srtp>srtp)._rx, self.work, &length) != srtp_err_status_ok:
+        if (<Srtp>srtp).api.unprotect((<Srtp>srtp)._rx, self.work, &length) != srtp_err_status_ok:
             return False
         if length <= 12:
             # Authentic but empty: the rest of the Python path, on the plain packet.
@@ -766,7 +878,7 @@ cdef class Fast:
         srtp = leg.srtp
         if srtp is not None:
             if type(srtp) is Srtp and length <= BUFFER - RTP_TRAILER:
-                status = srtp_protect((<Srtp>srtp)._tx, self.out, &length)
+                status = (<Srtp>srtp).api.protect((<Srtp>srtp)._tx, self.out, &length)
                 if status != srtp_err_status_ok:
                     raise SrtpError(f"SRTP protect failed: {_error_text(status)}")
             else:

@@ -27,7 +27,15 @@ from gateway.media.bridge import Bridge
 from gateway.media.leg import DEFAULT_LATCH_WINDOW
 from gateway.transport.rtp import MediaClock, RtpSocket
 
-__all__ = ["ENGINES", "Engine", "NativeBridge", "load_native", "resolve_engine"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "NativeBridge",
+    "load_native",
+    "native_error",
+    "resolve_engine",
+    "srtp_library",
+]
 
 log = get_logger(__name__)
 
@@ -71,6 +79,17 @@ def resolve_engine(requested: Engine) -> Literal["native", "python"]:
         reason=f"native media engine unavailable: {_native_error}",
     )
     return "python"
+
+
+def srtp_library() -> str:
+    """The libsrtp the native engine's sessions run on, for the startup line: pylibsrtp's
+    build (OpenSSL; the one the Python engine uses) when its layout matches, else the
+    system's libsrtp2 (Debian's, NSS). "" without the extension."""
+    module = load_native()
+    if module is None:
+        return ""
+    backend, version = module.srtp_backend()
+    return f"{backend} ({version})"
 
 
 class NativeBridge(Bridge):

@@ -19,3 +19,15 @@ def media_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         pytest.skip(f"native media engine not built: {native_error()}")
     monkeypatch.setattr(bridge_fakes, "ENGINE", engine)
     yield engine
+
+
+@pytest.fixture(params=["system", "pylibsrtp"])
+def srtp_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The libsrtp the native sessions run on: Debian's libsrtp2, or pylibsrtp's build."""
+    module = load_native()
+    if module is None:
+        pytest.skip(f"native media engine not built: {native_error()}")
+    before = module.srtp_backend()[0]
+    assert module.use_srtp(request.param)[0] == request.param
+    yield request.param
+    module.use_srtp(before)

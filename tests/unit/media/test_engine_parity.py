@@ -182,8 +182,9 @@ def _state(rig: Rig) -> dict[str, Any]:
 
 
 def test_both_engines_send_the_same_packets_and_count_the_same(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, srtp_backend: str
 ) -> None:
+    """On either libsrtp the native sessions may run on (srtp_backend)."""
     steps = _recording()
     python = _rig("python", monkeypatch)
     _play(python, steps)

@@ -31,11 +31,12 @@ needs_native = pytest.mark.skipif(
 
 @needs_native
 @pytest.mark.parametrize("suite", sorted(SUITES))
-def test_native_srtp_and_pylibsrtp_understand_each_other(suite: str) -> None:
+def test_native_srtp_and_pylibsrtp_understand_each_other(suite: str, srtp_backend: str) -> None:
     module = load_native()
     assert module is not None
     ours, theirs = new_key_material(suite), new_key_material(suite)
     fast = module.Srtp(suite, ours, theirs)
+    assert fast.backend == srtp_backend
     ref = SrtpContext(suite, theirs, ours)  # the peer: the keys swapped
     sender = RtpSender(48000, ssrc=0x1234, sequence=100, timestamp=0)
     for i in range(5):
