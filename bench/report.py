@@ -475,17 +475,23 @@ def render_engines(results: list[Result]) -> str:
         "| engine | calls up | CPU per call-second | % of one core | p99 W->P / P->W ms | lost |"
     )
     lines.append("|---|---:|---:|---:|---|---:|")
-    per_call: dict[str, float] = {}
+    per_call: dict[str, list[float]] = {}
     for r in results:
         name = r.engine or (r.params.engine or "default")
-        per_call[name] = 1000 * r.cpu_per_call_second
+        per_call.setdefault(name, []).append(1000 * r.cpu_per_call_second)
         lat_m, lat_p = r.m2p.latency(), r.p2m.latency()
         lines.append(
             f"| {name} | {r.calls_ok} | {1000 * r.cpu_per_call_second:.2f} ms | "
             f"{r.daemon_core_pct:.0f} % | {_ms(lat_m.get('p99'))} / {_ms(lat_p.get('p99'))} | "
             f"{r.m2p.lost + r.p2m.lost} |"
         )
-    if "native" in per_call and "python" in per_call and per_call["native"] > 0:
-        ratio = per_call["python"] / per_call["native"]
-        lines += ["", f"CPU per call-second, python / native: {ratio:.2f}x"]
+    if "native" in per_call and "python" in per_call:
+        native = sum(per_call["native"]) / len(per_call["native"])
+        python = sum(per_call["python"]) / len(per_call["python"])
+        runs = f" (means of {len(per_call['python'])} and {len(per_call['native'])} runs)"
+        lines += [
+            "",
+            f"CPU per call-second, python / native: {python / native:.2f}x"
+            + (runs if len(results) > 2 else ""),
+        ]
     return "\n".join(lines)
