@@ -435,8 +435,8 @@ def write_markdown(path: Path, r: Result) -> None:
                 rows.append(line)
             if section.startswith("## Where the daemon's time goes"):
                 kept.append(line)
-            if section.startswith((SCALE_OUT, IMPAIR_SECTION)):
-                scale_out.append(line)  # kept as written (bench.scaleout, bench.impair)
+            if section.startswith((SCALE_OUT, IMPAIR_SECTION)) or "(by hand" in section:
+                scale_out.append(line)  # kept as written (bench.scaleout, bench.impair, by hand)
         if not profile and kept:
             profile = "\n".join(kept).rstrip() + "\n"
     rows.append(history_row(r, commit))
