@@ -31,6 +31,7 @@ $(VENV)/.installed: pyproject.toml setup.py gateway/media/_native.pyx | $(BIN)/p
 	fi
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	@$(BIN)/python -c 'from gateway.media.native import load_native, native_error; print("media engine: native (built)" if load_native() else f"media engine: python only (native not built: {native_error()})")'
 	touch $@
 
 deps: $(VENV)/.installed
