@@ -114,8 +114,9 @@ def test_without_the_extension_the_python_engine_runs_and_says_so_once(
 # --------------------------------------------------------------------------- real sockets
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 @pytest.mark.parametrize("engine", ["python", "native"])
-async def test_a_call_over_loopback_through_the_poller(engine: str) -> None:
+async def test_a_call_over_loopback_through_the_poller(engine: str, host: str) -> None:
     """Both directions over real UDP sockets and the shared epoll set: the tones arrive
     at the right pitch, every packet is forwarded, and the native engine took them."""
     if engine == "native" and load_native() is None:
@@ -124,18 +125,19 @@ async def test_a_call_over_loopback_through_the_poller(engine: str) -> None:
     clock = MediaClock(loop)
     factory = BridgeFactory(
         loop,
-        PortAllocator("127.0.0.1", 47410, 47419),
+        PortAllocator(host, 47410 + (10 if ":" in host else 0), 47419 + (10 if ":" in host else 0)),
         clock,
         MediaSettings(engine=engine),  # type: ignore[arg-type]
     )
-    meta_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    pbx_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    meta_sock = socket.socket(family, socket.SOCK_DGRAM)
+    pbx_sock = socket.socket(family, socket.SOCK_DGRAM)
     bridge = factory("call-1", lambda leg: None)
     try:
         assert isinstance(bridge, NativeBridge) == (engine == "native")
         assert type(bridge) is (NativeBridge if engine == "native" else Bridge)
         for s in (meta_sock, pbx_sock):
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
             s.setblocking(False)
         meta_addr, pbx_addr = meta_sock.getsockname(), pbx_sock.getsockname()
         keys = SrtpParams(SUITE, new_key_material(SUITE), new_key_material(SUITE), 1)
@@ -154,9 +156,9 @@ async def test_a_call_over_loopback_through_the_poller(engine: str) -> None:
             tone_frames(440, frames), tone_frames(1000, frames), strict=True
         ):
             rtp = meta_send.next_packet(111, opus_tx.encode(meta_pcm), 960)
-            meta_sock.sendto(meta_srtp.protect(rtp), ("127.0.0.1", bridge.whatsapp_port))
+            meta_sock.sendto(meta_srtp.protect(rtp), (host, bridge.whatsapp_port))
             pbx_sock.sendto(
-                pbx_send.next_packet(0, pcmu.encode(pbx_pcm), 160), ("127.0.0.1", bridge.pbx_port)
+                pbx_send.next_packet(0, pcmu.encode(pbx_pcm), 160), (host, bridge.pbx_port)
             )
             await asyncio.sleep(0.005)
             for s, out in ((pbx_sock, to_pbx), (meta_sock, to_meta)):
