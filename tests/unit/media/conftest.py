@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway.media import native
 from gateway.media.native import load_native, native_error
 from tests.unit.media import bridge_fakes
 
@@ -18,6 +19,13 @@ def media_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     if engine == "native" and load_native() is None:
         pytest.skip(f"native media engine not built: {native_error()}")
     monkeypatch.setattr(bridge_fakes, "ENGINE", engine)
+    # BridgeFactory with the default media.engine (auto) makes this engine's bridges.
+    resolve = native.resolve_engine
+    monkeypatch.setattr(
+        native,
+        "resolve_engine",
+        lambda requested: engine if requested == "auto" else resolve(requested),
+    )
     yield engine
 
 
