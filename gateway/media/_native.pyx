@@ -487,19 +487,24 @@ cdef class _Addr:
         if type(host) is not str or type(port) is not int or not 0 <= port <= 65535:
             return
         cdef bytes raw = host.encode("ascii", "replace")
+        cdef char text[64]
         if family == AF_INET:
             if inet_pton(AF_INET, raw, &v4.sin_addr) != 1:
                 return
+            inet_ntop(AF_INET, &v4.sin_addr, text, 64)
             v4.sin_family = AF_INET
             v4.sin_port = htons(port)
             self.length = sizeof(sockaddr_in)
         else:
             if inet_pton(AF_INET6, raw, &v6.sin6_addr) != 1:
                 return
+            inet_ntop(AF_INET6, &v6.sin6_addr, text, 64)
             v6.sin6_family = AF_INET6
             v6.sin6_port = htons(port)
             self.length = sizeof(sockaddr_in6)
-        self.ok = True
+        # Only the text the kernel's address gives (socket.recvfrom): the Python engine
+        # compares strings, so "127.000.000.001" or "2001:DB8::1" is never the source.
+        self.ok = text.decode("ascii") == host
 
     cdef bint same(self, sockaddr_storage *ss):
         """``ss`` is this address (host and port; IPv6 flow info and scope aside)."""
@@ -684,6 +689,8 @@ cdef class Fast:
             self.pbx_codec.load(codec_out)
         if self.wa_codec.kind == KIND_NONE or self.pbx_codec.kind == KIND_NONE:
             return False
+        if self.wa_codec.kind != KIND_OPUS and n - 12 > MAX_DECODE:
+            return False  # G.711 longer than the PCM buffer (over 120 ms): the Python way
         # Everything above only read: now the packet is taken (or, if it does not
         # authenticate, handed over untouched: libsrtp changes nothing on a failure).
         memcpy(self.work, d, n)
