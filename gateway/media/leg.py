@@ -106,7 +106,8 @@ class Leg:
         self._rx_mark = 0  # rx_packets when the window opened
         self._log_after = 0.0
         self.srtp: SrtpSession | None = None
-        # The engine's SRTP sessions (the native engine: its own, on libsrtp2).
+        # Makes the leg's SRTP sessions: the engine's (the native engine: its own, which
+        # its fast path can use); DTLS-SRTP keys given later should go through it too.
         self.srtp_factory: SrtpFactory = SrtpContext
         self.sender: RtpSender | None = None
         self.rx: ReceiveStats | None = None
