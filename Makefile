@@ -3,22 +3,35 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.example.yaml
-APT_PACKAGES := sip-tester openssl libopus0 baresip-core sox debootstrap prometheus systemd
+APT_PACKAGES := sip-tester openssl libopus0 baresip-core sox debootstrap prometheus systemd $(NATIVE_PACKAGES)
+# What the native media engine (gateway/media/_native.pyx) builds against; without them
+# pip still installs the project and the daemon runs the Python engine (media.engine: auto).
+NATIVE_PACKAGES := gcc libopus-dev libsrtp2-dev
 
 .PHONY: install-service run demo test lint typecheck unit integration bench deps apt-deps asterisk-chroot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml setup.py gateway/media/_native.pyx | $(BIN)/python
 	@# The test extras build from source (pesq: a C extension): the interpreter's headers.
 	@$(BIN)/python -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || { \
 	  echo "installing: python3-dev (Python.h, to build the test extras)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y --no-install-recommends python3-dev >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y --no-install-recommends python3-dev >/dev/null; }; }
+	@# The native media engine's headers (optional: a failure here leaves the Python engine).
+	@missing=""; for p in $(NATIVE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing (the native media engine)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null 2>&1; } || \
+	  echo "warning: could not install$$missing: the Python media engine only"; \
+	fi
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	@$(BIN)/python -c 'from gateway.media.native import load_native, native_error; print("media engine: native (built)" if load_native() else f"media engine: python only (native not built: {native_error()})")'
 	touch $@
 
 deps: $(VENV)/.installed

@@ -23,7 +23,7 @@ from pathlib import Path
 from bench import impair, scaleout
 from bench.daemon import PRIORITIES
 from bench.gateways import FRONTS
-from bench.report import render_stdout, verdict, write_markdown
+from bench.report import render_engines, render_stdout, verdict, write_markdown
 from bench.result import Params, Result
 from bench.run import git_describe, run
 from bench.stats import save
@@ -67,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=range(11),
         metavar="0-10",
         help="override media.opus_complexity (default: the gateway's default)",
+    )
+    ap.add_argument(
+        "--engine",
+        action="append",
+        choices=("auto", "native", "python"),
+        help="media.engine of the daemon (default: the gateway's, auto); given twice or more, "
+        "one run per engine back to back, then CPU per call-second compared",
     )
     ap.add_argument(
         "--priority",
@@ -216,10 +223,30 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: the impairment relay runs with one direct instance only", file=sys.stderr)
         return 1
     if args.front != "direct":
-        return _scale_out(args, params)
+        if args.engine and len(args.engine) > 1:
+            print("bench: several --engine runs need one direct instance", file=sys.stderr)
+            return 1
+        return _scale_out(args, replace(params, engine=(args.engine or [None])[0]))
+    engines: list[str | None] = list(args.engine or [None])
+    results: list[Result] = []
+    for k, engine in enumerate(engines):
+        if k:
+            time.sleep(PAUSE)  # the last run's daemon gone, its sockets closed
+        status = _direct(args, replace(params, engine=engine))
+        if isinstance(status, int):
+            return status
+        results.append(status)
+    if len(results) > 1:
+        print(render_engines(results))
+    return 0
+
+
+def _direct(args: argparse.Namespace, params: Params) -> Result | int:
+    """One run against the daemon alone: printed, written; the result or an exit status."""
     print(
         f"bench: {params.calls} calls ({params.srtp.upper()}), ramp {params.rate:g}/s, "
-        f"warm-up {params.warmup:g} s, window {params.seconds:g} s ...",
+        f"warm-up {params.warmup:g} s, window {params.seconds:g} s, "
+        f"engine {params.engine or 'default'} ...",
         file=sys.stderr,
         flush=True,
     )
@@ -245,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: wrote {args.output}", file=sys.stderr)
     ok, _ = verdict(result)
     print(f"bench: target {'met' if ok else 'not met'}", file=sys.stderr)
-    return 0
+    return result
 
 
 def _scale_out(args: argparse.Namespace, params: Params) -> int:

@@ -347,6 +347,17 @@ class Daemon:
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log_text()}")
 
+    def media_engine(self) -> str:
+        """The media engine the daemon runs, from wagw_build_info ("" if unreadable)."""
+        url = f"http://127.0.0.1:{self.ports['http']}/metrics"
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                text = resp.read().decode("utf-8", "replace")
+            for line in text.splitlines():
+                if line.startswith("wagw_build_info{") and 'media_engine="' in line:
+                    return line.split('media_engine="', 1)[1].split('"', 1)[0]
+        return ""
+
     def _sip_open(self) -> bool:
         """The TLS listener (or proxy_listen's TCP side) accepts connections."""
         try:
@@ -393,11 +404,29 @@ def export_ref(ref: str, dest: Path) -> str:
         check=True,
     ).stdout.strip()
     dest.mkdir(parents=True, exist_ok=True)
+    paths = ["gateway"]
+    listed = subprocess.run(
+        ["git", "ls-tree", "--name-only", sha, "setup.py", "pyproject.toml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    paths += listed
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", sha, "gateway"],
+        ["git", "archive", "--format=tar", sha, *paths],
         cwd=root,
         capture_output=True,
         check=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    if "setup.py" in listed and (dest / "gateway" / "media" / "_native.pyx").exists():
+        # The native media engine as committed (optional: a failed build leaves the
+        # Python engine, which the report then names).
+        subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+            cwd=dest,
+            capture_output=True,
+            check=False,
+        )
     return sha

@@ -184,6 +184,8 @@ def command_args(p: Params) -> str:
         args += f" --warmup {p.warmup:g}"
     if p.opus_complexity is not None:
         args += f" --opus-complexity {p.opus_complexity}"
+    if p.engine is not None:
+        args += f" --engine {p.engine}"
     if p.priority != "normal":
         args += f" --priority {p.priority}"
     if p.profile:
@@ -233,6 +235,7 @@ def render_latest(r: Result, info: dict[str, str], commit: str) -> str:
         f"Command: `python -m bench {command_args(p)}`"
         f" (ramp {p.rate:g} calls/s, warm-up {p.warmup:g} s"
         f"{', py-spy attached' if p.profile else ''}). Code: {commit}."
+        f" Media engine: {r.engine or 'not read'}."
         + (
             f" Opus encoder complexity {p.opus_complexity} (not the default)."
             if p.opus_complexity is not None
@@ -496,3 +499,32 @@ def render_stdout(r: Result) -> str:
     commit = r.code or git_describe()
     text = render_latest(r, machine(), commit)
     return text + ("\n" + render_profile(r, commit) if r.profile else "")
+
+
+def render_engines(results: list[Result]) -> str:
+    """Runs of one invocation with different media engines, side by side (stdout)."""
+    lines = ["", "Media engines compared (same invocation, back to back):", ""]
+    lines.append(
+        "| engine | calls up | CPU per call-second | % of one core | p99 W->P / P->W ms | lost |"
+    )
+    lines.append("|---|---:|---:|---:|---|---:|")
+    per_call: dict[str, list[float]] = {}
+    for r in results:
+        name = r.engine or (r.params.engine or "default")
+        per_call.setdefault(name, []).append(1000 * r.cpu_per_call_second)
+        lat_m, lat_p = r.m2p.latency(), r.p2m.latency()
+        lines.append(
+            f"| {name} | {r.calls_ok} | {1000 * r.cpu_per_call_second:.2f} ms | "
+            f"{r.daemon_core_pct:.0f} % | {_ms(lat_m.get('p99'))} / {_ms(lat_p.get('p99'))} | "
+            f"{r.m2p.lost + r.p2m.lost} |"
+        )
+    if "native" in per_call and "python" in per_call:
+        native = sum(per_call["native"]) / len(per_call["native"])
+        python = sum(per_call["python"]) / len(per_call["python"])
+        runs = f" (means of {len(per_call['python'])} and {len(per_call['native'])} runs)"
+        lines += [
+            "",
+            f"CPU per call-second, python / native: {python / native:.2f}x"
+            + (runs if len(results) > 2 else ""),
+        ]
+    return "\n".join(lines)

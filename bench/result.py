@@ -21,6 +21,7 @@ class Params:
     keep: bool = False
     setup_timeout: float = 15.0
     opus_complexity: int | None = None  # None: the gateway's default
+    engine: str | None = None  # media.engine (auto, native, python); None: the default
     priority: str = "normal"  # of the daemon and the generator: normal, high, realtime
     log_level: str = "warning"  # the daemon's
     wait_quiet: float = 0.0  # wait up to this long for other work on the machine to calm down
@@ -147,6 +148,7 @@ class Result:
     profile_note: str = ""
     notes: list[str] = field(default_factory=list)
     code: str = ""  # what the daemon ran: commit, and whether the working tree differed
+    engine: str = ""  # the media engine the daemon runs (wagw_build_info), "" if unread
     # each gateway process; the daemon_* figures above are their sums (one: the same)
     instances: list[InstanceResult] = field(default_factory=list)
     front: FrontResult | None = None

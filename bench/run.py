@@ -48,7 +48,9 @@ def _build(
 ) -> Gateways:
     overrides: dict[str, Any] = {}
     if p.opus_complexity is not None:
-        overrides["media"] = {"opus_complexity": p.opus_complexity}
+        overrides.setdefault("media", {})["opus_complexity"] = p.opus_complexity
+    if p.engine is not None:
+        overrides.setdefault("media", {})["engine"] = p.engine
     source: Path | None = None
     if p.ref is not None:
         source = workdir / "src"
@@ -148,6 +150,7 @@ async def _run(p: Params, result: Result, workdir: Path, placement: Placement) -
         await loop.run_in_executor(None, gw.start)
         for inst, d, sample in zip(result.instances, gw.daemons, gw.cpu(), strict=True):
             inst.pid, inst.rss_idle_kib = d.pid, sample.rss_kib
+        result.engine = ",".join(sorted({d.media_engine() for d in gw.daemons}))
         if gw.front is not None and result.front is not None:
             result.front.processes = len(gw.front.pids)
         link = MetaLink(gw.meta_address, HOSTNAME)

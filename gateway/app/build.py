@@ -27,6 +27,7 @@ from gateway.config import Config
 from gateway.logging import get_logger
 from gateway.media.bridge import BridgeFactory
 from gateway.media.dtls import DtlsCertificate
+from gateway.media.native import srtp_library
 from gateway.metaapi.health import MetaHealthCollector, MetaHealthPoller
 from gateway.ops.admission import OverloadControls, build_throttle
 from gateway.ops.http import HttpServer
@@ -102,6 +103,8 @@ def build(
         frame_times,
         certificate=dtls_certificate(cfg),
     )
+    srtp = srtp_library() if bridges.engine == "native" else "pylibsrtp"
+    log.info("media_engine", engine=bridges.engine, configured=cfg.media.engine, srtp=srtp)
     throttle = build_throttle(cfg, digest.nonce_ttl)
     calls = CallManager(
         cfg,
@@ -124,7 +127,7 @@ def build(
         on_change=lambda: runtime.changed(),
     )
     meta_health = MetaHealthPoller(cfg)  # Meta's health_status (meta_api.poll_health)
-    metrics = Metrics()
+    metrics = Metrics(media_engine=bridges.engine)
     view: RuntimeView  # bound with the runtime
     http = HttpServer(
         metrics,

@@ -21,6 +21,7 @@ def media_settings(media: MediaConfig) -> MediaSettings:
         latch=media.latch,
         latch_window=media.latch_window,
         dtls_timeout=media.dtls_timeout,
+        engine=media.engine,
     )
 
 

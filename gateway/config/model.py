@@ -327,6 +327,12 @@ class MediaConfig(FrozenModel):
             return {k: v for k, v in data.items() if k != "dtls"}  # all keys commented out
         return data
 
+    # The per-packet engine (docs/decisions.md, "Native media engine"): "native" runs the
+    # steady state of each call in C (the optional extension gateway.media._native),
+    # "python" the pure-Python reference; "auto": native when the extension is built.
+    # Without it, native is the Python engine and one warning line, never a failed start.
+    engine: Literal["auto", "native", "python"] = "auto"
+
     @model_validator(mode="after")
     def _advertise(self) -> MediaConfig:
         if self.advertise_address is None and is_wildcard(self.address):

@@ -27,7 +27,7 @@ from gateway.media.leg import DEFAULT_LATCH_WINDOW, Leg
 from gateway.media.rtcp import RtcpReceiverReport, RtcpSenderReport, build_report, parse_rtcp
 from gateway.media.rtp import RtpError, RtpPacket, parse_rtp
 from gateway.media.settings import MediaSettings
-from gateway.media.srtp import SrtpAuthError, SrtpContext
+from gateway.media.srtp import SrtpAuthError
 from gateway.media.stats import BridgeStats
 from gateway.media.webrtc import DTLS, STUN, WebRtcLink, demux
 from gateway.sdp.negotiate import MediaParams
@@ -165,7 +165,7 @@ class Bridge:
         wa = self.wa
         if link.state == "connected" and wa.srtp is None and link.keys is not None:
             keys = link.keys
-            wa.srtp = SrtpContext(keys.suite, keys.local, keys.remote)
+            wa.srtp = wa.srtp_factory(keys.suite, keys.local, keys.remote)
             if link.selected is not None:
                 wa.remote = wa.source = link.selected  # the nominated pair only
             wa.last_rx = now
@@ -255,6 +255,12 @@ class Bridge:
         except SrtpAuthError:
             wa.rx_auth_failures += 1
             return
+        self._whatsapp_rtp(plain, now)
+
+    def _whatsapp_rtp(self, plain: bytes, now: float) -> None:
+        """An authentic RTP packet from Meta, decrypted (the native engine hands over
+        here what it decrypted but does not take itself)."""
+        wa = self.wa
         if len(plain) > 12 and plain[0] == 0x80:
             # Fast path, the steady state: plain audio, in sequence, transcoded. The
             # same steps as below without an RtpPacket, a release list or a re-frame.
@@ -604,6 +610,11 @@ class BridgeFactory:
         self._settings = settings
         # Per-packet processing time by the leg a packet arrives on (metrics).
         self._frame_times = frame_times or {}
+        from gateway.media import native  # it builds on this module
+
+        #: The engine the bridges run: "native" or "python" (media.engine resolved).
+        self.engine = native.resolve_engine(settings.engine)
+        self._bridge: type[Bridge] = native.NativeBridge if self.engine == "native" else Bridge
 
     def __call__(self, key: str, on_no_media: Callable[[str, str], None]) -> Bridge:
         """A bridge with both ports bound; raises PortsExhausted when the range is full."""
@@ -615,7 +626,7 @@ class BridgeFactory:
             raise
         wa_sock.timing = self._frame_times.get("whatsapp")
         pbx_sock.timing = self._frame_times.get("pbx")
-        return Bridge(
+        return self._bridge(
             key,
             wa_sock,
             pbx_sock,

@@ -30,7 +30,7 @@ from gateway.media.codecs import AudioCodec, codec_for
 from gateway.media.jitter import ReorderBuffer
 from gateway.media.rtcp import ReceiveStats
 from gateway.media.rtp import RtpPacket, RtpSender
-from gateway.media.srtp import SrtpContext
+from gateway.media.srtp import SrtpContext, SrtpFactory, SrtpSession
 from gateway.media.stats import LegStats
 from gateway.sdp.negotiate import MediaParams
 from gateway.transport.rtp import RtpSocket
@@ -81,6 +81,7 @@ class Leg:
         "sock",
         "source",
         "srtp",
+        "srtp_factory",
         "tx_packets",
         "window",
     )
@@ -110,7 +111,10 @@ class Leg:
         self._candidate: tuple[Address, int, int, int] | None = None  # addr, ssrc, seq, count
         self._rx_mark = 0  # rx_packets when the window opened
         self._log_after = 0.0
-        self.srtp: SrtpContext | None = None
+        self.srtp: SrtpSession | None = None
+        # Makes the leg's SRTP sessions: the engine's (the native engine: its own, which
+        # its fast path can use); DTLS-SRTP keys given later should go through it too.
+        self.srtp_factory: SrtpFactory = SrtpContext
         self.sender: RtpSender | None = None
         self.rx: ReceiveStats | None = None
         self.reorder: ReorderBuffer[RtpPacket] = ReorderBuffer(3)
@@ -154,7 +158,7 @@ class Leg:
             self.rx = ReceiveStats(media.clock_rate)
         if media.srtp is not None and self.srtp is None:
             srtp = media.srtp
-            self.srtp = SrtpContext(srtp.suite, srtp.local_key, srtp.remote_key)
+            self.srtp = self.srtp_factory(srtp.suite, srtp.local_key, srtp.remote_key)
 
     def _rtcp_addresses(self) -> None:
         media, source = self.media, self.source

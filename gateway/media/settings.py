@@ -17,7 +17,8 @@ __all__ = ["MediaSettings"]
 
 @dataclass(frozen=True, slots=True)
 class MediaSettings:
-    """Per-bridge settings: the no-media timeout, the Opus complexity, the latching rule."""
+    """Per-bridge settings: the no-media timeout, the Opus complexity, the latching rule,
+    the engine."""
 
     # End the call after this many seconds without media from a leg.
     no_media_timeout: float = 30.0
@@ -29,3 +30,5 @@ class MediaSettings:
     latch_window: float = DEFAULT_LATCH_WINDOW
     # Meta's WebRTC mode: ICE and the DTLS handshake must be done within this many seconds.
     dtls_timeout: float = 10.0
+    # "auto" | "native" | "python" (gateway.media.native.resolve_engine).
+    engine: Literal["auto", "native", "python"] = "auto"

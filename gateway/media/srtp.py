@@ -32,7 +32,8 @@ import base64
 import binascii
 import re
 import secrets
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 import pylibsrtp
 
@@ -43,7 +44,9 @@ __all__ = [
     "SrtpAuthError",
     "SrtpContext",
     "SrtpError",
+    "SrtpFactory",
     "SrtpKeyError",
+    "SrtpSession",
     "SuiteInfo",
     "decode_inline",
     "encode_inline",
@@ -168,6 +171,24 @@ def decode_inline(text: str, suite: str | None = None) -> bytes:
 def _auth_error(exc: Exception) -> SrtpAuthError:
     message = str(exc)
     return SrtpAuthError(message, replay=message.startswith("replay check failed"))
+
+
+class SrtpSession(Protocol):
+    """What a leg uses of its SRTP: :class:`SrtpContext`, or the native engine's
+    session (gateway.media._native.Srtp) on the system's libsrtp2."""
+
+    suite: str
+    auth_failures: int
+    replays: int
+
+    def protect(self, rtp: bytes) -> bytes: ...
+    def protect_rtcp(self, rtcp: bytes) -> bytes: ...
+    def unprotect(self, srtp: bytes) -> bytes: ...
+    def unprotect_rtcp(self, srtcp: bytes) -> bytes: ...
+
+
+#: Makes a leg's session: (suite, our key||salt, the peer's key||salt).
+SrtpFactory = Callable[[str, bytes, bytes], SrtpSession]
 
 
 class SrtpContext:

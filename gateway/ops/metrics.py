@@ -576,14 +576,22 @@ class _OpsCollector(Collector):
 
 
 class _BuildInfo(Collector):
+    def __init__(self, media_engine: str) -> None:
+        self._engine = media_engine
+
     def collect(self) -> Iterator[InfoMetricFamily]:
-        yield InfoMetricFamily("wagw_build", "Gateway build", value={"version": __version__})
+        yield InfoMetricFamily(
+            "wagw_build",
+            "Gateway build",
+            value={"version": __version__, "media_engine": self._engine},
+        )
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, media_engine: str = "python") -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.calls = CallStats()
+        self.media_engine = media_engine  # "native" or "python", wagw_build_info's label
         self._bound = False
 
     def bind(
@@ -593,7 +601,7 @@ class Metrics:
             self.registry.register(_SipCollector(stats, manager))
             if view is not None:
                 self.registry.register(_OpsCollector(view, self.calls))
-            self.registry.register(_BuildInfo())
+            self.registry.register(_BuildInfo(self.media_engine))
             self._bound = True
 
     def render(self) -> bytes:

@@ -30,6 +30,8 @@ from gateway.logging import get_logger
 log = get_logger(__name__)
 
 PacketHandler = Callable[[bytes, tuple[str, int]], None]
+# One poller round in native code: (epoll fd, sockets by fd, log a handler's error by port).
+NativeRound = Callable[[int, "dict[int, RtpSocket]", Callable[[int], None]], None]
 MAX_DRAIN = 64  # datagrams read per readable event before yielding to the loop
 POLL_EVENTS = 1024  # ready sockets taken per epoll_wait (the rest in the next round)
 
@@ -138,13 +140,16 @@ class MediaPoller:
     (:meth:`RtpSocket._readable`, draining up to :data:`MAX_DRAIN`).
     """
 
-    __slots__ = ("_ep", "_fd", "_loop", "_sockets")
+    __slots__ = ("_ep", "_fd", "_loop", "_sockets", "native_round")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)  # the loop's registry below holds the poller
         self._ep = select.epoll()
         self._fd = self._ep.fileno()
         self._sockets: dict[int, RtpSocket] = {}
+        # The native media engine's round (gateway.media.native): the same round in C,
+        # handing each datagram to its socket's ``fast`` path or else its handler.
+        self.native_round: NativeRound | None = None
         loop.add_reader(self._fd, self._ready)
 
     @classmethod
@@ -174,6 +179,9 @@ class MediaPoller:
 
     def _ready(self) -> None:
         sockets = self._sockets
+        if self.native_round is not None:
+            self.native_round(self._fd, sockets, self._handler_error)
+            return
         for fd, _ in self._ep.poll(0, POLL_EVENTS):
             rtp = sockets.get(fd)
             if rtp is None:
@@ -200,6 +208,10 @@ class MediaPoller:
             else:
                 timing.sample(handler, data, addr, rtp.port)
 
+    @staticmethod
+    def _handler_error(port: int) -> None:
+        log.exception("rtp_handler_error", port=port)
+
 
 _HAVE_EPOLL = hasattr(select, "epoll")
 _POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MediaPoller] = (
@@ -217,6 +229,7 @@ class RtpSocket:
         "_poller",
         "_ports",
         "dropped_sends",
+        "fast",
         "handler",
         "port",
         "sock",
@@ -236,6 +249,7 @@ class RtpSocket:
         self._fd = self.sock.fileno()
         self.handler = handler
         self.timing: FrameTimes | None = None  # set by the owner to time each packet
+        self.fast: object = None  # the native engine's path for this socket (use_native)
         self.dropped_sends = 0
         self._closed = False
         self._poller: MediaPoller | None = None
@@ -269,6 +283,13 @@ class RtpSocket:
                 continue
             timing.sample(handler, data, addr, self.port)
 
+    def use_native(self, fast: object, native_round: NativeRound) -> None:
+        """Datagrams go to ``fast`` (the native engine's per-call path) in rounds run by
+        ``native_round``; without epoll, the handler (the engine's Python entry) only."""
+        self.fast = fast
+        if self._poller is not None:
+            self._poller.native_round = native_round
+
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             self.sock.sendto(data, addr)
@@ -279,6 +300,7 @@ class RtpSocket:
         if self._closed:
             return
         self._closed = True
+        self.fast = None  # the native path refers back to the call
         if self._poller is not None:
             self._poller.unregister(self)
         else:

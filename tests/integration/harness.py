@@ -93,7 +93,13 @@ class GatewayProcess:
                 "listen": f"127.0.0.1:{self.ports['pbx_listen']}",
                 "trusted_networks": ["127.0.0.0/8"],
             },
-            "media": {"address": "127.0.0.1", "port_range": [40000, 40999]},
+            # WAGW_MEDIA_ENGINE=native|python runs the suite on one media engine (issue
+            # 12); unset: the config's default, auto (native where the extension is built).
+            "media": {
+                "address": "127.0.0.1",
+                "port_range": [40000, 40999],
+                "engine": os.environ.get("WAGW_MEDIA_ENGINE", "auto"),
+            },
             "http": {"listen": f"127.0.0.1:{self.ports['http']}"},
             "logging": {"level": "debug", "format": "json"},
         }
@@ -153,6 +159,20 @@ class GatewayProcess:
                 return int(resp.status), resp.read().decode()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read().decode()
+
+    def media_engine(self) -> str | None:
+        """The media engine the daemon runs (wagw_build_info), None if absent."""
+        _, text = self.http_get("/metrics")
+        for line in text.splitlines():
+            if line.startswith("wagw_build_info{") and 'media_engine="' in line:
+                return line.split('media_engine="', 1)[1].split('"', 1)[0]
+        return None
+
+    def check_media_engine(self) -> None:
+        """With WAGW_MEDIA_ENGINE=native|python: the daemon runs that engine."""
+        wanted = os.environ.get("WAGW_MEDIA_ENGINE", "auto")
+        if wanted != "auto":
+            assert self.media_engine() == wanted, (self.media_engine(), wanted)
 
     def metric(self, name: str, **labels: str) -> float | None:
         """Value of one sample from /metrics, None when absent."""

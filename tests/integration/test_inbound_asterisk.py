@@ -88,6 +88,7 @@ def test_whatsapp_user_hears_the_pbx(tmp_path: Path) -> None:
         wa.wait_event("CALL_CLOSED", timeout=10)
         rec = wa.recordings("dec")[-1]
         assert gw.metric("wagw_sip_requests_total", leg="whatsapp", method="BYE") == 1.0
+        gw.check_media_engine()
     assert_tone(rec, 440, tolerance=0.02, min_dbfs=-30, skip_seconds=1.0)
 
 
@@ -97,6 +98,7 @@ def test_pbx_hears_the_whatsapp_user(tmp_path: Path) -> None:
         _dial(gw, wa)
         wav = pbx.wait_recording(timeout=20, copy_to=tmp_path / "asterisk-rec.wav")
         wa.wait_event("CALL_CLOSED", timeout=10)  # Asterisk hangs up after recording
+        gw.check_media_engine()
     assert_tone(wav, 523, tolerance=0.02, min_dbfs=-30, skip_seconds=0.5)
 
 

@@ -71,6 +71,7 @@ def test_call_to_asterisk_meets_metas_rules(tmp_path: Path) -> None:
         result = meta_call(gw, tone_hz=523.0, talk_seconds=3.0)
         time.sleep(0.5)
         assert pbx.active_channels() == 0
+        gw.check_media_engine()
     _clean(result)
     assert result.status == 200
     assert [c for c in result.ladder if "407" in c], result.ladder

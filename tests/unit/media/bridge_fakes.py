@@ -26,6 +26,7 @@ from typing import Any
 from gateway.media.bridge import Bridge
 from gateway.media.codecs import PCM_FRAME_BYTES, AudioCodec, codec_for
 from gateway.media.dtmf import DtmfEvent
+from gateway.media.native import NativeBridge
 from gateway.media.rtcp import RtcpPacket, parse_rtcp
 from gateway.media.rtp import RtpPacket, RtpSender, build_rtp, is_rtcp, parse_rtp
 from gateway.media.srtp import SrtpContext, new_key_material
@@ -39,6 +40,8 @@ PBX_IP, PBX_PORT = "192.0.2.50", 10000
 PBX_ADDR = (PBX_IP, PBX_PORT)
 WA_LOCAL_PORT, PBX_LOCAL_PORT = 20000, 20002
 T0 = 1000.0  # the loop clock's origin: any monotonic value
+#: The engine a Rig's bridge runs (conftest.py's media_engine fixture sets it per test).
+ENGINE = "python"
 FRAME = 0.020
 META_SSRC, PBX_SSRC = 0xAAAAAAAA, 0x5EED0001
 OPUS_PT, META_DTMF_PT = 111, 126
@@ -332,13 +335,16 @@ class Rig:
         pbx: MediaParams | None = None,
         no_media_timeout: float = 30.0,
         opus_complexity: int = 1,  # the gateway default (media.opus_complexity)
+        engine: str | None = None,  # "python" or "native"; None: ENGINE
     ) -> None:
+        self.engine = engine or ENGINE
         self.clock = FakeClock()
         self.media_clock = FakeMediaClock()
         self.wa_sock = FakeSocket(WA_LOCAL_PORT)
         self.pbx_sock = FakeSocket(PBX_LOCAL_PORT)
         self.no_media: list[str] = []
-        self.bridge = Bridge(
+        bridge_class = NativeBridge if self.engine == "native" else Bridge
+        self.bridge = bridge_class(
             "call-1",
             self.wa_sock,  # type: ignore[arg-type]
             self.pbx_sock,  # type: ignore[arg-type]

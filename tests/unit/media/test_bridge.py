@@ -57,6 +57,8 @@ from tests.unit.media.bridge_fakes import (
 
 U32 = 0xFFFFFFFF
 
+pytestmark = pytest.mark.usefixtures("media_engine")  # both engines (conftest.py)
+
 
 def steps(packets: list[RtpPacket]) -> tuple[set[int], set[int], set[int]]:
     """(sequence steps, timestamp steps, SSRCs) of consecutive packets."""

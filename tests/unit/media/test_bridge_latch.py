@@ -40,6 +40,8 @@ from tests.unit.media.bridge_fakes import (
 SPOOF = (PBX_IP, 31000)  # the PBX's host, another port: an attacker, or the PBX's NAT
 NAT = (PBX_IP, 40000)
 
+pytestmark = pytest.mark.usefixtures("media_engine")  # both engines (conftest.py)
+
 
 def answered(**kwargs: object) -> Rig:
     rig = Rig(**kwargs)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from gateway.media.codecs import PCM_FRAME_BYTES, OpusCodec
 from tests.emulator.rtp import MediaScript, opus_encoder
@@ -15,6 +16,8 @@ from tests.unit.media.bridge_fakes import Rig
 
 LOST = (20, 45, 70, 95, 120)  # single losses, each well after the one before
 FRAMES = 140
+
+pytestmark = pytest.mark.usefixtures("media_engine")  # both engines (conftest.py)
 
 
 def snr_db(test: bytes, reference: bytes) -> float:

@@ -131,7 +131,7 @@ def _scrape(metrics: Metrics) -> dict[str, Any]:
 def test_scrape_has_every_metric_the_issue_lists() -> None:
     stats = SipStats()
     stats.requests[("whatsapp", "INVITE")] += 2
-    metrics = Metrics()
+    metrics = Metrics(media_engine="native")
     metrics.bind(stats, TransactionManager(), FakeView())
     families = _scrape(metrics)
     assert set(families) >= REQUIRED, REQUIRED - set(families)
@@ -155,6 +155,7 @@ def test_scrape_has_every_metric_the_issue_lists() -> None:
     assert sample("wagw_event_loop_lag_seconds") == 0.003
     assert sample("wagw_sip_requests", leg="whatsapp", method="INVITE") == 2
     assert sample("wagw_build_info", version=__import__("gateway").__version__) == 1
+    assert sample("wagw_build_info", media_engine="native") == 1  # the engine running
     frames = {
         (s.name, s.labels.get("le")): s.value
         for s in families["wagw_media_frame_seconds"].samples

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from gateway.transport.rtp import (
     _POLLERS,
     FRAME_SAMPLE,
@@ -15,6 +17,26 @@ from gateway.transport.rtp import (
 )
 
 HOST = "127.0.0.1"
+
+
+@pytest.fixture(params=["python", "native"], autouse=True)
+def poller_round(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test with the poller's Python round and with the native engine's round
+    (gateway.media._native.poll_round: the same round in C, issue 12)."""
+    if request.param == "native":
+        from gateway.media.native import load_native, native_error
+
+        module = load_native()
+        if module is None:
+            pytest.skip(f"native media engine not built: {native_error()}")
+        init = MediaPoller.__init__
+
+        def native_init(self: MediaPoller, loop: asyncio.AbstractEventLoop) -> None:
+            init(self, loop)
+            self.native_round = module.poll_round
+
+        monkeypatch.setattr(MediaPoller, "__init__", native_init)
+    return str(request.param)
 
 
 def _free_range(count: int) -> tuple[int, int]:
