@@ -4,6 +4,7 @@ choice and its fallback, and a call over real loopback sockets through the polle
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import pytest
@@ -24,6 +25,15 @@ from tests.unit.media.bridge_fakes import SUITE, pbx_params, tone_frames, wa_par
 needs_native = pytest.mark.skipif(
     load_native() is None, reason=f"native media engine not built: {native_error()}"
 )
+
+
+def test_the_native_engine_is_built_where_make_installs_its_packages() -> None:
+    """`make test` (WAGW_REQUIRE_NATIVE=1) has installed gcc, libopus-dev and
+    libsrtp2-dev: there a native engine that did not build is a failure, not a skip
+    (the daemon itself still starts on the Python engine without it)."""
+    if os.environ.get("WAGW_REQUIRE_NATIVE") != "1":
+        pytest.skip("WAGW_REQUIRE_NATIVE=1 is set by `make test` only")
+    assert load_native() is not None, native_error()
 
 
 # --------------------------------------------------------------------------- SRTP
