@@ -258,6 +258,15 @@ def _direct(args: argparse.Namespace, params: Params) -> Result | int:
     except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         print(f"bench: could not run: {exc}", file=sys.stderr)
         return 1
+    if params.engine in ("native", "python") and result.engine != params.engine:
+        # A silent fallback would compare an engine with itself (e.g. --ref built no
+        # extension): refuse the figures rather than write them under the wrong name.
+        print(
+            f"bench: asked for the {params.engine} engine, the daemon ran "
+            f"{result.engine or 'an unknown one'}: figures not written",
+            file=sys.stderr,
+        )
+        return 1
     print(render_stdout(result))
     if impair.wanted(params):
         print(impair.render_stdout(result))

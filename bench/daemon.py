@@ -423,10 +423,14 @@ def export_ref(ref: str, dest: Path) -> str:
     if "setup.py" in listed and (dest / "gateway" / "media" / "_native.pyx").exists():
         # The native media engine as committed (optional: a failed build leaves the
         # Python engine, which the report then names).
-        subprocess.run(
+        built = subprocess.run(
             [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
             cwd=dest,
             capture_output=True,
+            text=True,
             check=False,
         )
+        if built.returncode != 0:
+            tail = (built.stderr or built.stdout).strip().splitlines()[-3:]
+            print(f"bench: --ref {ref}: native engine not built: {' / '.join(tail)}", flush=True)
     return sha
