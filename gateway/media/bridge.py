@@ -169,11 +169,11 @@ class Bridge:
             if link.selected is not None:
                 wa.remote = wa.source = link.selected  # the nominated pair only
             wa.last_rx = now
-            log.info("webrtc_connected", call=self.key, **_link_fields(link))
+            log.info("webrtc_connected", call=self.key, **link.log_fields())
             self._whatsapp_ready(now)
         elif link.state == "failed" and not self._no_media_reported:
             self._no_media_reported = True
-            log.warning("webrtc_failed", call=self.key, **_link_fields(link))
+            log.warning("webrtc_failed", call=self.key, **link.log_fields())
             self._on_no_media(self.wa.name, link.failure or "WebRTC media failed")
 
     def _whatsapp_ready(self, now: float) -> None:
@@ -575,20 +575,6 @@ class Bridge:
                 self._no_media_reported = True
                 self._on_no_media(leg.name, f"no media from {leg.name}")
                 return
-
-
-def _link_fields(link: WebRtcLink) -> dict[str, object]:
-    stats = link.stats()
-    return {
-        "nominated": stats.nominated,
-        "ice_ms": stats.ice_ms,
-        "dtls_ms": stats.dtls_ms,
-        "suite": stats.srtp_suite,
-        "checks_sent": stats.checks_sent,
-        "controlling": stats.controlling,
-        "role_conflicts": stats.role_conflicts,
-        "failure": stats.failure,
-    }
 
 
 class BridgeFactory:

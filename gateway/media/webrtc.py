@@ -165,6 +165,20 @@ class WebRtcLink:
             failure=self.failure,
         )
 
+    def log_fields(self) -> dict[str, object]:
+        """What the ``webrtc_connected``/``webrtc_failed`` log lines say (no secrets)."""
+        stats = self.stats()
+        return {
+            "nominated": stats.nominated,
+            "ice_ms": stats.ice_ms,
+            "dtls_ms": stats.dtls_ms,
+            "suite": stats.srtp_suite,
+            "checks_sent": stats.checks_sent,
+            "controlling": stats.controlling,
+            "role_conflicts": stats.role_conflicts,
+            "failure": stats.failure,
+        }
+
     # -- state ---------------------------------------------------------------
     def _advance(self, now: float) -> None:
         for event in self.ice.pop_events():
