@@ -13,6 +13,7 @@ Reason and are counted.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from pathlib import Path
@@ -65,7 +66,11 @@ def test_whatsapp_user_hears_asterisk_over_dtls_srtp(tmp_path: Path) -> None:
         assert pbx.active_channels() == 0
         connected = _log(gw, "webrtc_connected")
         assert _outcome(gw, "connected") == 1.0
+        log_text = gw.log_text()
     _webrtc_ok(result)
+    # Neither side's ice-pwd is ever logged (SDPs are logged at debug level, masked).
+    pwds = re.findall(r"a=ice-pwd:(\S+)", result.offer_sdp + result.answer_sdp)
+    assert len(pwds) == 2 and all(p not in log_text for p in pwds)
     assert result.status == 200
     # ICE + DTLS on loopback, then media at once: 200 OK -> first SRTP packet.
     assert result.first_packet_delay is not None and result.first_packet_delay < 0.5
