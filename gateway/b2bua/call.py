@@ -79,7 +79,6 @@ class Call:
         self.answered_at: float | None = None
         self.ended_at: float | None = None
         self.end_reason = ""
-        self.media_failure = ""  # why the media could not be set up (WebRTC mode)
         self.ended_by = ""  # "whatsapp", "pbx" or "gateway"
         self.final_status: int | None = None
         self.meta_failure: dict[str, object] | None = None  # Meta's refusal of our INVITE
@@ -265,7 +264,6 @@ class Call:
             text = why.replace('"', "'")
             reason = f'SIP;cause=488;text="{leg} media: {text}"'
             self._bye_both("media failed", "media failed", reason)
-            self.media_failure = why
             self._end(f"media_failed_{leg}", "gateway")
         self.sip.flush()
 

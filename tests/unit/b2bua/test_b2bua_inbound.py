@@ -31,6 +31,7 @@ from tests.unit.b2bua.b2bua_fakes import (
     PBX_HOST,
     PBX_PORT,
     USER,
+    FakeBridgeFactory,
     Flow,
     Harness,
     Sent,
@@ -42,6 +43,7 @@ from tests.unit.b2bua.b2bua_fakes import (
     request_of,
     response_to,
 )
+from tests.unit.sdp.test_sdp_webrtc import meta_lines  # Meta's WebRTC offer, section 7
 
 PBX_TARGET = Target("udp", PBX_HOST, PBX_PORT)
 META_FIRST_HOP = Target("tls", "wa.meta.vc", 5061, META_SOURCE.conn_id)
@@ -1107,3 +1109,37 @@ def test_many_calls_leave_nothing_behind(h: Harness) -> None:
     assert h.manager._accepted == {} and h.manager._server_r == {}
     assert h.manager.next_deadline() is None
     assert h.scheduler.pending == 0
+
+
+# =========================================================================== WebRTC mode (issue 14)
+
+WEBRTC = ("gwUfrag1", "gwPassword0123456789abcd", ("sha-256", ":".join(["AB"] * 32)))
+
+
+def _webrtc_offer() -> str:
+    return "\r\n".join(meta_lines()) + "\r\n"
+
+
+def test_metas_webrtc_offer_is_answered_and_remembered_for_calls_to_whatsapp(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, bridges=FakeBridgeFactory(webrtc=WEBRTC))
+    flow = h.start_call(sdp=_webrtc_offer())
+    assert h.calls.srtp_seen[BUSINESS] == "dtls"  # what an "auto" call to WhatsApp offers
+    sent = h.answer(flow)
+    ok = [s.response for s in sent if isinstance(s.message, Response) and s.response.status == 200]
+    text = ok[0].body.decode()
+    assert "UDP/TLS/RTP/SAVPF" in text and "a=setup:active" in text and "a=ice-lite" not in text
+    assert "a=ice-ufrag:gwUfrag1" in text and f"a=fingerprint:sha-256 {WEBRTC[2][1]}" in text
+    media = flow.bridge.last("whatsapp")
+    assert media.webrtc is not None and media.srtp is None and media.webrtc.dtls_client
+
+
+def test_an_sdes_number_refuses_metas_webrtc_offer_with_a_warning(tmp_path: Path) -> None:
+    numbers = [{"number": BUSINESS, "sip_password_file": "wa.pass", "srtp": "sdes"}]
+    h = Harness(tmp_path, {"whatsapp": {"numbers": numbers}}, bridges=FakeBridgeFactory())
+    sent = h.challenge_and_retry({"sdp": _webrtc_offer()})
+    refusal = [s.response for s in sent if isinstance(s.message, Response)][-1]
+    assert refusal.status == 488
+    assert "SDES only" in (refusal.headers.get("Warning") or "")
+    assert h.calls.calls == {} and BUSINESS not in h.calls.srtp_seen

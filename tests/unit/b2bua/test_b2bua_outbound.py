@@ -39,6 +39,7 @@ from tests.unit.b2bua.b2bua_fakes import (
     PBX_HOST,
     PBX_PORT,
     USER,
+    FakeBridgeFactory,
     OutboundHarness,
     OutFlow,
     Sent,
@@ -667,6 +668,54 @@ def test_no_media_hangs_up_both_legs(h: OutboundHarness) -> None:
     assert "cause=408" in (meta_requests(h, sent)[0].request.headers.get("Reason") or "")
     assert flow.call.end_reason == "no_media_pbx"
     assert_gone(h, flow)
+
+
+def test_media_setup_failure_hangs_up_both_legs_with_the_reason(h: OutboundHarness) -> None:
+    """WebRTC mode: the bridge reports why the WhatsApp leg's media never came up."""
+    flow = answered(h)
+    flow.bridge.on_no_media("whatsapp", "DTLS fingerprint mismatch")
+    sent = h.sent()
+    assert methods(h.to_meta(sent)) == ["BYE"] and methods(h.to_pbx(sent)) == ["BYE"]
+    reason = meta_requests(h, sent)[0].request.headers.get("Reason") or ""
+    assert reason == 'SIP;cause=488;text="whatsapp media: DTLS fingerprint mismatch"'
+    assert flow.call.end_reason == "media_failed_whatsapp"
+    assert_gone(h, flow)
+
+
+# =========================================================================== srtp mode (issue 14)
+
+WEBRTC = ("gwUfrag1", "gwPassword0123456789abcd", ("sha-256", ":".join(["AB"] * 32)))
+
+
+def _numbers(srtp: str) -> dict[str, Any]:
+    return {
+        "whatsapp": {
+            "numbers": [{"number": BUSINESS, "sip_password_file": "wa.pass", "srtp": srtp}]
+        }
+    }
+
+
+def _is_webrtc(body: bytes) -> bool:
+    text = body.decode()
+    return "UDP/TLS/RTP/SAVPF" in text and "a=crypto" not in text
+
+
+def test_a_dtls_number_offers_webrtc_media_to_meta(tmp_path: Path) -> None:
+    h = OutboundHarness(tmp_path, _numbers("dtls"), bridges=FakeBridgeFactory(webrtc=WEBRTC))
+    text = h.place_call().meta_invite.body.decode()
+    assert _is_webrtc(text.encode())
+    assert "a=setup:actpass" in text and "a=ice-ufrag:gwUfrag1" in text
+    assert f"a=fingerprint:sha-256 {WEBRTC[2][1]}" in text and "a=ice-lite" not in text
+    assert "a=candidate:" in text and "a=rtcp-mux" in text
+
+
+def test_auto_offers_what_meta_last_offered_on_the_number(tmp_path: Path) -> None:
+    h = OutboundHarness(tmp_path, _numbers("auto"), bridges=FakeBridgeFactory(webrtc=WEBRTC))
+    assert not _is_webrtc(h.place_call().meta_invite.body)  # nothing seen yet: SDES
+    h.calls.srtp_seen[BUSINESS] = "dtls"  # a call from WhatsApp offered DTLS
+    assert _is_webrtc(h.place_call().meta_invite.body)
+    h.calls.srtp_seen[BUSINESS] = "sdes"
+    assert not _is_webrtc(h.place_call().meta_invite.body)
 
 
 # =========================================================================== PBX re-INVITE / UPDATE
