@@ -86,6 +86,7 @@ class WebRtcLink:
         # STUN is taken from the peer's candidates (and, for a full-ICE peer's checks,
         # from the addresses it checks from: the agent validates them by integrity).
         self.candidates = frozenset((c[0], c[1]) for c in remote)
+        self.lite = params.ice_lite
         self.started = now
         self.deadline = now + timeout
         self.state = "checking"
@@ -106,6 +107,11 @@ class WebRtcLink:
         if self.state in ("failed", "closed"):
             return False
         if kind == STUN:
+            # An ICE-lite peer (Meta) never checks us and answers from its candidates: STUN
+            # from anywhere else is refused before its integrity is computed. A full peer
+            # may check from addresses not in its SDP (peer-reflexive): the agent decides.
+            if self.lite and addr not in self.candidates:
+                return False
             taken = self.ice.receive(data, addr, now)
         else:
             # DTLS only over the pair ICE nominated: anything else never reaches OpenSSL.

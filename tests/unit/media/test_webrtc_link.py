@@ -179,6 +179,17 @@ def test_dtls_from_an_unvalidated_address_is_ignored() -> None:
     assert link.dtls.state == before and link.state == "connected"
 
 
+def test_stun_from_outside_an_ice_lite_peers_candidates_is_refused_unread() -> None:
+    link, meta = setup()
+    checks = link.ice.checks_sent
+    # A well-formed Binding request from an address Meta's SDP does not name: dropped
+    # before any MESSAGE-INTEGRITY is computed, and counted by the bridge as foreign.
+    for data, _ in link.pop_datagrams():
+        assert not link.receive(STUN, data, ("10.0.0.9", 5000), 0.01)
+    run(link, meta, 2.0)
+    assert link.state == "connected" and link.ice.checks_sent >= checks
+
+
 @pytest.mark.parametrize(
     ("first", "kind"),
     [
