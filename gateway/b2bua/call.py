@@ -249,12 +249,13 @@ class Call:
             self.on_ack_timeout()  # our 2xx will never be ACKed
 
     def on_no_media(self, leg: str, why: str = "") -> None:
-        """The bridge gave up on ``leg``: no media for the timeout, or (``why``) its media
-        could not be set up (WebRTC mode: ICE unanswered, DTLS timeout or fingerprint
-        mismatch, consent lost). Both dialogs end with a Reason saying which."""
+        """The bridge gave up on ``leg``: no media for the timeout (``why`` empty), or its
+        media could not be set up (``why`` says how, in WebRTC mode: ICE unanswered, DTLS
+        timeout or fingerprint mismatch, consent lost). Both dialogs end with a Reason
+        saying which."""
         if self.state is not State.CONFIRMED:
             return
-        if not why or why.startswith("no media"):
+        if not why:
             log.warning("no_media", call=self.key, leg=leg)
             reason = f'SIP;cause=408;text="no media from {leg}"'
             self._bye_both("no media", "no media", reason)

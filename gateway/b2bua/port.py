@@ -78,7 +78,8 @@ def local_webrtc(cfg: Config, bridge: MediaBridge) -> LocalWebRtc | None:
 
 BridgeFactory = Callable[[str, Callable[[str, str], None]], MediaBridge]
 """(call key, on_no_media(leg, why)) -> a bridge with both ports allocated; raises
-NoMediaPorts. ``why`` says what failed: no media for the timeout, or WebRTC setup."""
+NoMediaPorts. ``why`` is empty for no media within the timeout, else what failed in
+WebRTC setup."""
 
 
 @dataclass(frozen=True)

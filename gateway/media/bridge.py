@@ -573,7 +573,7 @@ class Bridge:
                 continue
             if now - leg.last_rx > self._timeout:
                 self._no_media_reported = True
-                self._on_no_media(leg.name, f"no media from {leg.name}")
+                self._on_no_media(leg.name, "")  # "": no media for the timeout
                 return
 
 

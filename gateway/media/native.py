@@ -18,15 +18,12 @@ disagree, and a parity test (tests/unit/media/test_engine_parity.py) checks it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.logging import get_logger
 from gateway.media.bridge import Bridge
-from gateway.media.dtls import DtlsCertificate
-from gateway.media.leg import DEFAULT_LATCH_WINDOW
-from gateway.transport.rtp import MediaClock, RtpSocket
+from gateway.transport.rtp import RtpSocket
 
 __all__ = [
     "ENGINES",
@@ -96,40 +93,16 @@ def srtp_library() -> str:
 class NativeBridge(Bridge):
     """A :class:`Bridge` whose packets go through the native engine first."""
 
-    def __init__(
-        self,
-        key: str,
-        wa_sock: RtpSocket,
-        pbx_sock: RtpSocket,
-        clock: MediaClock,
-        loop_time: Callable[[], float],
-        on_no_media: Callable[[str, str], None],
-        *,
-        no_media_timeout: float = 30.0,
-        opus_complexity: int = 1,
-        latch_window: float = DEFAULT_LATCH_WINDOW,
-        certificate: DtlsCertificate | None = None,
-        dtls_timeout: float = 10.0,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """:class:`Bridge`'s arguments, as they are (BridgeFactory passes them)."""
         native = load_native()
         if native is None:
             raise RuntimeError(f"native media engine unavailable: {_native_error}")
-        super().__init__(
-            key,
-            wa_sock,
-            pbx_sock,
-            clock,
-            loop_time,
-            on_no_media,
-            no_media_timeout=no_media_timeout,
-            opus_complexity=opus_complexity,
-            latch_window=latch_window,
-            certificate=certificate,
-            dtls_timeout=dtls_timeout,
-        )
+        super().__init__(*args, **kwargs)
         self.wa.srtp_factory = native.Srtp
         self.pbx.srtp_factory = native.Srtp
         # The loop's clock is time.monotonic: the extension reads it itself.
+        loop_time = self._time
         monotonic = getattr(loop_time, "__func__", None) is asyncio.BaseEventLoop.time
         self._fast = native.Fast(
             self,
@@ -138,6 +111,7 @@ class NativeBridge(Bridge):
             loop_time,
             monotonic,
         )
+        wa_sock, pbx_sock = self.wa.sock, self.pbx.sock
         if isinstance(wa_sock, RtpSocket):
             wa_sock.use_native(self._fast.whatsapp_side, native.poll_round)
         if isinstance(pbx_sock, RtpSocket):

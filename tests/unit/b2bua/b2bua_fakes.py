@@ -200,7 +200,7 @@ class FakeBridge:
         return self._pbx_port
 
     def on_no_media(self, leg: str, why: str = "") -> None:
-        self._on_no_media(leg, why or f"no media from {leg}")
+        self._on_no_media(leg, why)
 
     def local_webrtc(self) -> tuple[str, str, tuple[str, str]]:
         if self._webrtc is None:
@@ -224,6 +224,10 @@ class FakeBridge:
 
     def last(self, leg: str) -> MediaParams:
         return [p for name, p in self.calls if name == leg][-1]
+
+
+# What a FakeBridge's local_webrtc() gives in WebRTC-mode tests: ufrag, pwd, fingerprint.
+WEBRTC_LOCAL = ("gwUfrag1", "gwPassword0123456789abcd", ("sha-256", ":".join(["AB"] * 32)))
 
 
 class FakeBridgeFactory:

@@ -31,6 +31,7 @@ from tests.unit.b2bua.b2bua_fakes import (
     PBX_HOST,
     PBX_PORT,
     USER,
+    WEBRTC_LOCAL,
     FakeBridgeFactory,
     Flow,
     Harness,
@@ -1113,8 +1114,6 @@ def test_many_calls_leave_nothing_behind(h: Harness) -> None:
 
 # =========================================================================== WebRTC mode (issue 14)
 
-WEBRTC = ("gwUfrag1", "gwPassword0123456789abcd", ("sha-256", ":".join(["AB"] * 32)))
-
 
 def _webrtc_offer() -> str:
     return "\r\n".join(meta_lines()) + "\r\n"
@@ -1123,14 +1122,14 @@ def _webrtc_offer() -> str:
 def test_metas_webrtc_offer_is_answered_and_remembered_for_calls_to_whatsapp(
     tmp_path: Path,
 ) -> None:
-    h = Harness(tmp_path, bridges=FakeBridgeFactory(webrtc=WEBRTC))
+    h = Harness(tmp_path, bridges=FakeBridgeFactory(webrtc=WEBRTC_LOCAL))
     flow = h.start_call(sdp=_webrtc_offer())
     assert h.calls.srtp_seen[BUSINESS] == "dtls"  # what an "auto" call to WhatsApp offers
     sent = h.answer(flow)
     ok = [s.response for s in sent if isinstance(s.message, Response) and s.response.status == 200]
     text = ok[0].body.decode()
     assert "UDP/TLS/RTP/SAVPF" in text and "a=setup:active" in text and "a=ice-lite" not in text
-    assert "a=ice-ufrag:gwUfrag1" in text and f"a=fingerprint:sha-256 {WEBRTC[2][1]}" in text
+    assert "a=ice-ufrag:gwUfrag1" in text and f"a=fingerprint:sha-256 {WEBRTC_LOCAL[2][1]}" in text
     media = flow.bridge.last("whatsapp")
     assert media.webrtc is not None and media.srtp is None and media.webrtc.dtls_client
 

@@ -39,6 +39,7 @@ from tests.unit.b2bua.b2bua_fakes import (
     PBX_HOST,
     PBX_PORT,
     USER,
+    WEBRTC_LOCAL,
     FakeBridgeFactory,
     OutboundHarness,
     OutFlow,
@@ -684,8 +685,6 @@ def test_media_setup_failure_hangs_up_both_legs_with_the_reason(h: OutboundHarne
 
 # =========================================================================== srtp mode (issue 14)
 
-WEBRTC = ("gwUfrag1", "gwPassword0123456789abcd", ("sha-256", ":".join(["AB"] * 32)))
-
 
 def _numbers(srtp: str) -> dict[str, Any]:
     return {
@@ -701,16 +700,16 @@ def _is_webrtc(body: bytes) -> bool:
 
 
 def test_a_dtls_number_offers_webrtc_media_to_meta(tmp_path: Path) -> None:
-    h = OutboundHarness(tmp_path, _numbers("dtls"), bridges=FakeBridgeFactory(webrtc=WEBRTC))
+    h = OutboundHarness(tmp_path, _numbers("dtls"), bridges=FakeBridgeFactory(webrtc=WEBRTC_LOCAL))
     text = h.place_call().meta_invite.body.decode()
     assert _is_webrtc(text.encode())
     assert "a=setup:actpass" in text and "a=ice-ufrag:gwUfrag1" in text
-    assert f"a=fingerprint:sha-256 {WEBRTC[2][1]}" in text and "a=ice-lite" not in text
+    assert f"a=fingerprint:sha-256 {WEBRTC_LOCAL[2][1]}" in text and "a=ice-lite" not in text
     assert "a=candidate:" in text and "a=rtcp-mux" in text
 
 
 def test_auto_offers_what_meta_last_offered_on_the_number(tmp_path: Path) -> None:
-    h = OutboundHarness(tmp_path, _numbers("auto"), bridges=FakeBridgeFactory(webrtc=WEBRTC))
+    h = OutboundHarness(tmp_path, _numbers("auto"), bridges=FakeBridgeFactory(webrtc=WEBRTC_LOCAL))
     assert not _is_webrtc(h.place_call().meta_invite.body)  # nothing seen yet: SDES
     h.calls.srtp_seen[BUSINESS] = "dtls"  # a call from WhatsApp offered DTLS
     assert _is_webrtc(h.place_call().meta_invite.body)
